@@ -1,0 +1,8 @@
+// The only file that knows about Python.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "gptj_ref C++ core";
+}

@@ -1,0 +1,275 @@
+"""The Python API: `load` a model, then `generate`, `stream` or `logits`; and a `pipeline` like transformers'.
+
+    import gptj_ref
+    model = gptj_ref.load("path/to/gpt-j-6B")          # a Hugging Face directory or a native .gptj file
+    print(model.generate("The dog", max_new_tokens=20))
+    for piece in model.stream("Once upon a time", do_sample=True, seed=1):
+        print(piece, end="", flush=True)
+
+With no path, `load()` returns the built-in demo model (random weights, real tokenizer).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .config import TINY, GPTJConfig
+from .errors import CheckpointError, InputError, SettingsError
+from .generate import BatchGeneration, GenerationSettings, cut_at_stop, stop_prefix_len
+from .layout import random_weights
+from .tokenizer import Tokenizer, default_tokenizer
+
+BACKENDS = ("auto", "reference", "cpp")
+BUILTIN_DESCRIPTION = ("the built-in demo GPT-J (2 layers, width 64, random weights from seed 0, real GPT-2 "
+                       "tokenizer): its text is nonsense; pass --model with a real checkpoint for real text")
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prompt_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        # The first new token comes from the prompt pass; the others each cost one decode step.
+        steps = max(self.new_tokens - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else float("nan")
+
+
+def cpp_available() -> bool:
+    try:
+        from . import runtime  # noqa: F401  (imports the compiled extension)
+    except ImportError:
+        return False
+    return True
+
+
+def default_threads() -> int:
+    """Physical cores when they can be counted (hyper-threads share the FMA units), else logical CPUs."""
+    try:
+        cores = set()
+        with open("/proc/cpuinfo") as f:
+            physical = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    physical = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    cores.add((physical, core))
+        if cores:
+            return max(1, min(len(cores), len(os.sched_getaffinity(0))))
+    except (OSError, AttributeError):
+        pass
+    return max(1, os.cpu_count() or 1)
+
+
+def _make_backend(backend: str, config: GPTJConfig, weights, threads: Optional[int]):
+    if backend == "reference":
+        from .reference import Reference
+
+        return Reference(config, weights)
+    from .runtime import CppModel
+
+    return CppModel(config, weights, threads=threads or default_threads())
+
+
+def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", threads: Optional[int] = None) -> "Model":
+    """Load a model.
+
+    path     a Hugging Face GPT-J directory (config.json + safetensors or pytorch_model.bin, sharded or
+             not), a native model file written by `gptj convert`, or None for the built-in demo model.
+    backend  "reference" (NumPy, the oracle), "cpp" (the C++ runtime) or "auto" (cpp when built).
+    threads  threads for the cpp backend (default: physical cores).
+    """
+    if backend not in BACKENDS:
+        raise SettingsError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise SettingsError(f"threads must be a positive integer, got {threads!r}")
+    if backend == "auto":
+        backend = "cpp" if cpp_available() else "reference"
+    elif backend == "cpp" and not cpp_available():
+        raise SettingsError("the cpp backend is not available: the compiled extension gptj_ref._core is missing; "
+                            "reinstall with `pip install .` or use backend='reference'")
+
+    if path is None:
+        weights = random_weights(TINY, seed=0)
+        return Model(_make_backend(backend, TINY, weights, threads), default_tokenizer(), BUILTIN_DESCRIPTION)
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"no model at {path!r}: give a Hugging Face GPT-J directory or a native .gptj file")
+    if os.path.isfile(path):
+        from .native import is_native_file, open_native
+
+        if not is_native_file(path):
+            raise CheckpointError(f"{path} is not a gptj_ref native model file; for a Hugging Face checkpoint, "
+                                  "pass the directory that holds config.json")
+        native = open_native(path)
+        tokenizer = Tokenizer.from_json(native.tokenizer_json) if native.tokenizer_json else default_tokenizer()
+        if backend == "reference":
+            model_backend = _make_backend("reference", native.config, native.dequantized_weights(), None)
+        else:
+            from .runtime import CppModel
+
+            model_backend = CppModel.from_native(native, threads=threads or default_threads())
+        return Model(model_backend, tokenizer, f"{path} ({native.dtype})")
+
+    from .checkpoint import open_checkpoint
+
+    checkpoint = open_checkpoint(path)
+    weights = checkpoint.load_weights()
+    return Model(_make_backend(backend, checkpoint.config, weights, threads), Tokenizer.from_checkpoint_dir(path),
+                 f"{path} ({checkpoint.format})")
+
+
+class Model:
+    """A backend plus its tokenizer: text in, text out."""
+
+    def __init__(self, backend, tokenizer: Tokenizer, description: str = ""):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.description = description
+        self.last_stats = GenerationStats()
+
+    @property
+    def config(self) -> GPTJConfig:
+        return self.backend.config
+
+    # ---------------------------------------------------------------------------------------------
+    def encode(self, text: str) -> List[int]:
+        return self.tokenizer.encode(text)
+
+    def logits(self, prompt: Union[str, Sequence[int]]) -> np.ndarray:
+        """fp32 logits [T, vocab], one row per position of the prompt (text or token ids)."""
+        ids = self._prompt_ids(prompt)
+        return self.backend.forward(np.asarray(ids, dtype=np.int64), self.backend.new_cache(len(ids)))
+
+    def generate(self, prompt: Union[str, Sequence[str]], **settings) -> Union[str, List[str]]:
+        """The continuation of one prompt (a str) or of each of several prompts generated together."""
+        if isinstance(prompt, str):
+            return "".join(self.stream(prompt, **settings))
+        prompts = list(prompt)
+        if not prompts:
+            raise InputError("no prompts given")
+        s = GenerationSettings(**settings)
+        run = self._start([self._prompt_ids(p) for p in prompts], s)
+        for _ in run.steps():
+            pass
+        self._record(run)
+        return [cut_at_stop(self.tokenizer.decode(row.new), s.stop) for row in run.rows]
+
+    def generate_ids(self, prompt_ids: Sequence[int], **settings) -> List[int]:
+        """Token ids in, the new token ids out (no text, no stop strings)."""
+        run = self._start([self._prompt_ids(prompt_ids)], GenerationSettings(**settings))
+        for _ in run.steps():
+            pass
+        self._record(run)
+        return run.rows[0].new
+
+    def stream(self, prompt: str, **settings) -> Iterator[str]:
+        """Text pieces of the continuation as tokens arrive.
+
+        Characters split across tokens are held back until complete, and text that might be the start
+        of a stop string is held back until it is known not to be; joined, the pieces equal `generate`.
+        """
+        s = GenerationSettings(**settings)
+        run = self._start([self._prompt_ids(prompt)], s)
+        decoder = self.tokenizer.stream_decoder()
+        pending = ""  # decoded but not yet yielded (may be the start of a stop string)
+        for produced in run.steps():
+            for _, token in produced:
+                pending += decoder.push(token)
+            if s.stop:
+                if run.rows[0].reason == "stop":
+                    break
+                keep = stop_prefix_len(pending, s.stop)
+                ready, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
+            else:
+                ready, pending = pending, ""
+            if ready:
+                yield ready
+        pending += decoder.flush()
+        self._record(run)
+        tail = cut_at_stop(pending, s.stop) if s.stop else pending
+        if tail:
+            yield tail
+
+    # ---------------------------------------------------------------------------------------------
+    def _prompt_ids(self, prompt) -> List[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InputError("the prompt is empty; give at least one character of text")
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = [int(i) for i in prompt]
+            if not ids:
+                raise InputError("the prompt is empty; give at least one token id")
+            bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+            if bad:
+                raise InputError(f"token id {bad[0]} is outside the vocabulary [0, {self.config.vocab_size})")
+        if len(ids) > self.config.n_positions:
+            raise InputError(f"the prompt has {len(ids)} tokens but the model's context is {self.config.n_positions}; "
+                             "shorten the prompt")
+        return ids
+
+    def _start(self, prompts: List[List[int]], settings: GenerationSettings) -> BatchGeneration:
+        return BatchGeneration(self.backend, prompts, settings, self.config.eos_token_id, self.tokenizer.decode)
+
+    def _record(self, run: BatchGeneration) -> None:
+        self.last_stats = GenerationStats(
+            prompt_tokens=sum(len(r.prompt) for r in run.rows), new_tokens=sum(len(r.new) for r in run.rows),
+            prompt_seconds=run.prompt_seconds, decode_seconds=run.decode_seconds)
+
+
+# transformers' pipeline defaults for GPT-J come from its config's task_specific_params["text-generation"].
+PIPELINE_DEFAULTS = {"do_sample": True, "temperature": 1.0, "max_length": 50}
+
+
+class TextGenerationPipeline:
+    """`pipeline("text-generation", model=...)`: call with a prompt (or a list), get
+    `[{"generated_text": prompt + continuation}]` (a list of such lists for a list of prompts)."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def __call__(self, text: Union[str, Sequence[str]], max_length: Optional[int] = None,
+                 max_new_tokens: Optional[int] = None, return_full_text: bool = True,
+                 num_return_sequences: int = 1, **settings):
+        if isinstance(text, str):
+            return self._one(text, max_length, max_new_tokens, return_full_text, num_return_sequences, settings)
+        return [self._one(t, max_length, max_new_tokens, return_full_text, num_return_sequences, settings) for t in text]
+
+    def _one(self, text, max_length, max_new_tokens, return_full_text, num_return_sequences, settings):
+        settings = {**{k: v for k, v in PIPELINE_DEFAULTS.items() if k != "max_length"}, **settings}
+        if max_new_tokens is None:
+            total = PIPELINE_DEFAULTS["max_length"] if max_length is None else max_length
+            max_new_tokens = total - len(self.model.encode(text))
+            if max_new_tokens < 1:
+                raise SettingsError(f"max_length={total} leaves no room after the {total - max_new_tokens}-token prompt; "
+                                    "raise max_length or use max_new_tokens")
+        results = []
+        seed = settings.pop("seed", None)
+        for i in range(num_return_sequences):
+            run_seed = None if seed is None else seed + i
+            continuation = self.model.generate(text, max_new_tokens=max_new_tokens, seed=run_seed, **settings)
+            results.append({"generated_text": (text + continuation) if return_full_text else continuation})
+        return results
+
+
+def pipeline(task: str = "text-generation", model: Union[None, str, os.PathLike, Model] = None,
+             backend: str = "auto", threads: Optional[int] = None) -> TextGenerationPipeline:
+    if task != "text-generation":
+        raise SettingsError(f"unknown task {task!r}; gptj_ref provides 'text-generation'")
+    if not isinstance(model, Model):
+        model = load(model, backend=backend, threads=threads)
+    return TextGenerationPipeline(model)

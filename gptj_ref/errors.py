@@ -1,0 +1,25 @@
+"""The one exception family for everything a user can cause.
+
+Every message says what was found, what was expected and, where it helps, what to do.
+Catch `GPTJError` to handle all of them; the subclasses say which part of the input was wrong.
+"""
+
+
+class GPTJError(Exception):
+    """Base class for every error gptj_ref raises on bad input."""
+
+
+class ConfigError(GPTJError, ValueError):
+    """A model configuration is inconsistent or unsupported."""
+
+
+class CheckpointError(GPTJError):
+    """A checkpoint or model file is malformed, truncated, unsafe or disagrees with its config."""
+
+
+class InputError(GPTJError, ValueError):
+    """Token ids, prompts or array arguments are out of range or have the wrong shape."""
+
+
+class SettingsError(GPTJError, ValueError):
+    """A generation or runtime setting is out of its valid range."""

@@ -1,0 +1,97 @@
+"""`gptj parity`: run two backends on the same prompt and show where they differ.
+
+Prints the max and mean |difference| of the residual stream after every block, after ln_f and of the
+logits, then where the greedy continuations diverge. Backends expose `hidden_states(ids)` returning
+[embeddings, block 0 .. block n-1, ln_f, logits]; a backend without it is compared on logits only.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import numpy as np
+
+from .errors import SettingsError
+
+
+def _labels(n_layer: int) -> List[str]:
+    return ["embeddings"] + [f"block {i}" for i in range(n_layer)] + ["ln_f", "logits"]
+
+
+class TransformersBackend:
+    """transformers' GPTJForCausalLM in fp32, for parity runs only (needs torch + transformers)."""
+
+    name = "transformers"
+
+    def __init__(self, path: str, config):
+        try:
+            import torch
+            from transformers import GPTJForCausalLM
+        except ImportError:
+            raise SettingsError("--b transformers needs torch and transformers installed "
+                                "(pip install 'gptj-ref[test]')") from None
+        self._torch = torch
+        self.config = config
+        self.model = GPTJForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+    def hidden_states(self, ids) -> List[Optional[np.ndarray]]:
+        torch = self._torch
+        with torch.no_grad():
+            out = self.model(torch.tensor(np.asarray(ids))[None], output_hidden_states=True)
+        hs = [h[0].numpy() for h in out.hidden_states]
+        # transformers returns embeddings, the outputs of blocks 0..n-2 and ln_f(output of the last block):
+        # the raw output of the last block is not among them.
+        return hs[:-1] + [None, hs[-1], out.logits[0].numpy()]
+
+    def greedy(self, ids, n: int) -> List[int]:
+        torch = self._torch
+        with torch.no_grad():
+            out = self.model.generate(torch.tensor(np.asarray(ids))[None], max_new_tokens=n, do_sample=False,
+                                      min_new_tokens=n, pad_token_id=self.config.eos_token_id)
+        return out[0, len(ids):].tolist()
+
+
+def run_parity(args) -> int:
+    from .api import load
+
+    if args.new_tokens < 1:
+        raise SettingsError("--new-tokens must be >= 1")
+    model_a = load(args.model, backend=args.a, threads=args.threads)
+    ids = model_a.encode(args.prompt)
+    if not ids:
+        raise SettingsError("the prompt is empty")
+    if args.b == "transformers":
+        if args.model is None or not __import__("os").path.isdir(args.model):
+            raise SettingsError("--b transformers needs a Hugging Face checkpoint directory as MODEL")
+        backend_b = TransformersBackend(args.model, model_a.config)
+        greedy_b = backend_b.greedy(ids, args.new_tokens)
+    else:
+        model_b = load(args.model, backend=args.b, threads=args.threads)
+        backend_b = model_b.backend
+        greedy_b = model_b.generate_ids(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+    backend_a = model_a.backend
+    greedy_a = model_a.generate_ids(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+
+    def states(backend):
+        if hasattr(backend, "hidden_states"):
+            return backend.hidden_states(ids)
+        return [None] * (model_a.config.n_layer + 2) + [backend.forward(np.asarray(ids), backend.new_cache(len(ids)))]
+
+    out = sys.stdout
+    out.write(f"prompt: {args.prompt!r} ({len(ids)} tokens); A = {backend_a.name}, B = {backend_b.name}\n")
+    out.write(f"{'after':<12} {'max |A-B|':>12} {'mean |A-B|':>12} {'max |A|':>12}\n")
+    for label, a, b in zip(_labels(model_a.config.n_layer), states(backend_a), states(backend_b)):
+        if a is None or b is None:
+            out.write(f"{label:<12} {'-':>12} {'-':>12} {'-':>12}\n")
+            continue
+        d = np.abs(a.astype(np.float64) - b)
+        out.write(f"{label:<12} {d.max():12.3e} {d.mean():12.3e} {np.abs(a).max():12.3e}\n")
+    diverge = next((i for i, (x, y) in enumerate(zip(greedy_a, greedy_b)) if x != y), None)
+    if diverge is None:
+        out.write(f"greedy: the {len(greedy_a)} generated tokens agree\n")
+    else:
+        out.write(f"greedy: diverge at new token {diverge}: A {greedy_a[diverge]} "
+                  f"{model_a.tokenizer.decode([greedy_a[diverge]])!r}, B {greedy_b[diverge]} "
+                  f"{model_a.tokenizer.decode([greedy_b[diverge]])!r}\n")
+    return 0

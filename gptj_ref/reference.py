@@ -1,0 +1,304 @@
+"""GPT-J in NumPy: the reference forward pass.
+
+This file is the correctness oracle for every other backend and is meant to be read beside the GPT-J
+model card. Everything is float32, one code path, no speed tricks. Where GPT-J differs from GPT-2 the
+line says so.
+
+Shapes use these names (the GPT-J 6B value in brackets):
+
+    B        batch rows
+    T        new tokens in this call
+    S        key positions: cached tokens + new tokens (at most n_ctx)
+    n_embd   model width                                   [4096]
+    n_head   attention heads                               [16]
+    d_head   width of one head = n_embd / n_head           [256]
+    n_rot    leading dims of each head that are rotated    [64]
+    d_ff     MLP width                                     [16384]
+    n_vocab  rows of the embedding and of lm_head          [50400]
+    n_ctx    longest sequence, rows of the rotary table    [2048]
+    n_layer  blocks                                        [28]
+
+Weights are a dict keyed exactly like the Hugging Face checkpoint (`transformer.h.3.attn.q_proj.weight`),
+every linear weight stored [out, in] as in torch's nn.Linear, so `y = x @ W.T + b`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import numpy as np
+
+from .config import GPTJConfig
+from .errors import InputError
+
+f32 = np.float32
+MASKED = np.finfo(np.float32).min  # transformers adds this to the scores of keys a query must not see
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pieces, one equation each
+# ---------------------------------------------------------------------------------------------------
+
+def layer_norm(x, weight, bias, eps):
+    """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias, biased variance."""
+    mean = x.mean(axis=-1, keepdims=True)                    # [..., 1]
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)     # [..., 1]
+    return (x - mean) / np.sqrt(var + f32(eps)) * weight + bias
+
+
+def linear(x, weight, bias=None):
+    """nn.Linear: [..., in] @ [out, in].T (+ [out]) -> [..., out]."""
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+def gelu_new(x):
+    """GELU, tanh approximation (transformers' "gelu_new"); GPT-J does not use the erf GELU."""
+    return f32(0.5) * x * (f32(1.0) + np.tanh(f32(np.sqrt(2.0 / np.pi)) * (x + f32(0.044715) * (x * x * x))))
+
+
+def softmax(x):
+    """Softmax over the last axis, with the row maximum subtracted first so exp cannot overflow."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def rotary_tables(n_ctx, n_rot):
+    """sin and cos of the rotary angles, each [n_ctx, n_rot/2].
+
+    Pair i of a head turns by angle p * inv_freq[i] at position p, inv_freq[i] = 10000^(-2i/n_rot).
+    The angles are computed in float32 as transformers does; sin/cos are then rounded once from float64.
+    """
+    inv_freq = f32(1.0) / (f32(10000.0) ** (np.arange(0, n_rot, 2, dtype=f32) / f32(n_rot)))  # [n_rot/2]
+    angles = np.arange(n_ctx, dtype=f32)[:, None] * inv_freq[None, :]                           # [n_ctx, n_rot/2]
+    return np.sin(angles.astype(np.float64)).astype(f32), np.cos(angles.astype(np.float64)).astype(f32)
+
+
+def rotary(x, sin, cos):
+    """Rotate pairs (x[2i], x[2i+1]) by the angle of their position.
+
+    GPT-J pairs *neighbouring* dims ("rotate_every_two"), unlike GPT-NeoX/LLaMA, which pair dim i with
+    dim i + n_rot/2. Applying the wrong convention to GPT-J weights is a classic porting bug.
+
+    x [B, T, n_head, n_rot];  sin, cos [B, T, n_rot/2] for the positions of the T tokens.
+    """
+    sin = np.repeat(sin[:, :, None, :], 2, axis=-1)      # [B, T, 1, n_rot]: s0 s0 s1 s1 ...
+    cos = np.repeat(cos[:, :, None, :], 2, axis=-1)      # [B, T, 1, n_rot]
+    x_swapped = np.empty_like(x)                         # [B, T, n_head, n_rot]
+    x_swapped[..., 0::2] = -x[..., 1::2]                 # (x0, x1) -> (-x1, x0)
+    x_swapped[..., 1::2] = x[..., 0::2]
+    return x * cos + x_swapped * sin
+
+
+def attention(q, k, v, mask):
+    """Scaled dot-product attention, scores and softmax in float32.
+
+    q [B, n_head, T, d_head];  k, v [B, n_head, S, d_head];  mask [B, 1, T, S] (0 or MASKED)
+    -> [B, n_head, T, d_head]
+    """
+    d_head = q.shape[-1]
+    scores = q @ k.transpose(0, 1, 3, 2) / f32(np.sqrt(d_head)) + mask  # [B, n_head, T, S]
+    return softmax(scores) @ v                                           # [B, n_head, T, d_head]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class KVCache:
+    """Keys (after rotary) and values of every layer for the tokens seen so far.
+
+    keys, values [n_layer, B, n_head, max_tokens, d_head]; `real` [B, max_tokens] marks slots that hold
+    real tokens (False for left padding); `length` slots are filled.
+    """
+
+    keys: np.ndarray
+    values: np.ndarray
+    real: np.ndarray
+    length: int = 0
+
+    @property
+    def max_tokens(self) -> int:
+        return self.keys.shape[3]
+
+    @property
+    def batch(self) -> int:
+        return self.keys.shape[1]
+
+
+def attn(x, sin, cos, mask, cache_k, cache_v, start, q_proj, k_proj, v_proj, out_proj, n_head, n_rot):
+    """Causal self-attention with rotary positions.  x [B, T, n_embd] -> [B, T, n_embd].
+
+    GPT-J's q/k/v/out projections have no bias. New keys and values are written into the cache
+    slots [start, start + T); the queries then attend over slots [0, start + T).
+    """
+    B, T, n_embd = x.shape
+    d_head = n_embd // n_head
+    q = linear(x, q_proj["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
+    k = linear(x, k_proj["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
+    v = linear(x, v_proj["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
+
+    # Rotary on the first n_rot dims of each head only; the other d_head - n_rot dims pass through.
+    q = np.concatenate([rotary(q[..., :n_rot], sin, cos), q[..., n_rot:]], axis=-1)
+    k = np.concatenate([rotary(k[..., :n_rot], sin, cos), k[..., n_rot:]], axis=-1)
+
+    end = start + T
+    cache_k[:, :, start:end] = k.transpose(0, 2, 1, 3)             # [B, n_head, T, d_head]
+    cache_v[:, :, start:end] = v.transpose(0, 2, 1, 3)
+    out = attention(q.transpose(0, 2, 1, 3), cache_k[:, :, :end], cache_v[:, :, :end], mask)
+    out = out.transpose(0, 2, 1, 3).reshape(B, T, n_embd)           # merge heads: [B, T, n_embd]
+    return linear(out, out_proj["weight"])
+
+
+def mlp(x, fc_in, fc_out):
+    """Feed-forward: [B, T, n_embd] -> [B, T, d_ff] -> gelu_new -> [B, T, n_embd]."""
+    return linear(gelu_new(linear(x, fc_in["weight"], fc_in["bias"])), fc_out["weight"], fc_out["bias"])
+
+
+def block(x, sin, cos, mask, cache_k, cache_v, start, ln_1, attn_weights, mlp_weights, config):
+    """One GPT-J block.  x [B, T, n_embd] -> [B, T, n_embd].
+
+    GPT-J differs from GPT-2 here: ONE LayerNorm, and attention and MLP run *in parallel* on its
+    output, both added to the residual: x + attn(ln_1(x)) + mlp(ln_1(x)). There is no ln_2.
+    """
+    h = layer_norm(x, ln_1["weight"], ln_1["bias"], config.layer_norm_epsilon)     # [B, T, n_embd]
+    a = attn(h, sin, cos, mask, cache_k, cache_v, start, **attn_weights,
+             n_head=config.n_head, n_rot=config.rotary_dim)                          # [B, T, n_embd]
+    m = mlp(h, **mlp_weights)                                                        # [B, T, n_embd]
+    return (a + m) + x
+
+
+def causal_mask(real, start, T):
+    """Additive mask [B, 1, T, S] for T queries in slots [start, start+T) over keys in slots [0, S).
+
+    A query sees a key when the key is not in its future and is a real token (not left padding).
+    """
+    S = start + T
+    query_slot = np.arange(start, S)[:, None]                       # [T, 1]
+    key_slot = np.arange(S)[None, :]                                # [1, S]
+    visible = (key_slot <= query_slot)[None] & real[:, None, :S]    # [B, T, S]
+    return np.where(visible, f32(0.0), MASKED)[:, None].astype(f32)
+
+
+def nest(weights: Mapping[str, np.ndarray]) -> dict:
+    """{"a.b.c": w} -> {"a": {"b": {"c": w}}}, so checkpoint names become argument names."""
+    tree: dict = {}
+    for name, value in weights.items():
+        node = tree
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+class Reference:
+    """The NumPy GPT-J behind the backend interface: `config`, `new_cache`, `forward`."""
+
+    name = "reference"
+
+    def __init__(self, config: GPTJConfig, weights: Mapping[str, np.ndarray]):
+        self.config = config
+        tree = nest(weights)
+        self.wte = tree["transformer"]["wte"]["weight"]              # [n_vocab, n_embd]
+        self.blocks = [tree["transformer"]["h"][str(i)] for i in range(config.n_layer)]
+        self.ln_f = tree["transformer"]["ln_f"]
+        self.lm_head = tree["lm_head"]
+        self.sin, self.cos = rotary_tables(config.n_positions, config.rotary_dim)  # [n_ctx, n_rot/2] each
+
+    def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> KVCache:
+        c = self.config
+        max_tokens = c.n_positions if max_tokens is None else max_tokens
+        if not 0 < max_tokens <= c.n_positions:
+            raise InputError(f"cache size must be in [1, {c.n_positions}] (the context length), got {max_tokens}")
+        shape = (c.n_layer, batch, c.n_head, max_tokens, c.head_dim)
+        return KVCache(np.zeros(shape, f32), np.zeros(shape, f32), np.zeros((batch, max_tokens), bool))
+
+    def forward(self, token_ids, cache: Optional[KVCache] = None, attention_mask=None) -> np.ndarray:
+        return self._run(token_ids, cache, attention_mask)[-1]
+
+    def hidden_states(self, token_ids) -> list:
+        """For one sequence ids [T]: the residual stream [T, n_embd] entering block 0 (the embeddings),
+        after each block, after ln_f, and finally the logits [T, n_vocab] (n_layer + 3 arrays)."""
+        return [h[0] for h in self._run(np.asarray(token_ids)[None], None, None, keep=True)]
+
+    def _run(self, token_ids, cache, attention_mask, keep=False) -> list:
+        """Logits for T new tokens: ids [T] -> [T, n_vocab], or [B, T] -> [B, T, n_vocab].
+
+        `attention_mask` [B, T] marks real tokens with 1 and left padding with 0. A real token's
+        position is the number of real tokens before it in its row (pads get position 1, as in
+        transformers; their outputs are meaningless and never compared).
+        """
+        ids, mask, squeeze = check_inputs(self.config, token_ids, attention_mask)
+        B, T = ids.shape
+        if cache is None:
+            cache = self.new_cache(T, B)
+        start = check_cache_room(cache, B, T)
+
+        cache.real[:, start:start + T] = mask
+        real_before = cache.real[:, :start].sum(axis=1, keepdims=True)          # [B, 1]
+        positions = real_before + np.cumsum(mask, axis=1) - 1                     # [B, T]
+        positions = np.where(mask, positions, 1)
+        sin, cos = self.sin[positions], self.cos[positions]                        # [B, T, n_rot/2]
+        attn_mask = causal_mask(cache.real, start, T)                              # [B, 1, T, S]
+
+        x = self.wte[ids]                               # [B, T, n_embd]; no position embedding in GPT-J
+        states = [x]
+        for i, weights in enumerate(self.blocks):
+            x = block(x, sin, cos, attn_mask, cache.keys[i], cache.values[i], start,
+                      weights["ln_1"], weights["attn"], weights["mlp"], self.config)
+            states.append(x)
+        cache.length = start + T
+        x = layer_norm(x, self.ln_f["weight"], self.ln_f["bias"], self.config.layer_norm_epsilon)
+        logits = linear(x, self.lm_head["weight"], self.lm_head["bias"])         # [B, T, n_vocab]; GPT-J's lm_head has a bias
+        states += [x, logits]
+        if not keep:
+            states = [logits[0] if squeeze else logits]
+        return states
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input checks shared by every backend
+# ---------------------------------------------------------------------------------------------------
+
+def check_inputs(config: GPTJConfig, token_ids, attention_mask=None):
+    """Validate ids (and mask); return ids [B, T] int64, mask [B, T] bool, and whether input was 1-D."""
+    ids = np.asarray(token_ids)
+    if ids.dtype == object or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+        raise InputError(f"token ids must be integers, got an array of {ids.dtype}")
+    squeeze = ids.ndim == 1
+    if squeeze:
+        ids = ids[None]
+    if ids.ndim != 2:
+        raise InputError(f"token ids must have shape [T] or [B, T], got shape {ids.shape}")
+    if ids.shape[1] == 0:
+        raise InputError("no tokens given: token ids must contain at least one token")
+    bad = (ids < 0) | (ids >= config.vocab_size)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"token id {int(ids[where])} at index {where if not squeeze else where[1]} is outside "
+                         f"the vocabulary [0, {config.vocab_size})")
+    if attention_mask is None:
+        mask = np.ones(ids.shape, bool)
+    else:
+        mask = np.asarray(attention_mask)
+        if squeeze and mask.ndim == 1:
+            mask = mask[None]
+        if mask.shape != ids.shape:
+            raise InputError(f"attention_mask has shape {mask.shape}; it must match the token ids' shape {ids.shape}")
+        if not np.isin(mask, (0, 1)).all():
+            raise InputError("attention_mask must contain only 0 (padding) and 1 (real token)")
+        mask = mask.astype(bool)
+    return ids.astype(np.int64), mask, squeeze
+
+
+def check_cache_room(cache, batch: int, T: int) -> int:
+    """Check the cache fits T more tokens for `batch` rows; return the first free slot."""
+    if cache.batch != batch:
+        raise InputError(f"the cache holds {cache.batch} rows but {batch} were given")
+    if cache.length + T > cache.max_tokens:
+        raise InputError(f"{cache.length} cached + {T} new tokens exceed the cache size of {cache.max_tokens} "
+                         f"(the model's context is at most n_positions tokens); start a new cache or shorten the prompt")
+    return cache.length

@@ -1,0 +1,223 @@
+"""Reading and writing the safetensors format without torch or the safetensors package.
+
+A safetensors file is: 8 bytes little-endian header length N, N bytes of JSON
+`{name: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {str: str}}`,
+then the raw little-endian tensor bytes; offsets are relative to the end of the header.
+
+The reader validates the whole header (dtypes, shapes, offsets inside the file, byte counts that match
+the shapes, no overlaps) before any tensor is touched, and hands out memory-mapped arrays: nothing is
+read until it is used. The writer streams tensors one at a time into a temporary file in the target's
+directory and renames it into place only when everything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import CheckpointError
+
+# safetensors dtype name -> NumPy dtype. BF16 has no NumPy dtype: it is exposed as its raw uint16 bits
+# (see `bf16_to_f32`).
+DTYPES: Dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+_NAME_OF = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<i8"): "I64",
+            np.dtype("<i4"): "I32", np.dtype("<i2"): "I16", np.dtype("i1"): "I8", np.dtype("u1"): "U8",
+            np.dtype("?"): "BOOL"}
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+DATA_ALIGNMENT = 64                    # our writer pads the header so tensor data starts 64-byte aligned
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 is the top half of a float32: shift the 16 stored bits up and reinterpret."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits, round to nearest even (NaN kept NaN)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return np.where(np.isnan(x), 0x7FC0, rounded).astype(np.uint16)
+
+
+def dtype_name(dtype) -> str:
+    try:
+        return _NAME_OF[np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)]
+    except KeyError:
+        raise CheckpointError(f"dtype {np.dtype(dtype)} cannot be stored in safetensors") from None
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str               # safetensors name: "F32", "F16", "BF16", "I8", ...
+    shape: Tuple[int, ...]
+    offset: int              # absolute byte offset of the first element in the file
+    nbytes: int
+
+
+class SafetensorsFile:
+    """One safetensors file, validated and memory-mapped.  `array(name)` returns a read-only view."""
+
+    def __init__(self, path: "str | os.PathLike[str]"):
+        self.path = os.fspath(path)
+        try:
+            self._file = open(self.path, "rb")
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.path}: no such file") from None
+        try:
+            self.metadata, self.entries = self._read_header()
+            size = os.fstat(self._file.fileno()).st_size
+            self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read_header(self):
+        size = os.fstat(self._file.fileno()).st_size
+        if size < 8:
+            raise CheckpointError(f"{self.path}: {size} bytes is too short for a safetensors file (needs an 8-byte header length)")
+        (n,) = struct.unpack("<Q", self._file.read(8))
+        if n > min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{self.path}: header length {n} does not fit in the file of {size} bytes; "
+                                  "the file is truncated or not safetensors")
+        try:
+            header = json.loads(self._file.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{self.path}: the safetensors header is not valid JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{self.path}: the safetensors header must be a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise CheckpointError(f"{self.path}: __metadata__ must map strings to strings")
+        data_start, data_size = 8 + n, size - 8 - n
+        entries: Dict[str, TensorEntry] = {}
+        spans = []
+        for name, spec in header.items():
+            entries[name] = entry = _parse_entry(self.path, name, spec, data_start, data_size)
+            spans.append((entry.offset, entry.offset + entry.nbytes, name))
+        spans.sort()
+        for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:]):
+            if start_b < end_a:
+                raise CheckpointError(f"{self.path}: tensors {a!r} and {b!r} overlap in the file")
+        return metadata, entries
+
+    def names(self) -> Sequence[str]:
+        return list(self.entries)
+
+    def array(self, name: str) -> np.ndarray:
+        """The stored tensor as a read-only memory-mapped array (BF16 as raw uint16 bits)."""
+        entry = self.entries.get(name)
+        if entry is None:
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        if entry.nbytes == 0:
+            return np.zeros(entry.shape, DTYPES[entry.dtype])
+        flat = np.frombuffer(self._mmap, dtype=DTYPES[entry.dtype],
+                             count=entry.nbytes // DTYPES[entry.dtype].itemsize, offset=entry.offset)
+        return flat.reshape(entry.shape)
+
+    def close(self) -> None:
+        # Arrays handed out keep the mapping alive through their buffer; closing the file is safe.
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _parse_entry(path, name, spec, data_start, data_size) -> TensorEntry:
+    def bad(why):
+        return CheckpointError(f"{path}: tensor {name!r}: {why}")
+
+    if not isinstance(spec, dict):
+        raise bad("header entry is not an object")
+    dtype = spec.get("dtype")
+    if dtype not in DTYPES:
+        raise bad(f"unknown dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise bad(f"shape must be a list of non-negative integers, got {shape!r}")
+    offsets = spec.get("data_offsets")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        raise bad(f"data_offsets must be [begin, end], got {offsets!r}")
+    begin, end = offsets
+    nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+    if not 0 <= begin <= end:
+        raise bad(f"data_offsets {offsets} are not an increasing pair")
+    if end > data_size:
+        raise bad(f"data ends at byte {end} but the file holds only {data_size} bytes of data; the file is truncated")
+    if end - begin != nbytes:
+        raise bad(f"shape {shape} of {dtype} needs {nbytes} bytes but data_offsets span {end - begin}")
+    return TensorEntry(name, dtype, tuple(shape), data_start + begin, nbytes)
+
+
+def write_safetensors(path: "str | os.PathLike[str]",
+                      specs: Iterable[Tuple[str, str, Tuple[int, ...]]],
+                      produce: Callable[[str], np.ndarray],
+                      metadata: Optional[Mapping[str, str]] = None,
+                      progress: Optional[Callable[[str, int], None]] = None) -> None:
+    """Write a safetensors file, one tensor at a time, atomically.
+
+    `specs` lists (name, safetensors dtype, shape) in file order; `produce(name)` returns that tensor
+    only when it is written, so at most one tensor needs to be in memory. `progress(name, nbytes)` is
+    called after each tensor. The file appears at `path` only once complete.
+    """
+    path = os.fspath(path)
+    specs = [(name, dtype, tuple(int(d) for d in shape)) for name, dtype, shape in specs]
+    header: Dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for name, dtype, shape in specs:
+        if dtype not in DTYPES:
+            raise CheckpointError(f"cannot write tensor {name!r} with unknown dtype {dtype!r}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-(8 + len(blob)) % DATA_ALIGNMENT)   # spaces are valid JSON padding
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for name, dtype, shape in specs:
+                array = np.asarray(produce(name))
+                expected = DTYPES[dtype]
+                if array.shape != shape or array.dtype.newbyteorder("<") != expected.newbyteorder("<"):
+                    raise CheckpointError(f"tensor {name!r}: produced {array.dtype} {array.shape}, "
+                                          f"expected {dtype} {shape}")
+                data = np.ascontiguousarray(array, dtype=expected)
+                f.write(data.data if data.size else b"")
+                if progress is not None:
+                    progress(name, data.nbytes)
+                del array, data
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_tensors(path, tensors: Mapping[str, np.ndarray], metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Convenience: write a dict of in-memory arrays (BF16 is not produced; store F32/F16/I8/...)."""
+    specs = [(name, dtype_name(a.dtype), a.shape) for name, a in tensors.items()]
+    write_safetensors(path, specs, lambda name: tensors[name], metadata)
