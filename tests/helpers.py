@@ -17,17 +17,20 @@ CONFIGS = {
 }
 
 
-def make_hf_model(seed: int = 0, init_std: float = 0.2, **config_kwargs):
+def make_hf_model(seed: int = 0, init_std=None, **config_kwargs):
     """A random transformers GPTJForCausalLM in fp32 eval mode.
 
     transformers initialises LayerNorms to exactly (1, 0) and biases to 0; both are perturbed here so
-    that a swapped or missing parameter shows in every comparison. `init_std` is larger than GPT-J's
-    0.02 so the logits spread over a few units, as a trained model's do, instead of sitting near 0.
+    that a swapped or missing parameter shows in every comparison. `init_std` defaults to
+    1.5 / sqrt(n_embd), so a linear layer scales activations by about 1.5 as GPT-J 6B's do (std 0.02 at
+    width 4096), and the logits spread over a few units, as a trained model's do, instead of sitting near 0.
     """
     import torch
     import transformers
 
     torch.manual_seed(seed)
+    if init_std is None:
+        init_std = 1.5 / config_kwargs["n_embd"] ** 0.5
     eos = config_kwargs["vocab_size"] - 1
     cfg = transformers.GPTJConfig(bos_token_id=eos, eos_token_id=eos, initializer_range=init_std, **config_kwargs)
     model = transformers.GPTJForCausalLM(cfg).eval()
