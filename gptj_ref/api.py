@@ -126,10 +126,10 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
 
     from .checkpoint import open_checkpoint
 
-    checkpoint = open_checkpoint(path)
-    weights = checkpoint.load_weights()
-    return Model(_make_backend(backend, checkpoint.config, weights, threads), Tokenizer.from_checkpoint_dir(path),
-                 f"{path} ({checkpoint.format})")
+    with open_checkpoint(path) as checkpoint:
+        weights = checkpoint.load_weights()  # memory-mapped arrays outlive the checkpoint object
+        config, description = checkpoint.config, f"{path} ({checkpoint.format})"
+    return Model(_make_backend(backend, config, weights, threads), Tokenizer.from_checkpoint_dir(path), description)
 
 
 class Model:

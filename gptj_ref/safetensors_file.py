@@ -76,13 +76,12 @@ class SafetensorsFile:
             self._file = open(self.path, "rb")
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: no such file") from None
-        try:
+        # The mapping keeps the data reachable after the file handle is closed, so no handle stays open
+        # for as long as arrays handed out are alive.
+        with self._file:
             self.metadata, self.entries = self._read_header()
             size = os.fstat(self._file.fileno()).st_size
             self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        except BaseException:
-            self._file.close()
-            raise
 
     def _read_header(self):
         size = os.fstat(self._file.fileno()).st_size
@@ -128,8 +127,8 @@ class SafetensorsFile:
         return flat.reshape(entry.shape)
 
     def close(self) -> None:
-        # Arrays handed out keep the mapping alive through their buffer; closing the file is safe.
-        self._file.close()
+        """Nothing to release: the file handle is closed at open, and the mapping lives as long as
+        the arrays handed out need it."""
 
     def __enter__(self):
         return self
