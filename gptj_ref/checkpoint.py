@@ -43,7 +43,7 @@ import numpy as np
 from .config import GPTJConfig
 from .errors import CheckpointError
 from .layout import LEGACY_BUFFER, weight_shapes
-from .safetensors_file import DTYPES, SafetensorsFile, bf16_to_f32
+from .safetensors_file import DTYPES, SafetensorsFile, bf16_to_f32, release_mapped_pages
 
 # Weight files in the order they are preferred: (file name, is an index of shards, format name).
 WEIGHT_FILES = (
@@ -129,9 +129,9 @@ class Checkpoint:
         raw = self._file(self._where[name]).array(name)
         if entry.dtype == "F32":
             return raw
-        if entry.dtype == "F16":
-            return raw.astype(np.float32)
-        return bf16_to_f32(raw)                      # BF16: raw uint16 bits
+        converted = raw.astype(np.float32) if entry.dtype == "F16" else bf16_to_f32(raw)  # BF16: raw uint16 bits
+        release_mapped_pages(raw)  # the copy is what is used: don't keep the source pages resident too
+        return converted
 
     def check(self) -> None:
         """Every tensor config.json implies is present with its shape and a float dtype; nothing else is.
@@ -335,12 +335,23 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+class _SealedFunction(_Sealed):
+    """A stand-in function the pickle can call but not modify: a plain function would let a BUILD
+    opcode rewrite its `__defaults__` in the running process."""
+
+    def __init__(self, function):
+        self._function = function
+
+    def __call__(self, *args):
+        return self._function(*args)
+
+
 # (module, name) -> stand-in. Everything a torch.save of a plain state dict emits; nothing else.
 _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_tensor"): _SealedFunction(_rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor_v2"): _SealedFunction(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_parameter"): _SealedFunction(_rebuild_parameter),
     **{("torch", storage): _StorageType(dtype) for storage, dtype in STORAGE_DTYPES.items()},
 }
 

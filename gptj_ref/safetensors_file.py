@@ -164,6 +164,37 @@ def _parse_entry(path, name, spec, data_start, data_size) -> TensorEntry:
     return TensorEntry(name, dtype, tuple(shape), data_start + begin, nbytes)
 
 
+def release_mapped_pages(array: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped array from this process's resident set (madvise DONTNEED).
+
+    The data stays in the page cache and is read back on the next access; only arrays that view an
+    `mmap.mmap` are touched (anonymous memory is freed by dropping the array, and DONTNEED would zero it).
+    Use it only on arrays nobody writes to (ours are read-only), so nothing is lost.
+    """
+    owner = array
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    if isinstance(owner, memoryview):
+        owner = owner.obj
+    if not isinstance(owner, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or array.nbytes == 0 or len(owner) == 0:
+        return
+    map_start = np.frombuffer(owner, dtype=np.uint8, count=1).ctypes.data
+    low, high = _byte_bounds(array)
+    page = mmap.PAGESIZE
+    begin = (low - map_start) // page * page
+    end = min(-(-(high - map_start) // page) * page, len(owner))
+    if 0 <= begin < end:
+        owner.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
+
+def _byte_bounds(array: np.ndarray):
+    try:
+        from numpy.lib.array_utils import byte_bounds
+    except ImportError:  # numpy < 2
+        byte_bounds = np.byte_bounds
+    return byte_bounds(array)
+
+
 def write_safetensors(path: "str | os.PathLike[str]",
                       specs: Iterable[Tuple[str, str, Tuple[int, ...]]],
                       produce: Callable[[str], np.ndarray],
@@ -209,6 +240,9 @@ def write_safetensors(path: "str | os.PathLike[str]",
                 del array, data
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

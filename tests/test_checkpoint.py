@@ -598,3 +598,16 @@ def test_cli_info_reports_the_parameter_count(cli_checkpoint, capsys):
     out = capsys.readouterr().out
     assert f"parameters: {n_params:,}" in out
     assert "Hugging Face checkpoint, safetensors" in out
+
+
+def test_a_pickle_cannot_modify_the_stand_in_functions(model, tmp_path):
+    """GLOBAL _rebuild_tensor_v2, then BUILD with slot state {'__defaults__': ...}: with a plain function as
+    stand-in this would rewrite its defaults in the running process without any error."""
+    import gptj_ref.checkpoint as checkpoint_module
+
+    payload = b"ctorch._utils\n_rebuild_tensor_v2\n(N(dS'__defaults__'\n(I01\nS'pwned'\nNtstb."
+    write_torch_zip(tmp_path / "pytorch_model.bin", payload)
+    model.config.to_json_file(tmp_path / "config.json")
+    with pytest.raises(CheckpointError, match="tries to set the state"):
+        open_checkpoint(tmp_path)
+    assert checkpoint_module._rebuild_tensor_v2.__defaults__ == (False, None, None)
