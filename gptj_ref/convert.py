@@ -1,0 +1,232 @@
+"""Checkpoint -> native model file, tensor by tensor, in bounded memory.
+
+    from gptj_ref.convert import convert
+    convert("./gpt-j-6B", "gpt-j-6B.gptj", dtype="q8")      # `gptj convert ./gpt-j-6B gpt-j-6B.gptj`
+
+Memory: one source tensor is read at a time and dropped once written. Quantizing and casting to float16
+go a slice of rows at a time (quant.quantize_blocks, native.to_float16), so the biggest tensor is never
+copied whole more than once. A float32 source is memory-mapped; the pages of a tensor count in this
+process's resident set once read, so they are handed back to the page cache (madvise DONTNEED) as soon as
+the tensor is written. Peak RSS is therefore about
+
+    largest source tensor + its converted copy (1/4 of it for q8, 1/2 for f16) + a constant (~100 MB)
+
+e.g. for GPT-J 6B in float32 (lm_head: 825 MB) about 1.1 GB for q8, whatever the 24 GB total is
+(a float16 / bfloat16 source adds the float32 copy that `Checkpoint.read` makes of one tensor).
+benchmarks/convert_memory.py measures it.
+
+Safety: the output is written to a temporary file beside `dst` and renamed into place only once
+complete; an error or Ctrl-C leaves neither a partial `dst` nor the temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from typing import Callable, List, Optional, TextIO
+
+import numpy as np
+
+from .config import GPTJConfig
+from .errors import CheckpointError, ConfigError, GPTJError, SettingsError
+from .native import NATIVE_DTYPES, is_native_file, native_size, open_native, write_native
+from .quant import QK
+from .safetensors_file import release_mapped_pages
+
+
+def convert(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", dtype: str = "q8",
+            progress: bool = True, tokenizer_json: Optional[str] = None) -> None:
+    """Convert a checkpoint to a native model file.
+
+    src             a Hugging Face GPT-J directory (anything `checkpoint.open_checkpoint` reads), or an
+                    existing native file (to change its dtype)
+    dst             the native file to write; replaced atomically if it exists
+    dtype           "q8" (int8 blocks, see quant.py), "f16" or "f32"
+    progress        show a progress bar on stderr (only when stderr is a terminal)
+    tokenizer_json  the tokenizer to embed; None takes the checkpoint's own (tokenizer.json, or
+                    vocab.json + merges.txt), falling back to the built-in GPT-2 BPE
+
+    Raises GPTJError subclasses for bad input: SettingsError for arguments, CheckpointError for a
+    source that is missing, malformed or disagrees with its config, ConfigError for a config that the
+    dtype cannot hold (q8 needs n_embd and d_ff to be multiples of 32).
+    """
+    if dtype not in NATIVE_DTYPES:
+        raise SettingsError(f"unknown dtype {dtype!r}; choose one of {', '.join(NATIVE_DTYPES)}")
+    src, dst = os.fspath(src), os.fspath(dst)
+    if not os.path.exists(src):
+        raise CheckpointError(f"no checkpoint at {src!r}: give a Hugging Face GPT-J directory or a native file")
+    _check_destination(src, dst)
+
+    source = _open_source(src)
+    try:
+        config = source.config
+        if dtype == "q8" and (config.n_embd % QK or config.d_ff % QK):
+            raise ConfigError(f"q8 needs n_embd ({config.n_embd}) and d_ff ({config.d_ff}) to be multiples of {QK}, "
+                              "the int8 block size; convert to f16 or f32 instead")
+        source.check_tensors()
+        _check_free_space(dst, native_size(config, dtype))
+        if tokenizer_json is None:
+            tokenizer_json = source.tokenizer_json()
+
+        bar = ProgressBar(native_size(config, dtype), f"convert {dtype}", enabled=progress)
+        handed_out: List[np.ndarray] = []
+
+        def tensor_source(name: str) -> np.ndarray:
+            array = source.read(name)
+            handed_out.append(array)
+            return array
+
+        def tensor_written(name: str, nbytes: int) -> None:
+            while handed_out:
+                release_mapped_pages(handed_out.pop())
+            bar.update(nbytes)
+
+        try:
+            write_native(dst, config, tensor_source, dtype, tokenizer_json, progress=tensor_written)
+        finally:
+            handed_out.clear()
+            bar.close()
+    finally:
+        source.close()
+
+
+def _check_destination(src: str, dst: str) -> None:
+    if os.path.isdir(dst):
+        raise SettingsError(f"the output {dst!r} is a directory; give a file name such as model.gptj")
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise SettingsError(f"the output {dst!r} is the input; write to another file")
+    directory = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(directory):
+        raise SettingsError(f"the output directory {directory!r} does not exist; create it first")
+
+
+def _check_free_space(dst: str, needed: int) -> None:
+    directory = os.path.dirname(os.path.abspath(dst))
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise SettingsError(f"not enough space in {directory}: the output needs {needed / 1e9:.2f} GB, "
+                            f"{free / 1e9:.2f} GB are free")
+
+
+# -------------------------------------------------------------------------------------------------
+# Sources: a Hugging Face checkpoint or an existing native file, behind one small interface
+# -------------------------------------------------------------------------------------------------
+
+class _CheckpointSource:
+    def __init__(self, path: str):
+        from .checkpoint import open_checkpoint
+
+        self.path = path
+        self._ckpt = open_checkpoint(path)
+        self.config: GPTJConfig = self._ckpt.config
+
+    def check_tensors(self) -> None:
+        self._ckpt.check()      # every tensor the config implies, with its shape and a float dtype
+
+    def read(self, name: str) -> np.ndarray:
+        return self._ckpt.read(name)
+
+    def tokenizer_json(self) -> str:
+        from .tokenizer import Tokenizer
+
+        return Tokenizer.from_checkpoint_dir(self.path).to_json()
+
+    def close(self) -> None:
+        self._ckpt.close()
+
+
+class _NativeSource:
+    def __init__(self, path: str):
+        self._native = open_native(path)
+        self.config: GPTJConfig = self._native.config
+
+    def check_tensors(self) -> None:
+        pass  # open_native validated every tensor against the config
+
+    def read(self, name: str) -> np.ndarray:
+        return self._native.weight(name)
+
+    def tokenizer_json(self) -> str:
+        return self._native.tokenizer_json
+
+    def close(self) -> None:
+        self._native.close()
+
+
+def _open_source(path: str):
+    if os.path.isfile(path):
+        if not is_native_file(path):
+            raise CheckpointError(f"{path} is a file but not a gptj_ref native model file; for a Hugging Face "
+                                  "checkpoint, give the directory that holds config.json")
+        return _NativeSource(path)
+    try:
+        return _CheckpointSource(path)
+    except GPTJError:
+        raise
+    except OSError as e:
+        raise CheckpointError(f"cannot read the checkpoint at {path}: {e}") from None
+
+
+# -------------------------------------------------------------------------------------------------
+# Memory and progress
+# -------------------------------------------------------------------------------------------------
+
+class ProgressBar:
+    """A one-line progress bar on stderr: bytes done / total, percent, rate and time left.
+
+    Drawn only when enabled and the stream is a terminal; redrawn at most 10 times a second.
+    """
+
+    WIDTH = 30
+
+    def __init__(self, total: int, label: str, enabled: bool = True, stream: Optional[TextIO] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total, self.label, self.done = max(int(total), 1), label, 0
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled and _is_terminal(self.stream)
+        self._clock = clock
+        self._started = clock()
+        self._drawn_at = -1.0
+        self._drawn = False
+
+    def update(self, nbytes: int) -> None:
+        self.done += int(nbytes)
+        now = self._clock()
+        if self.enabled and (now - self._drawn_at >= 0.1 or self.done >= self.total):
+            self._drawn_at = now
+            self.stream.write("\r" + self.render(now))
+            self.stream.flush()
+            self._drawn = True
+
+    def render(self, now: float) -> str:
+        fraction = min(self.done / self.total, 1.0)
+        filled = int(round(fraction * self.WIDTH))
+        elapsed = max(now - self._started, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        return (f"{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+                f"{self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB {fraction:4.0%} "
+                f"{rate / 1e6:6.1f} MB/s  ETA {_duration(left)}  ")
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "--:--"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
