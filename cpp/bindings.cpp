@@ -1,8 +1,366 @@
-// The only file that knows about Python.
+// The only file that knows about Python: the kernels one by one (for tests and benchmarks) and the
+// fp32 model. Arrays are taken without conversion: a wrong dtype, layout or shape raises with what was
+// expected and what was found, instead of silently copying gigabytes. The GIL is released while C++
+// computes.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/impl.h"
+#include "kernels/kernels.h"
+#include "runtime/model.h"
 
 namespace py = pybind11;
+namespace k = gptj::kernels;
+namespace rt = gptj::runtime;
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+    std::ostringstream s;
+    s << "(";
+    for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+    s << (shape.size() == 1 ? ",)" : ")");
+    return s.str();
+}
+
+std::vector<int64_t> shape_of(const py::array& a) { return std::vector<int64_t>(a.shape(), a.shape() + a.ndim()); }
+
+// Check a is a C-contiguous array of T with the given shape (-1 = any size on that axis).
+template <typename T>
+void check_array(const py::array& a, const std::string& what, const std::vector<int64_t>& shape) {
+    if (!a.dtype().is(py::dtype::of<T>()))
+        throw py::value_error(what + " has dtype " + std::string(py::str(a.dtype())) + ", expected " +
+                              std::string(py::str(py::dtype::of<T>())) +
+                              " (arrays are used in place, never converted)");
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(what + " is not C-contiguous; pass np.ascontiguousarray(...) (arrays are used in place)");
+    bool same = int64_t(shape.size()) == a.ndim();
+    for (size_t i = 0; same && i < shape.size(); ++i) same = shape[i] < 0 || shape[i] == a.shape(i);
+    if (!same) throw py::value_error(what + " has shape " + shape_str(shape_of(a)) + ", expected " + shape_str(shape));
+}
+
+template <typename T>
+const T* in_ptr(const py::array& a, const std::string& what, const std::vector<int64_t>& shape) {
+    check_array<T>(a, what, shape);
+    return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* out_ptr(py::array& a, const std::string& what, const std::vector<int64_t>& shape) {
+    check_array<T>(a, what, shape);
+    if (!a.writeable()) throw py::value_error(what + " is read-only");
+    return static_cast<T*>(a.mutable_data());
+}
+
+// Runs f with `threads` kernel threads (when given), restoring the previous team size afterwards.
+template <typename F>
+void with_threads(std::optional<int> threads, F&& f) {
+    const int before = k::max_threads();
+    if (threads) k::set_num_threads(*threads);
+    {
+        py::gil_scoped_release release;
+        f();
+    }
+    k::set_num_threads(before);
+}
+
+k::Isa parse_isa(const std::string& name) {
+    if (name == "scalar") return k::Isa::Scalar;
+    if (name == "avx2") return k::Isa::Avx2;
+    throw py::value_error("unknown kernel ISA '" + name + "'; expected 'scalar' or 'avx2'");
+}
+
+// The fp32 model plus the Python objects its weight views point into.
+struct PyModel {
+    std::unique_ptr<rt::Model> model;
+    std::vector<py::object> keep_alive;
+};
+
+struct PyCache {
+    std::unique_ptr<rt::KVCache> cache;
+};
+
+// W (out, in) from weights[name] as an fp32 LinearWeight view, with the bias when bias_name is given.
+rt::LinearWeight linear_view(const py::dict& weights, const std::string& name, const std::string& bias_name,
+                             int64_t out, int64_t in, std::vector<py::object>& keep) {
+    auto get = [&](const std::string& key) -> py::array {
+        if (!weights.contains(key)) throw py::value_error("missing weight " + key);
+        py::object obj = weights[py::str(key)];
+        if (!py::isinstance<py::array>(obj))
+            throw py::type_error("weight " + key + " is a " + std::string(py::str(py::type::of(obj).attr("__name__"))) +
+                                 ", expected a numpy.ndarray");
+        keep.push_back(obj);
+        return obj.cast<py::array>();
+    };
+    rt::LinearWeight w;
+    w.out = out;
+    w.in = in;
+    w.f32 = in_ptr<float>(get(name), "weight " + name, {out, in});
+    if (!bias_name.empty()) w.bias = in_ptr<float>(get(bias_name), "weight " + bias_name, {out});
+    return w;
+}
+
+const float* vector_view(const py::dict& weights, const std::string& name, std::vector<int64_t> shape,
+                         std::vector<py::object>& keep) {
+    if (!weights.contains(name)) throw py::value_error("missing weight " + name);
+    py::object obj = weights[py::str(name)];
+    if (!py::isinstance<py::array>(obj))
+        throw py::type_error("weight " + name + " is a " + std::string(py::str(py::type::of(obj).attr("__name__"))) +
+                             ", expected a numpy.ndarray");
+    keep.push_back(obj);
+    return in_ptr<float>(obj.cast<py::array>(), "weight " + name, shape);
+}
+
+PyModel make_model(const py::dict& weights, const py::array& sin, const py::array& cos, int64_t vocab_size,
+                   int64_t n_positions, int64_t n_embd, int64_t n_layer, int64_t n_head, int64_t rotary_dim,
+                   int64_t d_ff, float eps, int threads) {
+    if (n_embd <= 0 || n_head <= 0 || n_embd % n_head || rotary_dim % 2 || rotary_dim > n_embd / n_head ||
+        vocab_size <= 0 || n_positions <= 0 || n_layer <= 0 || d_ff <= 0)
+        throw py::value_error("inconsistent model sizes");
+    rt::Config c{vocab_size, n_positions, n_embd, n_layer, n_head, rotary_dim, d_ff, eps};
+    PyModel pm;
+    auto& keep = pm.keep_alive;
+    rt::Weights w;
+    const int64_t E = n_embd, F = d_ff, V = vocab_size;
+    w.wte = vector_view(weights, "transformer.wte.weight", {V, E}, keep);
+    for (int64_t l = 0; l < n_layer; ++l) {
+        const std::string p = "transformer.h." + std::to_string(l) + ".";
+        rt::LayerWeights L;
+        L.ln_g = vector_view(weights, p + "ln_1.weight", {E}, keep);
+        L.ln_b = vector_view(weights, p + "ln_1.bias", {E}, keep);
+        L.q = linear_view(weights, p + "attn.q_proj.weight", "", E, E, keep);
+        L.k = linear_view(weights, p + "attn.k_proj.weight", "", E, E, keep);
+        L.v = linear_view(weights, p + "attn.v_proj.weight", "", E, E, keep);
+        L.out = linear_view(weights, p + "attn.out_proj.weight", "", E, E, keep);
+        L.fc_in = linear_view(weights, p + "mlp.fc_in.weight", p + "mlp.fc_in.bias", F, E, keep);
+        L.fc_out = linear_view(weights, p + "mlp.fc_out.weight", p + "mlp.fc_out.bias", E, F, keep);
+        w.layers.push_back(L);
+    }
+    w.ln_f_g = vector_view(weights, "transformer.ln_f.weight", {E}, keep);
+    w.ln_f_b = vector_view(weights, "transformer.ln_f.bias", {E}, keep);
+    w.lm_head = linear_view(weights, "lm_head.weight", "lm_head.bias", V, E, keep);
+    w.sin = in_ptr<float>(sin, "rotary sin table", {n_positions, rotary_dim / 2});
+    w.cos = in_ptr<float>(cos, "rotary cos table", {n_positions, rotary_dim / 2});
+    keep.push_back(sin);
+    keep.push_back(cos);
+    pm.model = std::make_unique<rt::Model>(c, std::move(w), threads);
+    return pm;
+}
+
+// Runs the model on ids (n) split into rows by counts (batch); returns logits (n, vocab) and, when
+// asked, the hidden states (n_layer + 2, n, n_embd).
+py::tuple run_model(PyModel& pm, const py::array& ids, const py::array& counts, PyCache& pc, bool with_hidden) {
+    const rt::Config& c = pm.model->config();
+    const int64_t* id = in_ptr<int64_t>(ids, "token ids", {-1});
+    const int64_t* cnt = in_ptr<int64_t>(counts, "counts", {pc.cache->batch()});
+    int64_t total = 0;
+    for (int64_t r = 0; r < pc.cache->batch(); ++r) total += cnt[r];
+    if (total != ids.shape(0))
+        throw py::value_error("counts add up to " + std::to_string(total) + " tokens but " +
+                              std::to_string(ids.shape(0)) + " ids were given");
+    const int64_t n = ids.shape(0);
+    py::array_t<float> logits({n, c.vocab_size});
+    py::object hidden = py::none();
+    float* hidden_ptr = nullptr;
+    if (with_hidden) {
+        py::array_t<float> h({c.n_layer + 2, n, c.n_embd});
+        hidden_ptr = h.mutable_data();
+        hidden = h;
+    }
+    float* out = logits.mutable_data();
+    {
+        py::gil_scoped_release release;
+        pm.model->forward(out, id, cnt, *pc.cache, hidden_ptr);
+    }
+    return py::make_tuple(logits, hidden);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "gptj_ref C++ core";
+    m.doc() = "gptj_ref C++ core: fp32 kernels (scalar and AVX2) and the fp32 GPT-J runtime";
+
+    // Kernel implementation and threads ---------------------------------------------------------
+    m.def("avx2_supported", &k::avx2_supported, "True when the AVX2+FMA kernels are compiled in and the CPU has them");
+    m.def("set_isa", [](const std::string& name) { k::set_isa(parse_isa(name)); }, py::arg("isa"),
+          "Use the 'scalar' or 'avx2' kernels from now on (process-wide)");
+    m.def("isa", [] { return std::string(k::isa_name(k::isa())); }, "The kernel implementation in use");
+    m.def("max_threads", &k::max_threads, "Default kernel team size for the calling thread");
+    m.attr("LINEAR_BLOCK_K") = k::kLinearBlockK;
+
+    // Kernels, each returning a new array (threads=None keeps the default team size) -------------
+    m.def(
+        "linear",
+        [](const py::array& x, const py::array& w, std::optional<py::array> b, std::optional<int> threads) {
+            const float* xp = in_ptr<float>(x, "x", {-1, -1});
+            const int64_t M = x.shape(0), K = x.shape(1);
+            const float* wp = in_ptr<float>(w, "w", {-1, K});
+            const int64_t N = w.shape(0);
+            const float* bp = b ? in_ptr<float>(*b, "b", {N}) : nullptr;
+            py::array_t<float> y({M, N});
+            float* yp = y.mutable_data();
+            with_threads(threads, [&] { k::linear(yp, xp, wp, bp, M, N, K); });
+            return y;
+        },
+        py::arg("x").noconvert(), py::arg("w").noconvert(), py::arg("b").noconvert() = py::none(),
+        py::arg("threads") = py::none(), "y = x @ w.T + b.  x (M, K), w (N, K), b (N) or None -> y (M, N)");
+    m.def(
+        "layer_norm",
+        [](const py::array& x, const py::array& g, const py::array& b, float eps, std::optional<int> threads) {
+            const float* xp = in_ptr<float>(x, "x", {-1, -1});
+            const int64_t M = x.shape(0), N = x.shape(1);
+            const float* gp = in_ptr<float>(g, "weight", {N});
+            const float* bp = in_ptr<float>(b, "bias", {N});
+            py::array_t<float> y({M, N});
+            float* yp = y.mutable_data();
+            with_threads(threads, [&] { k::layer_norm(yp, xp, gp, bp, M, N, eps); });
+            return y;
+        },
+        py::arg("x").noconvert(), py::arg("weight").noconvert(), py::arg("bias").noconvert(), py::arg("eps"),
+        py::arg("threads") = py::none(), "Row-wise LayerNorm.  x (M, N), weight, bias (N) -> (M, N)");
+    m.def(
+        "gelu_new",
+        [](const py::array& x, std::optional<int> threads) {
+            const float* xp = in_ptr<float>(x, "x", {-1});
+            const int64_t n = x.shape(0);
+            py::array_t<float> y(n);
+            float* yp = y.mutable_data();
+            std::copy(xp, xp + n, yp);
+            with_threads(threads, [&] { k::gelu_new(yp, n); });
+            return y;
+        },
+        py::arg("x").noconvert(), py::arg("threads") = py::none(), "gelu_new (tanh approximation).  x (n) -> (n)");
+    m.def(
+        "softmax",
+        [](const py::array& x, std::optional<int> threads) {
+            const float* xp = in_ptr<float>(x, "x", {-1, -1});
+            const int64_t M = x.shape(0), N = x.shape(1);
+            if (N == 0) throw py::value_error("softmax needs at least one column");
+            py::array_t<float> y({M, N});
+            float* yp = y.mutable_data();
+            with_threads(threads, [&] { k::softmax(yp, xp, M, N); });
+            return y;
+        },
+        py::arg("x").noconvert(), py::arg("threads") = py::none(), "Row-wise softmax.  x (M, N) -> (M, N)");
+    m.def(
+        "residual_add",
+        [](const py::array& x, const py::array& a, const py::array& mm, std::optional<int> threads) {
+            const float* xp = in_ptr<float>(x, "x", {-1});
+            const int64_t n = x.shape(0);
+            const float* ap = in_ptr<float>(a, "a", {n});
+            const float* mp = in_ptr<float>(mm, "m", {n});
+            py::array_t<float> y(n);
+            float* yp = y.mutable_data();
+            std::copy(xp, xp + n, yp);
+            with_threads(threads, [&] { k::residual_add(yp, ap, mp, n); });
+            return y;
+        },
+        py::arg("x").noconvert(), py::arg("a").noconvert(), py::arg("m").noconvert(), py::arg("threads") = py::none(),
+        "(a + m) + x.  x, a, m (n) -> (n)");
+    m.def(
+        "rotary",
+        [](const py::array& x, const py::array& sin, const py::array& cos, const py::array& pos, int64_t n_head,
+           int64_t n_rot, std::optional<int> threads) {
+            const float* xp = in_ptr<float>(x, "x", {-1, -1});
+            const int64_t T = x.shape(0), width = x.shape(1);
+            if (n_head <= 0 || width % n_head || n_rot % 2 || n_rot > width / n_head || n_rot < 0)
+                throw py::value_error("need n_head dividing the width and an even n_rot <= head width");
+            const float* sp = in_ptr<float>(sin, "sin", {-1, n_rot / 2});
+            const float* cp = in_ptr<float>(cos, "cos", {sin.shape(0), n_rot / 2});
+            const int64_t* pp = in_ptr<int64_t>(pos, "pos", {T});
+            for (int64_t t = 0; t < T; ++t)
+                if (pp[t] < 0 || pp[t] >= sin.shape(0)) throw py::value_error("position outside the sin/cos tables");
+            py::array_t<float> y({T, width});
+            float* yp = y.mutable_data();
+            std::copy(xp, xp + T * width, yp);
+            with_threads(threads, [&] { k::rotary(yp, sp, cp, pp, T, width, n_head, width / n_head, n_rot); });
+            return y;
+        },
+        py::arg("x").noconvert(), py::arg("sin").noconvert(), py::arg("cos").noconvert(), py::arg("pos").noconvert(),
+        py::arg("n_head"), py::arg("n_rot"), py::arg("threads") = py::none(),
+        "Interleaved rotary on the first n_rot dims of each head.  x (T, n_head*d_head), sin, cos (n_ctx, n_rot/2), "
+        "pos (T) int64 -> (T, n_head*d_head)");
+    m.def(
+        "attention",
+        [](const py::array& q, const py::array& kc, const py::array& vc, int64_t start, std::optional<int> threads) {
+            const float* qp = in_ptr<float>(q, "q", {-1, -1, -1});
+            const int64_t T = q.shape(0), H = q.shape(1), dh = q.shape(2);
+            const float* kp = in_ptr<float>(kc, "k", {H, -1, dh});
+            const int64_t S = kc.shape(1);
+            const float* vp = in_ptr<float>(vc, "v", {H, S, dh});
+            if (start < 0 || start + T > S) throw py::value_error("start + T must fit the cache's slots");
+            py::array_t<float> out({T, H, dh});
+            float* op = out.mutable_data();
+            std::vector<float> scratch;
+            with_threads(threads, [&] {
+                scratch.resize(size_t(k::attention_scratch_floats(start + T)));
+                k::attention(op, qp, kp, vp, scratch.data(), T, start, H, dh, S);
+            });
+            return out;
+        },
+        py::arg("q").noconvert(), py::arg("k").noconvert(), py::arg("v").noconvert(), py::arg("start"),
+        py::arg("threads") = py::none(),
+        "Causal attention of T queries in slots [start, start+T) over cache slots [0, start+T).  "
+        "q (T, n_head, d_head), k, v (n_head, max_tokens, d_head) -> (T, n_head, d_head)");
+    m.def(
+        "stream_read",
+        [](const py::array& x, std::optional<int> threads) {
+            const float* xp = in_ptr<float>(x, "x", {-1});
+            double total = 0;
+            with_threads(threads, [&] { total = k::stream_read(xp, x.shape(0)); });
+            return total;
+        },
+        py::arg("x").noconvert(), py::arg("threads") = py::none(),
+        "Sum of x read once with streaming loads (a memory-bandwidth probe).  x (n) -> float");
+
+    // The fp32 runtime ---------------------------------------------------------------------------
+    py::class_<PyCache>(m, "KVCache", "Keys and values of `batch` independent sequences")
+        .def(py::init([](const PyModel& pm, int64_t batch, int64_t max_tokens) {
+                 const rt::Config& c = pm.model->config();
+                 if (batch < 1 || max_tokens < 1 || max_tokens > c.n_ctx)
+                     throw py::value_error("a cache needs batch >= 1 and 1 <= max_tokens <= " + std::to_string(c.n_ctx));
+                 return PyCache{std::make_unique<rt::KVCache>(c, batch, max_tokens)};
+             }),
+             py::arg("model"), py::arg("batch"), py::arg("max_tokens"))
+        .def_property_readonly("batch", [](const PyCache& pc) { return pc.cache->batch(); })
+        .def_property_readonly("max_tokens", [](const PyCache& pc) { return pc.cache->max_tokens(); })
+        .def_property_readonly("lengths", [](const PyCache& pc) {
+            std::vector<int64_t> out(size_t(pc.cache->batch()));
+            for (int64_t r = 0; r < pc.cache->batch(); ++r) out[size_t(r)] = pc.cache->length(r);
+            return out;
+        }, "Tokens held by each row");
+
+    py::class_<PyModel>(m, "Model", "GPT-J in fp32 over views of the given weight arrays")
+        .def(py::init(&make_model), py::arg("weights"), py::arg("sin").noconvert(), py::arg("cos").noconvert(),
+             py::kw_only(), py::arg("vocab_size"), py::arg("n_positions"), py::arg("n_embd"), py::arg("n_layer"),
+             py::arg("n_head"), py::arg("rotary_dim"), py::arg("d_ff"), py::arg("eps"), py::arg("threads"))
+        .def_property(
+            "threads", [](const PyModel& pm) { return pm.model->threads(); },
+            [](PyModel& pm, int t) {
+                if (t < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(t));
+                pm.model->set_threads(t);
+            })
+        .def(
+            "forward",
+            [](PyModel& pm, const py::array& ids, const py::array& counts, PyCache& cache) {
+                return py::object(run_model(pm, ids, counts, cache, false)[0]);
+            },
+            py::arg("ids").noconvert(), py::arg("counts").noconvert(), py::arg("cache"),
+            "Logits (n, vocab) for ids (n) int64: the new tokens of every cache row concatenated, counts (batch) "
+            "int64 of them per row")
+        .def(
+            "forward_hidden",
+            [](PyModel& pm, const py::array& ids, const py::array& counts, PyCache& cache) {
+                return run_model(pm, ids, counts, cache, true);
+            },
+            py::arg("ids").noconvert(), py::arg("counts").noconvert(), py::arg("cache"),
+            "(logits (n, vocab), hidden (n_layer + 2, n, n_embd)): as forward, plus the embeddings, every block's "
+            "output and ln_f's output");
 }

@@ -1,0 +1,42 @@
+// Elementwise and row-wise activations, scalar reference: gelu_new, softmax, residual_add.
+//
+// Rounding: gelu_new follows transformers' order of operations with std::tanh (libm, < 1 ulp);
+// softmax uses std::exp of (x - max) and divides by the fp32 sum taken in index order.
+#include <cmath>
+
+#include "kernels/impl.h"
+
+namespace gptj::kernels::scalar {
+
+// gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+void gelu_new(float* x, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = x[i];
+        const float inner = 0.7978845608f * (v + 0.044715f * (v * v * v));
+        x[i] = (0.5f * v) * (1.0f + std::tanh(inner));
+    }
+}
+
+// y[m, :] = exp(x[m, :] - max) / sum(exp(x[m, :] - max))
+void softmax(float* y, const float* x, int64_t M, int64_t N) {
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * N;
+        float* ym = y + m * N;
+        float mx = xm[0];
+        for (int64_t i = 1; i < N; ++i) mx = std::fmax(mx, xm[i]);
+        float sum = 0.0f;
+        for (int64_t i = 0; i < N; ++i) sum += (ym[i] = std::exp(xm[i] - mx));
+        const float inv = 1.0f / sum;
+        for (int64_t i = 0; i < N; ++i) ym[i] *= inv;
+    }
+}
+
+// x = (a + m) + x, the order transformers adds GPT-J's attention and MLP outputs to the residual.
+void residual_add(float* x, const float* a, const float* m, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) x[i] = (a[i] + m[i]) + x[i];
+}
+
+}  // namespace gptj::kernels::scalar

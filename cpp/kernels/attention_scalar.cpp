@@ -1,0 +1,53 @@
+// attention, scalar reference: causal softmax attention of T new queries over one sequence's KV cache.
+//
+// Contract: q, out (T, n_head * d_head); k, v (n_head, max_tokens, d_head) with slots [0, start + T)
+// filled (keys after rotary); scratch (max_threads() * (start + T)). Query t is in slot start + t and
+// sees slots [0, start + t]:
+//     s_j = (q . k_j) / sqrt(d_head),  p = softmax(s),  out = sum_j p_j v_j
+// Rounding: fp32 dot products in index order, softmax as in activation_scalar.cpp, the value sum in
+// slot order. Threads split the (head, query) pairs; each output row is computed by one thread.
+#include <cmath>
+
+#include "kernels/impl.h"
+#include "kernels/parallel.h"
+
+namespace gptj::kernels::scalar {
+
+// s = exp(s - max) / sum(exp(s - max)), in place.  s (n)
+static void softmax_row(float* s, int64_t n) {
+    float mx = s[0];
+    for (int64_t i = 1; i < n; ++i) mx = std::fmax(mx, s[i]);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; ++i) sum += (s[i] = std::exp(s[i] - mx));
+    const float inv = 1.0f / sum;
+    for (int64_t i = 0; i < n; ++i) s[i] *= inv;
+}
+
+void attention(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T,
+               int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens) {
+    const int64_t width = n_head * d_head;
+    const float scale = std::sqrt(float(d_head));
+#pragma omp parallel
+    {
+        float* scores = scratch + int64_t(thread_index()) * (start + T);
+#pragma omp for schedule(static)
+        for (int64_t ht = 0; ht < n_head * T; ++ht) {
+            const int64_t h = ht / T, t = ht % T, n_keys = start + t + 1;
+            const float* qt = q + t * width + h * d_head;
+            const float* kh = k + h * max_tokens * d_head;
+            const float* vh = v + h * max_tokens * d_head;
+            float* ot = out + t * width + h * d_head;
+            for (int64_t j = 0; j < n_keys; ++j) {
+                float dot = 0.0f;
+                for (int64_t d = 0; d < d_head; ++d) dot += qt[d] * kh[j * d_head + d];
+                scores[j] = dot / scale;
+            }
+            softmax_row(scores, n_keys);
+            for (int64_t d = 0; d < d_head; ++d) ot[d] = 0.0f;
+            for (int64_t j = 0; j < n_keys; ++j)
+                for (int64_t d = 0; d < d_head; ++d) ot[d] += scores[j] * vh[j * d_head + d];
+        }
+    }
+}
+
+}  // namespace gptj::kernels::scalar

@@ -1,0 +1,96 @@
+// Tiny named AVX2/FMA helpers shared by the *_avx2.cpp kernels. Include only from files compiled
+// with -mavx2 -mfma. Vectors are named by element type and lane count (f32x8 = __m256).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace gptj::kernels::avx2 {
+
+using f32x8 = __m256;
+
+// Sum of the 8 lanes, always in the same order: (lo + hi) pairwise, then 4 -> 2 -> 1.
+inline float hsum_f32x8(f32x8 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Largest of the 8 lanes.
+inline float hmax_f32x8(f32x8 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Mask of the first n (0..8) lanes, for loads and stores of a tail.
+inline __m256i first_lanes_mask(int64_t n) {
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), idx);
+}
+
+// e^x per lane (Cephes expf): x = n ln2 + r with |r| <= ln2/2, e^r by a degree-5 polynomial, times 2^n.
+// Relative error about 2 ulp for x in [-87.3, 88]; inputs are clamped to that range (below it the
+// result is the smallest normal 1.2e-38, above it 1.65e38).
+inline f32x8 exp_f32x8(f32x8 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447505531f));
+    const f32x8 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);      // r = x - n ln2, ln2 split in two
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);   // for an exact first product
+    const f32x8 z = _mm256_mul_ps(x, x);
+    f32x8 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(p, z, x), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// tanh per lane: sign(x) (1 - 2 / (e^{2|x|} + 1)). Absolute error below 3e-7 everywhere (the relative
+// error grows near 0, where tanh(x) ~ x is tiny next to the 1 that gelu adds to it).
+inline f32x8 tanh_f32x8(f32x8 x) {
+    const f32x8 sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0f));
+    const f32x8 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    const f32x8 e = exp_f32x8(_mm256_add_ps(ax, ax));
+    const f32x8 t = _mm256_sub_ps(_mm256_set1_ps(1.0f),
+                                  _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+    return _mm256_or_ps(t, sign);
+}
+
+// One softmax row: y = exp(x - max) / sum(exp(x - max)), the tail through masked loads and stores.
+// x, y (n), n >= 1; y may alias x.
+inline void softmax_row(float* y, const float* x, int64_t n) {
+    const int64_t n8 = n / 8 * 8;
+    const __m256i tail = first_lanes_mask(n - n8);
+
+    f32x8 mx8 = _mm256_set1_ps(x[0]);
+    for (int64_t i = 0; i < n8; i += 8) mx8 = _mm256_max_ps(mx8, _mm256_loadu_ps(x + i));
+    float mx = hmax_f32x8(mx8);
+    for (int64_t i = n8; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+    mx8 = _mm256_set1_ps(mx);
+
+    f32x8 sum8 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n8; i += 8) {
+        const f32x8 e = exp_f32x8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mx8));
+        _mm256_storeu_ps(y + i, e);
+        sum8 = _mm256_add_ps(sum8, e);
+    }
+    if (n8 < n) {
+        const f32x8 e = exp_f32x8(_mm256_sub_ps(_mm256_maskload_ps(x + n8, tail), mx8));
+        _mm256_maskstore_ps(y + n8, tail, e);
+        sum8 = _mm256_add_ps(sum8, _mm256_and_ps(e, _mm256_castsi256_ps(tail)));
+    }
+
+    const f32x8 inv = _mm256_set1_ps(1.0f / hsum_f32x8(sum8));
+    for (int64_t i = 0; i < n8; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), inv));
+    if (n8 < n) _mm256_maskstore_ps(y + n8, tail, _mm256_mul_ps(_mm256_maskload_ps(y + n8, tail), inv));
+}
+
+}  // namespace gptj::kernels::avx2

@@ -1,0 +1,126 @@
+#include "runtime/model.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/kernels.h"
+
+namespace gptj::runtime {
+
+KVCache::KVCache(const Config& config, int64_t batch, int64_t max_tokens)
+    : batch_(batch),
+      max_tokens_(max_tokens),
+      row_floats_(config.n_head * max_tokens * config.head_dim()),
+      // new float[] leaves the memory untouched: pages are only mapped as tokens are written.
+      keys_(new float[config.n_layer * batch * row_floats_]),
+      values_(new float[config.n_layer * batch * row_floats_]),
+      length_(batch, 0) {}
+
+Model::Model(const Config& config, Weights weights, int threads)
+    : config_(config), weights_(std::move(weights)), threads_(threads < 1 ? 1 : threads) {}
+
+// Scratch for one call: x, h, q, k, v, att, a, m (n_tokens, n_embd) each, f (n_tokens, d_ff), and the
+// attention kernel's per-thread score rows. One buffer, grown when a call needs more.
+float* Model::reserve_scratch(int64_t n_tokens, int64_t max_keys) {
+    const size_t need = size_t(n_tokens * (8 * config_.n_embd + config_.d_ff) +
+                               kernels::attention_scratch_floats(max_keys));
+    if (scratch_.size() < need) scratch_.resize(need);
+    return scratch_.data();
+}
+
+// Write row r's new keys and values (count tokens from q/k/v row `first`) into its cache slots
+// [length, length + count), then attend its new queries over slots [0, length + count).
+void Model::attention_block(float* att, const float* q, const float* k, const float* v, int64_t layer,
+                            const int64_t* counts, KVCache& cache) {
+    const int64_t E = config_.n_embd, H = config_.n_head, dh = config_.head_dim(), S = cache.max_tokens();
+    int64_t first = 0;
+    for (int64_t r = 0; r < cache.batch(); ++r) {
+        const int64_t count = counts[r], start = cache.length(r);
+        float* keys = cache.keys(layer, r);
+        float* values = cache.values(layer, r);
+        for (int64_t t = 0; t < count; ++t)
+            for (int64_t h = 0; h < H; ++h) {
+                const int64_t src = (first + t) * E + h * dh, dst = (h * S + start + t) * dh;
+                std::memcpy(keys + dst, k + src, sizeof(float) * dh);
+                std::memcpy(values + dst, v + src, sizeof(float) * dh);
+            }
+        if (count > 0)
+            kernels::attention(att + first * E, q + first * E, keys, values, attention_scratch_, count, start, H,
+                               dh, S);
+        first += count;
+    }
+}
+
+void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KVCache& cache, float* hidden) {
+    std::lock_guard<std::mutex> lock(busy_);
+    const Config& c = config_;
+    const int64_t E = c.n_embd, F = c.d_ff, H = c.n_head, dh = c.head_dim(), R = c.rotary_dim;
+
+    // Positions: a row's new tokens follow the tokens it already holds.
+    int64_t n = 0, max_keys = 0;
+    positions_.clear();
+    for (int64_t r = 0; r < cache.batch(); ++r) {
+        const int64_t start = cache.length(r);
+        if (counts[r] < 0 || start + counts[r] > cache.max_tokens())
+            throw std::invalid_argument("row " + std::to_string(r) + " holds " + std::to_string(start) + " tokens; " +
+                                        std::to_string(counts[r]) + " more do not fit a cache of " +
+                                        std::to_string(cache.max_tokens()));
+        for (int64_t t = 0; t < counts[r]; ++t) positions_.push_back(start + t);
+        n += counts[r];
+        max_keys = std::max(max_keys, start + counts[r]);
+    }
+    for (int64_t i = 0; i < n; ++i)
+        if (ids[i] < 0 || ids[i] >= c.vocab_size)
+            throw std::out_of_range("token id " + std::to_string(ids[i]) + " is outside the vocabulary [0, " +
+                                    std::to_string(c.vocab_size) + ")");
+    if (n == 0) return;
+
+    kernels::set_num_threads(threads_);
+    float* x = reserve_scratch(n, max_keys);
+    float *h = x + n * E, *q = h + n * E, *k = q + n * E, *v = k + n * E, *att = v + n * E;
+    float *a = att + n * E, *m = a + n * E, *f = m + n * E;
+    attention_scratch_ = f + n * F;
+    const int64_t* pos = positions_.data();
+    auto keep = [&](int64_t i, const float* state) {
+        if (hidden) std::memcpy(hidden + i * n * E, state, sizeof(float) * n * E);
+    };
+
+    // Embedding: each token's row of wte; GPT-J has no position embedding table.
+    for (int64_t i = 0; i < n; ++i) std::memcpy(x + i * E, weights_.wte + ids[i] * E, sizeof(float) * E);
+    keep(0, x);
+
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        const LayerWeights& L = weights_.layers[l];
+        // ln_1: GPT-J's only LayerNorm in a block; attention and MLP both read its output h.
+        kernels::layer_norm(h, x, L.ln_g, L.ln_b, n, E, c.eps);
+        // Attention projections (no bias in GPT-J).
+        apply_linear(q, h, L.q, n);
+        apply_linear(k, h, L.k, n);
+        apply_linear(v, h, L.v, n);
+        // Rotary on the first rotary_dim dims of every head, pairs (2i, 2i+1).
+        kernels::rotary(q, weights_.sin, weights_.cos, pos, n, E, H, dh, R);
+        kernels::rotary(k, weights_.sin, weights_.cos, pos, n, E, H, dh, R);
+        // Append k, v to each row's cache; causal attention of each row over its own sequence.
+        attention_block(att, q, k, v, l, counts, cache);
+        // Output projection (no bias).
+        apply_linear(a, att, L.out, n);
+        // MLP on the same h: fc_in, gelu_new, fc_out.
+        apply_linear(f, h, L.fc_in, n);
+        kernels::gelu_new(f, n * F);
+        apply_linear(m, f, L.fc_out, n);
+        // Parallel residual: x = (attn + mlp) + x.
+        kernels::residual_add(x, a, m, n * E);
+        keep(l + 1, x);
+    }
+
+    // Final LayerNorm, then lm_head (GPT-J's has a bias) straight into the caller's logits.
+    kernels::layer_norm(h, x, weights_.ln_f_g, weights_.ln_f_b, n, E, c.eps);
+    keep(c.n_layer + 1, h);
+    apply_linear(logits, h, weights_.lm_head, n);
+
+    for (int64_t r = 0; r < cache.batch(); ++r) cache.set_length(r, cache.length(r) + counts[r]);
+}
+
+}  // namespace gptj::runtime

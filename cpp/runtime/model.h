@@ -1,0 +1,101 @@
+// The GPT-J model in C++: Config -> Weights (views) -> KVCache + scratch -> forward.
+//
+// Weights are views of memory owned by the caller (NumPy arrays, later a memory-mapped file); nothing
+// is copied. A KVCache holds `batch` independent sequences, each with its own length: batched calls
+// pass the new tokens of every row concatenated, and the linears run over all of them at once, so a
+// batched decode step reads each weight once for all rows.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "runtime/linear_weight.h"
+
+namespace gptj::runtime {
+
+struct Config {
+    int64_t vocab_size = 0;  // rows of wte and lm_head            [50400]
+    int64_t n_ctx = 0;       // context length, rows of sin/cos     [2048]
+    int64_t n_embd = 0;      // model width                         [4096]
+    int64_t n_layer = 0;     // blocks                              [28]
+    int64_t n_head = 0;      // attention heads                     [16]
+    int64_t rotary_dim = 0;  // rotated leading dims of each head   [64]
+    int64_t d_ff = 0;        // MLP width                           [16384]
+    float eps = 1e-5f;       // LayerNorm epsilon
+
+    int64_t head_dim() const { return n_embd / n_head; }
+};
+
+struct LayerWeights {
+    const float* ln_g = nullptr;  // ln_1.weight (n_embd)
+    const float* ln_b = nullptr;  // ln_1.bias (n_embd)
+    LinearWeight q, k, v, out;    // attn.{q,k,v,out}_proj (n_embd, n_embd), no bias
+    LinearWeight fc_in;           // mlp.fc_in (d_ff, n_embd) + bias
+    LinearWeight fc_out;          // mlp.fc_out (n_embd, d_ff) + bias
+};
+
+struct Weights {
+    const float* wte = nullptr;     // transformer.wte.weight (vocab_size, n_embd)
+    std::vector<LayerWeights> layers;
+    const float* ln_f_g = nullptr;  // transformer.ln_f.weight (n_embd)
+    const float* ln_f_b = nullptr;  // transformer.ln_f.bias (n_embd)
+    LinearWeight lm_head;           // lm_head (vocab_size, n_embd) + bias
+    const float* sin = nullptr;     // rotary table (n_ctx, rotary_dim / 2)
+    const float* cos = nullptr;     // rotary table (n_ctx, rotary_dim / 2)
+};
+
+// Keys (after rotary) and values of `batch` sequences, each up to max_tokens long.
+// Layout: (n_layer, batch, n_head, max_tokens, head_dim), one allocation per tensor, filled lazily.
+class KVCache {
+public:
+    KVCache(const Config& config, int64_t batch, int64_t max_tokens);
+
+    int64_t batch() const { return batch_; }
+    int64_t max_tokens() const { return max_tokens_; }
+    // Tokens held by row r.
+    int64_t length(int64_t r) const { return length_[r]; }
+    void set_length(int64_t r, int64_t n) { length_[r] = n; }
+    // (n_head, max_tokens, head_dim) block of layer l, row r.
+    float* keys(int64_t l, int64_t r) { return keys_.get() + offset(l, r); }
+    float* values(int64_t l, int64_t r) { return values_.get() + offset(l, r); }
+
+private:
+    int64_t offset(int64_t l, int64_t r) const { return (l * batch_ + r) * row_floats_; }
+
+    int64_t batch_, max_tokens_, row_floats_;
+    std::unique_ptr<float[]> keys_, values_;
+    std::vector<int64_t> length_;
+};
+
+class Model {
+public:
+    Model(const Config& config, Weights weights, int threads);
+
+    const Config& config() const { return config_; }
+    int threads() const { return threads_; }
+    void set_threads(int threads) { threads_ = threads < 1 ? 1 : threads; }
+
+    // Logits for new tokens of cache.batch() rows, appended to their cached sequences.
+    // ids (n_tokens): the rows' new tokens concatenated, row 0 first; counts (cache.batch()): how many
+    // belong to each row; logits (n_tokens, vocab_size) out. A token's position is its row's length so
+    // far. hidden, when not null, receives (n_layer + 2, n_tokens, n_embd): the embeddings, the output
+    // of every block, and the output of ln_f. Throws std::invalid_argument if a row would overflow.
+    void forward(float* logits, const int64_t* ids, const int64_t* counts, KVCache& cache, float* hidden = nullptr);
+
+private:
+    void attention_block(float* att, const float* q, const float* k, const float* v, int64_t layer,
+                         const int64_t* counts, KVCache& cache);
+    float* reserve_scratch(int64_t n_tokens, int64_t max_keys);
+
+    Config config_;
+    Weights weights_;
+    int threads_;
+    std::mutex busy_;                    // one forward at a time: the scratch is shared
+    std::vector<float> scratch_;         // activations of one call, grown on demand
+    std::vector<int64_t> positions_;     // position of each new token
+    float* attention_scratch_ = nullptr; // the attention kernel's part of scratch_
+};
+
+}  // namespace gptj::runtime

@@ -1,0 +1,142 @@
+"""The C++ fp32 model behind the same backend interface as the reference.
+
+`CppModel(config, weights, threads)` holds views of the given fp32 arrays (nothing is copied; keep them
+C-contiguous float32) and answers `forward(token_ids, cache, attention_mask)` exactly as
+`Reference.forward` does. In a batch every row is its own sequence with its own cache length: padding
+is never computed (pad positions' logits are 0), and the linear layers run over the real tokens of all
+rows at once, so a batched decode step reads each weight once for every row.
+
+Kernel implementation: `set_kernel_isa("auto" | "scalar" | "avx2")`, `kernel_isa()`; the environment
+variable GPTJ_FORCE_SCALAR=1 selects the scalar kernels at import.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional
+
+import numpy as np
+
+from . import _core
+from .config import GPTJConfig
+from .errors import CheckpointError, InputError, SettingsError
+from .reference import check_cache_room, check_inputs, rotary_tables
+
+ISAS = ("auto", "scalar", "avx2")
+
+
+def set_kernel_isa(isa: str = "auto") -> None:
+    """Choose the kernels: "avx2" (needs AVX2+FMA), "scalar" (portable reference), "auto" (best available)."""
+    if isa not in ISAS:
+        raise SettingsError(f"unknown kernel ISA {isa!r}; choose one of {', '.join(ISAS)}")
+    if isa == "auto":
+        isa = "avx2" if _core.avx2_supported() else "scalar"
+    if isa == "avx2" and not _core.avx2_supported():
+        raise SettingsError("the AVX2 kernels are unavailable: this CPU lacks AVX2/FMA or the build left them out")
+    _core.set_isa(isa)
+
+
+def kernel_isa() -> str:
+    """The kernels in use: "avx2" or "scalar"."""
+    return _core.isa()
+
+
+if os.environ.get("GPTJ_FORCE_SCALAR", "") not in ("", "0"):
+    set_kernel_isa("scalar")
+
+
+class CppCache:
+    """A C++ KV cache for `batch` rows plus the bookkeeping the backend interface shares with the
+    reference: `length` is the number of token slots used (real or padding, equal for all rows)."""
+
+    def __init__(self, core_cache, max_tokens: int, batch: int):
+        self.core = core_cache
+        self.max_tokens = max_tokens
+        self.batch = batch
+        self.length = 0
+
+    @property
+    def row_lengths(self) -> list:
+        """Real tokens held by each row (padding is never stored)."""
+        return list(self.core.lengths)
+
+
+class CppModel:
+    """GPT-J on the C++ fp32 core."""
+
+    name = "cpp"
+
+    def __init__(self, config: GPTJConfig, weights: Mapping[str, np.ndarray], threads: Optional[int] = None):
+        self.config = config
+        self._weights = dict(weights)  # the C++ model holds views into these arrays
+        self._sin, self._cos = rotary_tables(config.n_positions, config.rotary_dim)  # [n_ctx, n_rot/2]
+        threads = os.cpu_count() or 1 if threads is None else threads
+        if not isinstance(threads, int) or threads < 1:
+            raise SettingsError(f"threads must be a positive integer, got {threads!r}")
+        c = config
+        try:
+            self._core = _core.Model(self._weights, self._sin, self._cos, vocab_size=c.vocab_size,
+                                     n_positions=c.n_positions, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+                                     rotary_dim=c.rotary_dim, d_ff=c.d_ff, eps=float(c.layer_norm_epsilon),
+                                     threads=threads)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"cannot run these weights on the C++ core: {e}. The C++ backend uses the "
+                                  "arrays in place, so each must be C-contiguous float32 with the shape the config "
+                                  "implies (see gptj_ref.layout.weight_shapes)") from None
+
+    @property
+    def threads(self) -> int:
+        return self._core.threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        if not isinstance(value, int) or value < 1:
+            raise SettingsError(f"threads must be a positive integer, got {value!r}")
+        self._core.threads = value
+
+    def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> CppCache:
+        c = self.config
+        max_tokens = c.n_positions if max_tokens is None else max_tokens
+        if not 0 < max_tokens <= c.n_positions:
+            raise InputError(f"cache size must be in [1, {c.n_positions}] (the context length), got {max_tokens}")
+        if not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise InputError(f"cache batch must be a positive integer, got {batch!r}")
+        return CppCache(_core.KVCache(self._core, int(batch), int(max_tokens)), int(max_tokens), int(batch))
+
+    def forward(self, token_ids, cache: Optional[CppCache] = None, attention_mask=None) -> np.ndarray:
+        """Logits for T new tokens: ids [T] -> [T, n_vocab], or [B, T] -> [B, T, n_vocab].
+
+        Same contract as `Reference.forward`: `attention_mask` [B, T] marks real tokens with 1 and padding
+        with 0; a real token's position is the number of real tokens before it in its row. Padding is
+        skipped entirely, and its logits are 0.
+        """
+        ids, mask, squeeze = check_inputs(self.config, token_ids, attention_mask)
+        B, T = ids.shape
+        if cache is None:
+            cache = self.new_cache(T, B)
+        if not isinstance(cache, CppCache):
+            raise InputError(f"the cpp backend needs a cache from its own new_cache(), got {type(cache).__name__}")
+        start = check_cache_room(cache, B, T)
+
+        counts = mask.sum(axis=1).astype(np.int64)                  # [B] real tokens per row
+        real_ids = np.ascontiguousarray(ids[mask])                  # [n]: row 0's tokens, then row 1's, ...
+        if real_ids.size:
+            flat = self._core.forward(real_ids, counts, cache.core)  # [n, n_vocab]
+        else:
+            flat = np.zeros((0, self.config.vocab_size), np.float32)
+        cache.length = start + T
+
+        if mask.all():
+            logits = flat.reshape(B, T, -1)                         # no padding: already row-major [B, T]
+        else:
+            logits = np.zeros((B, T, self.config.vocab_size), np.float32)
+            logits[mask] = flat
+        return logits[0] if squeeze else logits
+
+    def hidden_states(self, token_ids) -> list:
+        """For one sequence ids [T]: the embeddings [T, n_embd], the output of each block, the output of
+        ln_f, and the logits [T, n_vocab] (n_layer + 3 arrays), as `Reference.hidden_states`."""
+        ids, _, _ = check_inputs(self.config, np.asarray(token_ids)[None])
+        cache = self.new_cache(ids.shape[1], 1)
+        logits, hidden = self._core.forward_hidden(ids[0], np.array([ids.shape[1]], np.int64), cache.core)
+        return list(hidden) + [logits]
