@@ -19,7 +19,7 @@ EXAMPLES = {
   gptj generate --model m.gptj "Q: What is 2+2?\\nA:" --stop "\\n"
 """,
     "convert": """examples:
-  gptj convert ./gpt-j-6B gpt-j-6B.gptj                 # int8 (q8), about 6.5 GB
+  gptj convert ./gpt-j-6B gpt-j-6B.gptj                 # int8 (q8): a 7.0 GB file
   gptj convert ./gpt-j-6B gpt-j-6B-f16.gptj --dtype f16
 """,
     "info": """examples:

@@ -62,15 +62,22 @@ class CppCache:
 
 
 class CppModel:
-    """GPT-J on the C++ fp32 core."""
+    """GPT-J on the C++ core: fp32 weights on the fp32 kernels, int8 blocks (q8 files) on the int8 kernels.
+
+    A weight `name` comes with `name + "_scale"` (float16 viewed as uint16) when it is int8; the model then
+    runs that linear with kernels/q8 (activations quantized per token and block of 32, see quant.py).
+    """
 
     name = "cpp"
 
     def __init__(self, config: GPTJConfig, weights: Mapping[str, np.ndarray], threads: Optional[int] = None):
         self.config = config
         self._weights = dict(weights)  # the C++ model holds views into these arrays
+        self.native = None             # the NativeFile the weights are mapped from (set by from_native)
+        if any(getattr(a, "dtype", None) == np.int8 for a in self._weights.values()):
+            self.name = "cpp-q8"
         self._sin, self._cos = rotary_tables(config.n_positions, config.rotary_dim)  # [n_ctx, n_rot/2]
-        threads = os.cpu_count() or 1 if threads is None else threads
+        threads = (os.cpu_count() or 1) if threads is None else threads
         if not isinstance(threads, int) or threads < 1:
             raise SettingsError(f"threads must be a positive integer, got {threads!r}")
         c = config
@@ -83,6 +90,30 @@ class CppModel:
             raise CheckpointError(f"cannot run these weights on the C++ core: {e}. The C++ backend uses the "
                                   "arrays in place, so each must be C-contiguous float32 with the shape the config "
                                   "implies (see gptj_ref.layout.weight_shapes)") from None
+
+    @classmethod
+    def from_native(cls, native, threads: Optional[int] = None) -> "CppModel":
+        """The C++ model over an open native file (gptj_ref.native.NativeFile), without copying weights.
+
+        q8   the int8 weights and their float16 scales are used in place, as views of the memory map, on
+             the int8 kernels; everything else (embedding, LayerNorms, biases) is float32 in the file and
+             used in place too. Loading touches no weight page: the first forward pass reads them.
+        f32  every tensor is used in place on the fp32 kernels.
+        f16  there are no fp16 kernels: the matrices are converted to float32 once at load (a copy of
+             4 bytes per parameter, 24 GB for GPT-J 6B: use a q8 file for the 6B model on CPU).
+        """
+        arrays = native.weights_for_runtime()
+        if native.dtype == "q8":
+            arrays = {name: a.view(np.uint16) if name.endswith("_scale") else a for name, a in arrays.items()}
+        elif native.dtype == "f16":
+            arrays = {name: a.astype(np.float32) if a.dtype == np.float16 else a for name, a in arrays.items()}
+        model = cls(native.config, arrays, threads)
+        model.native = native  # the file the weights are mapped from; keeps the map alive with the model
+        return model
+
+    def weight_views(self) -> dict:
+        """The arrays the C++ model points into, by stored name (int8 weights and uint16 scales for q8)."""
+        return dict(self._weights)
 
     @property
     def threads(self) -> int:

@@ -73,3 +73,50 @@ def test_errors_are_one_clear_line(args, message):
 def test_unknown_backend_is_refused_by_the_parser():
     result = run("generate", "x", "--backend", "gpu", check_ok=False)
     assert result.returncode == 2 and "invalid choice: 'gpu'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def text_checkpoint(tmp_path_factory):
+    """A tiny random GPT-J with the real 50400-token vocabulary, saved by transformers."""
+    from helpers import make_hf_model
+
+    model = make_hf_model(seed=11, vocab_size=50400, n_positions=256, n_embd=64, n_layer=2, n_head=2, rotary_dim=16)
+    path = tmp_path_factory.mktemp("cli") / "tiny-gptj"
+    model.save_pretrained(path)
+    return path
+
+
+def test_convert_info_generate_workflow(text_checkpoint, tmp_path):
+    native = tmp_path / "tiny.gptj"
+    result = run("convert", str(text_checkpoint), str(native), "--dtype", "q8", "--no-progress")
+    assert native.exists() and "wrote" in result.stderr
+    info = run("info", str(native)).stdout
+    assert "dtype: q8" in info and "embedded in the file" in info and "layers 2, n_embd 64" in info
+    info_hf = run("info", str(text_checkpoint)).stdout
+    assert "Hugging Face checkpoint" in info_hf and "dtype: F32" in info_hf
+    for backend in ("reference", "auto"):
+        out = run("generate", "--model", str(native), "--backend", backend, "The dog", "-n", "5").stdout
+        assert out.startswith("The dog")
+    direct = run("generate", "--model", str(text_checkpoint), "--backend", "reference", "The dog", "-n", "5").stdout
+    assert direct.startswith("The dog")
+
+
+def test_parity_reports_every_block_and_the_greedy_tokens(text_checkpoint):
+    out = run("parity", str(text_checkpoint), "The dog", "--a", "reference", "--b", "transformers",
+              "--new-tokens", "8").stdout
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines[2:7]] == ["embeddings", "block", "block", "ln_f", "logits"]
+    logits_max_diff = float(lines[6].split()[1])
+    assert logits_max_diff < 1e-4  # reference vs transformers in fp32 (see test_reference.py for the bound)
+    assert "greedy: the 8 generated tokens agree" in out
+
+
+def test_bench_prints_prompt_and_decode_speed():
+    out = run("bench", "--backend", "reference", "--prompt-tokens", "16", "--new-tokens", "4", "--repeats", "1").stdout
+    assert "prompt: 16 tokens" in out and "decode: 4 tokens" in out and "tokens/s" in out
+
+
+def test_convert_refuses_a_missing_source(tmp_path):
+    result = run("convert", str(tmp_path / "nothing"), str(tmp_path / "out.gptj"), check_ok=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert not (tmp_path / "out.gptj").exists()

@@ -8,7 +8,8 @@
 // are bitwise reproducible across thread counts and a token's row is the same alone or in a prompt.
 // Like tinyBLAS, no error bound beyond that of a blocked recursive sum (it grows with K).
 //
-// Work split: threads own contiguous ranges of output columns (rows of W). Two loop orders, same
+// Work split: threads take chunks of output columns (rows of W) dynamically, so a core slowed by
+// another process does not hold the other back; the K sum is never split. Two loop orders, same
 // arithmetic:
 //   M <= kMidM (decoding, batched decoding, short prompts; memory-bound or nearly): each W tile is
 //     streamed once from start to end of K while x's K-block slice stays in L1/L2;
@@ -36,6 +37,7 @@ constexpr int kRm = 4;             // rows of x per register tile
 constexpr int kRn = 3;             // rows of W per register tile: kRm * kRn accumulators + kRn W vectors
 constexpr int64_t kNb = 20 * kRn;  // rows of W per cache block in the prompt path
 constexpr int64_t kMidM = 64;      // up to this many rows of x, W is streamed once
+constexpr int64_t kChunk = 16 * kRn;  // rows of W a thread takes at a time when streaming W
 
 // y[i, j] (+)= x[i, 0:kc] . w[j, 0:kc] for i < RM, j < RN; `first` starts the sum, `bias` (when not null)
 // is added after the last block.  x (RM, ldx), w (RN, ldw), y (RM, ldy), bias (RN)
@@ -107,8 +109,6 @@ void linear(float* y, const float* x, const float* w, const float* b, int64_t M,
     auto x_block = [&](int64_t k0) { return x_pack.data() + M * k0; };
 #pragma omp parallel
     {
-        int64_t n_begin, n_end;
-        thread_range(N, kRn, &n_begin, &n_end);
 #pragma omp for schedule(static)
         for (int64_t kb = 0; kb < (M > kRm ? n_blocks : 0); ++kb) {
             const int64_t k0 = kb * kLinearBlockK;
@@ -117,24 +117,30 @@ void linear(float* y, const float* x, const float* w, const float* b, int64_t M,
         if (M <= kMidM) {
             // Decoding, small batches, short prompts: stream each W tile once from start to end of K (long
             // sequential reads from memory) while x's K-block slice stays in L1/L2.
-            for (int64_t n = n_begin; n < n_end; n += kRn)
-                for (int64_t k0 = 0; k0 < K; k0 += kLinearBlockK) {
-                    const int64_t kc = std::min(kLinearBlockK, K - k0), rn = std::min<int64_t>(kRn, n_end - n);
-                    const float* x0 = M > kRm ? x_block(k0) : x + k0;
-                    const int64_t ldx = M > kRm ? kc : K;
-                    const float* bias = b && k0 + kc == K ? b + n : nullptr;
-                    for (int64_t m = 0; m < M; m += kRm)
-                        run_tile(y + m * N + n, N, x0 + m * ldx, ldx, w + n * K + k0, K, std::min<int64_t>(kRm, M - m),
-                                 rn, kc, k0 == 0, bias);
-                }
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t chunk = 0; chunk < (N + kChunk - 1) / kChunk; ++chunk) {
+                const int64_t n_end = std::min(N, (chunk + 1) * kChunk);
+                for (int64_t n = chunk * kChunk; n < n_end; n += kRn)
+                    for (int64_t k0 = 0; k0 < K; k0 += kLinearBlockK) {
+                        const int64_t kc = std::min(kLinearBlockK, K - k0), rn = std::min<int64_t>(kRn, n_end - n);
+                        const float* x0 = M > kRm ? x_block(k0) : x + k0;
+                        const int64_t ldx = M > kRm ? kc : K;
+                        const float* bias = b && k0 + kc == K ? b + n : nullptr;
+                        for (int64_t m = 0; m < M; m += kRm)
+                            run_tile(y + m * N + n, N, x0 + m * ldx, ldx, w + n * K + k0, K,
+                                     std::min<int64_t>(kRm, M - m), rn, kc, k0 == 0, bias);
+                    }
+            }
         } else {
-            // Long prompts: compute-bound. Per K block, each thread packs a W block of kNb rows (kept in
-            // L2) and runs every row tile of x (kept in L1) against it.
+            // Long prompts: compute-bound. Per K block (the blocks in order, a barrier between them), each
+            // thread packs W blocks of kNb rows (kept in L2) and runs every row tile of x (kept in L1)
+            // against them.
             std::vector<float> w_pack(size_t(kNb * std::min(K, kLinearBlockK)));
             for (int64_t k0 = 0; k0 < K; k0 += kLinearBlockK) {
                 const int64_t kc = std::min(kLinearBlockK, K - k0);
-                for (int64_t nb = n_begin; nb < n_end; nb += kNb) {
-                    const int64_t nb_rows = std::min(kNb, n_end - nb);
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t nb = 0; nb < N; nb += kNb) {
+                    const int64_t nb_rows = std::min(kNb, N - nb);
                     pack_rows(w_pack.data(), w + nb * K, nb_rows, K, k0, kc);
                     for (int64_t m = 0; m < M; m += kRm)
                         for (int64_t j = 0; j < nb_rows; j += kRn) {

@@ -1,5 +1,6 @@
-// OpenMP helpers shared by the kernel files. Work is always split into contiguous ranges of output
-// rows, columns or heads; the split never changes what one output element computes.
+// OpenMP helpers shared by the kernel files. Work is split into ranges or chunks of output rows,
+// columns or heads (statically or dynamically); the split never changes what one output element
+// computes, so results do not depend on the thread count.
 #pragma once
 
 #include <algorithm>

@@ -30,8 +30,9 @@ float* Model::reserve_scratch(int64_t n_tokens, int64_t max_keys) {
     return scratch_.data();
 }
 
-// Write row r's new keys and values (count tokens from q/k/v row `first`) into its cache slots
-// [length, length + count), then attend its new queries over slots [0, length + count).
+// For every cache row r in turn (its tokens are the next counts[r] rows of q, k, v): write the new keys
+// and values into slots [length, length + count) of its cache, then attend its new queries over slots
+// [0, length + count). Rows never see each other's tokens.
 void Model::attention_block(float* att, const float* q, const float* k, const float* v, int64_t layer,
                             const int64_t* counts, KVCache& cache) {
     const int64_t E = config_.n_embd, H = config_.n_head, dh = config_.head_dim(), S = cache.max_tokens();
@@ -96,20 +97,23 @@ void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KV
         // ln_1: GPT-J's only LayerNorm in a block; attention and MLP both read its output h.
         kernels::layer_norm(h, x, L.ln_g, L.ln_b, n, E, c.eps);
         // Attention projections (no bias in GPT-J).
-        apply_linear(q, h, L.q, n);
-        apply_linear(k, h, L.k, n);
-        apply_linear(v, h, L.v, n);
+        in_h_.set(h, n, E);  // int8 weights: h is quantized once for q, k, v and fc_in
+        apply_linear(q, in_h_, L.q);
+        apply_linear(k, in_h_, L.k);
+        apply_linear(v, in_h_, L.v);
         // Rotary on the first rotary_dim dims of every head, pairs (2i, 2i+1).
         kernels::rotary(q, weights_.sin, weights_.cos, pos, n, E, H, dh, R);
         kernels::rotary(k, weights_.sin, weights_.cos, pos, n, E, H, dh, R);
         // Append k, v to each row's cache; causal attention of each row over its own sequence.
         attention_block(att, q, k, v, l, counts, cache);
         // Output projection (no bias).
-        apply_linear(a, att, L.out, n);
+        in_att_.set(att, n, E);
+        apply_linear(a, in_att_, L.out);
         // MLP on the same h: fc_in, gelu_new, fc_out.
-        apply_linear(f, h, L.fc_in, n);
+        apply_linear(f, in_h_, L.fc_in);
         kernels::gelu_new(f, n * F);
-        apply_linear(m, f, L.fc_out, n);
+        in_f_.set(f, n, F);
+        apply_linear(m, in_f_, L.fc_out);
         // Parallel residual: x = (attn + mlp) + x.
         kernels::residual_add(x, a, m, n * E);
         keep(l + 1, x);
@@ -118,7 +122,8 @@ void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KV
     // Final LayerNorm, then lm_head (GPT-J's has a bias) straight into the caller's logits.
     kernels::layer_norm(h, x, weights_.ln_f_g, weights_.ln_f_b, n, E, c.eps);
     keep(c.n_layer + 1, h);
-    apply_linear(logits, h, weights_.lm_head, n);
+    in_h_.set(h, n, E);
+    apply_linear(logits, in_h_, weights_.lm_head);
 
     for (int64_t r = 0; r < cache.batch(); ++r) cache.set_length(r, cache.length(r) + counts[r]);
 }
