@@ -1,7 +1,7 @@
 // The only file that knows about Python: the kernels one by one (for tests and benchmarks) and the
-// fp32 model. Arrays are taken without conversion: a wrong dtype, layout or shape raises with what was
-// expected and what was found, instead of silently copying gigabytes. The GIL is released while C++
-// computes.
+// model (fp32 weights, or int8 weights + float16 scales from a q8 file). Arrays are taken without
+// conversion: a wrong dtype, layout or shape raises with what was expected and what was found, instead
+// of silently copying gigabytes. The GIL is released while C++ computes.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -14,6 +14,7 @@
 
 #include "kernels/impl.h"
 #include "kernels/kernels.h"
+#include "kernels/q8.h"
 #include "runtime/model.h"
 
 namespace py = pybind11;
@@ -102,7 +103,17 @@ rt::LinearWeight linear_view(const py::dict& weights, const std::string& name, c
     rt::LinearWeight w;
     w.out = out;
     w.in = in;
-    w.f32 = in_ptr<float>(get(name), "weight " + name, {out, in});
+    const std::string scale = name + "_scale";  // present for the int8 weights of a q8 file
+    if (weights.contains(scale)) {
+        if (in % k::kQ8Block != 0)
+            throw py::value_error("int8 weight " + name + " has " + std::to_string(in) + " inputs, not a multiple of 32");
+        w.kind = rt::LinearWeight::Kind::Q8;
+        w.q8 = in_ptr<int8_t>(get(name), "int8 weight " + name, {out, in});
+        w.q8_scale = in_ptr<uint16_t>(get(scale), "scales " + scale + " (float16 viewed as uint16)",
+                                      {out, in / k::kQ8Block});
+    } else {
+        w.f32 = in_ptr<float>(get(name), "weight " + name, {out, in});
+    }
     if (!bias_name.empty()) w.bias = in_ptr<float>(get(bias_name), "weight " + bias_name, {out});
     return w;
 }
@@ -185,7 +196,7 @@ py::tuple run_model(PyModel& pm, const py::array& ids, const py::array& counts, 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "gptj_ref C++ core: fp32 kernels (scalar and AVX2) and the fp32 GPT-J runtime";
+    m.doc() = "gptj_ref C++ core: fp32 and int8 kernels (scalar and AVX2) and the GPT-J runtime (fp32 or q8 weights)";
 
     // Kernel implementation and threads ---------------------------------------------------------
     m.def("avx2_supported", &k::avx2_supported, "True when the AVX2+FMA kernels are compiled in and the CPU has them");
@@ -319,6 +330,48 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("x").noconvert(), py::arg("threads") = py::none(),
         "Sum of x read once with streaming loads (a memory-bandwidth probe).  x (n) -> float");
+
+    // int8 kernels (q8 format, see cpp/kernels/q8.h) --------------------------------------------
+    m.attr("Q8_BLOCK") = k::kQ8Block;
+    m.def(
+        "q8_quantize_activations",
+        [](const py::array& x, std::optional<int> threads) {
+            const float* xp = in_ptr<float>(x, "x", {-1, -1});
+            const int64_t M = x.shape(0), K = x.shape(1);
+            if (K % k::kQ8Block != 0)
+                throw py::value_error("x has " + std::to_string(K) + " columns, expected a multiple of 32");
+            py::array_t<int8_t> qx({M, K});
+            py::array_t<float> dx({M, K / k::kQ8Block});
+            int8_t* qp = qx.mutable_data();
+            float* dp = dx.mutable_data();
+            with_threads(threads, [&] { k::quantize_activations(qp, dp, xp, M, K); });
+            return py::make_tuple(qx, dx);
+        },
+        py::arg("x").noconvert(), py::arg("threads") = py::none(),
+        "Per-token int8 blocks of 32, as quant.quantize_activations.  x (M, K) float32 -> (qx (M, K) int8, "
+        "dx (M, K/32) float32)");
+    m.def(
+        "q8_linear",
+        [](const py::array& qx, const py::array& dx, const py::array& w, const py::array& scales,
+           std::optional<py::array> b, std::optional<int> threads) {
+            const int8_t* qp = in_ptr<int8_t>(qx, "qx", {-1, -1});
+            const int64_t M = qx.shape(0), K = qx.shape(1);
+            if (K % k::kQ8Block != 0)
+                throw py::value_error("qx has " + std::to_string(K) + " columns, expected a multiple of 32");
+            const float* dp = in_ptr<float>(dx, "dx", {M, K / k::kQ8Block});
+            const int8_t* wp = in_ptr<int8_t>(w, "w", {-1, K});
+            const int64_t N = w.shape(0);
+            const uint16_t* sp = in_ptr<uint16_t>(scales, "scales (float16 viewed as uint16)", {N, K / k::kQ8Block});
+            const float* bp = b ? in_ptr<float>(*b, "b", {N}) : nullptr;
+            py::array_t<float> y({M, N});
+            float* yp = y.mutable_data();
+            with_threads(threads, [&] { k::q8_linear(yp, qp, dp, wp, sp, bp, M, N, K); });
+            return y;
+        },
+        py::arg("qx").noconvert(), py::arg("dx").noconvert(), py::arg("w").noconvert(),
+        py::arg("scales").noconvert(), py::arg("b").noconvert() = py::none(), py::arg("threads") = py::none(),
+        "y = x @ W.T + b on int8 blocks.  qx (M, K) int8, dx (M, K/32) float32, w (N, K) int8, "
+        "scales (N, K/32) uint16 (float16 bits: pass scales.view(np.uint16)), b (N) or None -> y (M, N)");
 
     // The fp32 runtime ---------------------------------------------------------------------------
     py::class_<PyCache>(m, "KVCache", "Keys and values of `batch` independent sequences")

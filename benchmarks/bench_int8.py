@@ -1,0 +1,319 @@
+"""Benchmark of the int8 runtime on a full-size GPT-J 6B native file with random int8 weights.
+
+    PYTHONPATH=. python benchmarks/bench_int8.py [--file /tmp/gptj6b-random-q8.gptj] [--threads 2]
+                                                 [--no-torch] [--no-batch] [--build-only]
+
+The file (28 layers, the real shapes, ~6.9 GB) is written directly in the q8 layout, without a
+checkpoint: random int8 values in [-127, 127] with small float16 scales (int8 arithmetic does not depend
+on the values); it is reused when it exists. One run measures:
+  - the machine: streaming-read bandwidth (`_core.stream_read`, 2 GiB) and the decode roofline
+    (int8 weight + scale bytes read per token / that bandwidth);
+  - in a fresh subprocess (so its peak RSS is the model's): time to first token from a warm page cache
+    (load + an 8-token prompt), decode ms/token (8-token prompt, 64 greedy tokens), prompt tokens/s for
+    128 and 512 tokens, batched greedy decoding through gptj_ref.generate for batch 1, 4 and 8, and the
+    peak RSS (VmHWM);
+  - the int8 linear kernels alone on one layer's shapes and lm_head (M = 1 and 512): the per-kernel
+    share of decode and prompt time;
+  - when torch is importable: torch's dynamic int8 (quantize_dynamic on nn.Linear, fbgemm) on 2- and
+    4-layer slices of the same geometry, extrapolated to 28 layers.
+Targets: decode >= 3.8 tokens/s, prompt >= 21 tokens/s, peak RSS <= 7.5 GB, first token <= 5 s warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from gptj_ref.config import GPTJConfig
+from gptj_ref.native import native_metadata, native_specs, open_native
+from gptj_ref.quant import is_quantized
+from gptj_ref.safetensors_file import write_safetensors
+
+DEFAULT_FILE = "/tmp/gptj6b-random-q8.gptj"
+TARGETS = {"decode_tokens_per_s": 3.8, "prompt_tokens_per_s": 21.0, "peak_rss_gb": 7.5, "first_token_s": 5.0}
+
+
+# -------------------------------------------------------------------------------------------------
+# The model file
+# -------------------------------------------------------------------------------------------------
+
+def build_file(path: str, config: GPTJConfig) -> None:
+    """Write a q8 native file of `config` with random values, one tensor at a time."""
+    rng = np.random.default_rng(0)
+    pool = rng.integers(-127, 128, size=1 << 28, dtype=np.int8)          # 256 MB of int8 values
+    d = np.float16(0.02 / 73)                                              # std(q) ~ 73: weights of std ~0.02
+
+    def produce(name: str) -> np.ndarray:
+        spec = shapes[name]
+        n = int(np.prod(spec))
+        if name.endswith("_scale"):
+            return (rng.uniform(0.5, 1.5, spec) * d).astype(np.float16)
+        if is_quantized(name):
+            if n > pool.size:
+                return np.resize(pool, n).reshape(spec)
+            start = int(rng.integers(0, pool.size - n + 1))   # a different window of the pool per tensor
+            return pool[start:start + n].reshape(spec)
+        if len(spec) == 1:
+            base = 1.0 if name.endswith("weight") and ("ln_" in name) else 0.0
+            return (base + 0.02 * rng.standard_normal(spec)).astype(np.float32)
+        return (0.02 * rng.standard_normal(spec, dtype=np.float32))        # the embedding table
+
+    specs = native_specs(config, "q8")
+    shapes = {name: shape for name, _, shape in specs}
+    start = time.perf_counter()
+    write_safetensors(path, specs, produce, native_metadata(config, "q8", ""))
+    print(f"wrote {path} ({os.path.getsize(path) / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def ensure_file(path: str) -> None:
+    config = GPTJConfig()
+    if os.path.exists(path):
+        try:
+            native = open_native(path)
+            if native.dtype == "q8" and native.config == config:
+                return
+        except Exception as e:  # a damaged or different file is rebuilt
+            print(f"rebuilding {path}: {e}")
+    build_file(path, config)
+
+
+def warm_page_cache(path: str) -> float:
+    """Read the whole file once (so later runs start from a warm page cache); returns seconds."""
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(64 << 20)
+        while f.readinto(buf):
+            pass
+    return time.perf_counter() - start
+
+
+def weight_bytes_per_token(path: str) -> int:
+    native = open_native(path)
+    return sum(native.tensor(n).nbytes for n in native.names() if is_quantized(n.replace("_scale", "")))
+
+
+# -------------------------------------------------------------------------------------------------
+# The model run (in a child process)
+# -------------------------------------------------------------------------------------------------
+
+def child(path: str, threads: int, batch: bool) -> None:
+    import gptj_ref
+    from gptj_ref.generate import BatchGeneration, GenerationSettings
+
+    out = {}
+    rng = np.random.default_rng(1)
+    start = time.perf_counter()
+    model = gptj_ref.load(path, backend="cpp", threads=threads)
+    backend = model.backend
+    prompt = rng.integers(0, 50000, 8)
+    cache = backend.new_cache(8 + 64)
+    logits = backend.forward(prompt, cache)
+    first = int(np.argmax(logits[-1]))
+    out["first_token_s"] = time.perf_counter() - start
+
+    # Decode: 64 greedy tokens after the 8-token prompt.
+    token, times = first, []
+    for _ in range(64):
+        t0 = time.perf_counter()
+        logits = backend.forward(np.array([token]), cache)
+        times.append(time.perf_counter() - t0)
+        token = int(np.argmax(logits[-1]))
+    out["decode_ms_per_token"] = 1e3 * float(np.median(times))
+    out["decode_ms_mean"] = 1e3 * float(np.mean(times))
+    out["decode_tokens_per_s"] = 1e3 / out["decode_ms_per_token"]
+    print(f"  decode: {out['decode_ms_per_token']:.0f} ms/token (median of 64; mean {out['decode_ms_mean']:.0f})",
+          flush=True)
+    out["peak_rss_decode_gb"] = peak_rss_gb()   # load + 8-token prompt + 64 tokens: the chat-sized case
+
+    # Prompts.
+    for T in (128, 512):
+        ids = rng.integers(0, 50000, T)
+        t0 = time.perf_counter()
+        backend.forward(ids, backend.new_cache(T))
+        seconds = time.perf_counter() - t0
+        out[f"prompt{T}_tokens_per_s"] = T / seconds
+        print(f"  prompt {T}: {T / seconds:.1f} tokens/s ({seconds:.1f} s)", flush=True)
+    out["prompt_tokens_per_s"] = out["prompt512_tokens_per_s"]
+
+    # Batched greedy decoding through the shared generation loop.
+    if batch:
+        settings = GenerationSettings(max_new_tokens=16, stop_at_eos=False)
+        for B in (1, 4, 8):
+            prompts = [list(rng.integers(0, 50000, 8)) for _ in range(B)]
+            gen = BatchGeneration(backend, prompts, settings, eos_id=50256)
+            steps = sum(1 for _ in gen.steps())
+            tokens = B * (steps - 1)   # the first step's tokens come from the prompt pass
+            out[f"batch{B}_tokens_per_s"] = tokens / gen.decode_seconds
+            print(f"  batch {B}: {tokens / gen.decode_seconds:.2f} tokens/s decoding "
+                  f"({1e3 * gen.decode_seconds / (steps - 1):.0f} ms/step, prompt pass {gen.prompt_seconds:.1f} s)",
+                  flush=True)
+
+    out["peak_rss_gb"] = peak_rss_gb()
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set (VmHWM), mapped file pages included, in GB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    return float("nan")
+
+
+# -------------------------------------------------------------------------------------------------
+# Kernels alone and torch
+# -------------------------------------------------------------------------------------------------
+
+def kernel_breakdown(threads: int) -> dict:
+    """Seconds of the int8 linears of one block and of lm_head for M = 1 and 512 (random data)."""
+    from gptj_ref import _core
+
+    rng = np.random.default_rng(2)
+    E, F, V = 4096, 16384, 50400
+    shapes = {"q,k,v,out (4x)": (E, E, 4), "fc_in": (F, E, 1), "fc_out": (E, F, 1), "lm_head": (V, E, 1)}
+    result = {}
+    for name, (N, K, count) in shapes.items():
+        w = rng.integers(-127, 128, (N, K), dtype=np.int8)
+        s = (rng.uniform(0.5, 1.5, (N, K // 32)) * 2.7e-4).astype(np.float16).view(np.uint16)
+        for M in (1, 512):
+            qx, dx = _core.q8_quantize_activations(rng.standard_normal((M, K)).astype(np.float32))
+            _core.q8_linear(qx, dx, w, s, None, threads=threads)
+            reps = 5 if M == 1 else 1
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                _core.q8_linear(qx, dx, w, s, None, threads=threads)
+            result[(name, M)] = count * (time.perf_counter() - t0) / reps
+    return result
+
+
+def torch_slices(threads: int) -> dict:
+    import warnings
+
+    import torch
+    import transformers
+
+    warnings.simplefilter("ignore")                   # quantize_dynamic's deprecation notices
+    transformers.logging.set_verbosity_error()
+
+    torch.set_num_threads(threads)
+    out = {}
+    for layers in (2, 4):
+        cfg = transformers.GPTJConfig(n_layer=layers)
+        with torch.no_grad():
+            model = transformers.GPTJForCausalLM(cfg).eval()
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            ids = torch.randint(0, 50000, (1, 8))
+            o = model(ids, use_cache=True)
+            past, times = o.past_key_values, []
+            for _ in range(8):
+                t0 = time.perf_counter()
+                o = model(ids[:, :1], past_key_values=past, use_cache=True)
+                times.append(time.perf_counter() - t0)
+                past = o.past_key_values
+            out[(layers, "decode_s")] = float(np.median(times))
+            t0 = time.perf_counter()
+            model(torch.randint(0, 50000, (1, 128)))
+            out[(layers, "prompt128_s")] = time.perf_counter() - t0
+        del model
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--file", default=DEFAULT_FILE)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--no-batch", action="store_true")
+    p.add_argument("--build-only", action="store_true")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args.file, args.threads, not args.no_batch)
+        return
+
+    ensure_file(args.file)
+    if args.build_only:
+        return
+    from gptj_ref import _core
+
+    print(f"file {args.file}: {os.path.getsize(args.file) / 1e9:.2f} GB; threads {args.threads}; "
+          f"kernels {_core.isa()}", flush=True)
+    big = np.ones(1 << 29, np.float32)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        _core.stream_read(big, threads=args.threads)
+        times.append(time.perf_counter() - t0)
+    bandwidth = big.nbytes / float(np.median(times))
+    del big
+    per_token = weight_bytes_per_token(args.file)
+    roofline = bandwidth / per_token
+    print(f"streaming read: {bandwidth / 1e9:.1f} GB/s; int8 weights + scales per token: {per_token / 1e9:.2f} GB "
+          f"-> decode roofline {roofline:.2f} tokens/s ({1e3 / roofline:.0f} ms/token)", flush=True)
+    print(f"warm page cache: read the file in {warm_page_cache(args.file):.1f} s", flush=True)
+
+    print("model run (subprocess):", flush=True)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--file", args.file, "--threads", str(args.threads)]
+    if args.no_batch:
+        cmd.append("--no-batch")
+    result = {}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT "):])
+            else:
+                print(line, end="", flush=True)
+    if proc.returncode != 0 or not result:
+        raise SystemExit(f"the model run failed (exit code {proc.returncode})")
+
+    print("\nsummary (targets in brackets):")
+    print(f"  decode        {result['decode_tokens_per_s']:.2f} tokens/s, {result['decode_ms_per_token']:.0f} ms/token "
+          f"[>= {TARGETS['decode_tokens_per_s']}]; {result['decode_tokens_per_s'] / roofline:.0%} of the roofline")
+    print(f"  prompt        {result['prompt128_tokens_per_s']:.1f} tokens/s (128), "
+          f"{result['prompt512_tokens_per_s']:.1f} tokens/s (512) [>= {TARGETS['prompt_tokens_per_s']}]")
+    print(f"  peak RSS      {result['peak_rss_decode_gb']:.2f} GB after load + decode of 72 tokens, "
+          f"{result['peak_rss_gb']:.2f} GB after the 512-token prompt (its fp32 KV cache is 0.47 GB) "
+          f"[<= {TARGETS['peak_rss_gb']}]")
+    print(f"  first token   {result['first_token_s']:.2f} s warm (load + 8-token prompt) [<= {TARGETS['first_token_s']}]")
+    for B in (1, 4, 8):
+        if f"batch{B}_tokens_per_s" in result:
+            print(f"  batch {B}       {result[f'batch{B}_tokens_per_s']:.2f} tokens/s")
+
+    kb = kernel_breakdown(args.threads)
+    decode_lin = 28 * sum(v for (n, M), v in kb.items() if M == 1 and n != "lm_head") + kb[("lm_head", 1)]
+    prompt_lin = 28 * sum(v for (n, M), v in kb.items() if M == 512 and n != "lm_head") + kb[("lm_head", 512)]
+    print("\nint8 linears alone (random data), seconds per call:")
+    for (name, M), v in kb.items():
+        print(f"  {name:16s} M={M:<4d} {1e3 * v:9.2f} ms")
+    dec = result["decode_ms_per_token"] / 1e3
+    pr = 512 / result["prompt512_tokens_per_s"]
+    print(f"  decode: linears {1e3 * decode_lin:.0f} ms of {1e3 * dec:.0f} ms/token ({decode_lin / dec:.0%}); "
+          f"the rest (quantize, LayerNorm, attention, GELU, rotary, Python) {1e3 * (dec - decode_lin):.0f} ms")
+    print(f"  prompt 512: linears {prompt_lin:.1f} s of {pr:.1f} s ({prompt_lin / pr:.0%}); "
+          f"the linears alone would give {512 / prompt_lin:.1f} tokens/s")
+
+    if not args.no_torch:
+        try:
+            ts = torch_slices(args.threads)
+        except ImportError:
+            ts = None
+        if ts:
+            print("\ntorch quantize_dynamic int8 (fbgemm), 2- and 4-layer slices, extrapolated to 28 layers:")
+            for key, T in (("decode_s", 1), ("prompt128_s", 128)):
+                per_layer = (ts[(4, key)] - ts[(2, key)]) / 2
+                full = ts[(2, key)] + 26 * per_layer
+                print(f"  {key:12s} 2 layers {ts[(2, key)]:.3f} s, 4 layers {ts[(4, key)]:.3f} s -> 28 layers "
+                      f"{full:.2f} s = {T / full:.2f} tokens/s")
+
+
+if __name__ == "__main__":
+    main()

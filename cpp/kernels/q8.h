@@ -1,0 +1,70 @@
+// int8 block-quantized linear layers: the q8 format of gptj_ref/quant.py, in C++.
+//
+// Layout (one block = kQ8Block = 32 consecutive elements along K, the input dimension):
+//   weights      w  (N, K) int8, row-major as nn.Linear;  ws (N, K/32) float16 bits (uint16), one scale per
+//                block: W[n, 32b + j] ~= w[n, 32b + j] * float(ws[n, b]). These are the two tensors of a q8
+//                native file, used in place (memory-mapped): the kernels never repack or copy them.
+//   activations  qx (M, K) int8;  dx (M, K/32) float32, one scale per block: x ~= qx * dx blockwise.
+//
+// Invariant: every int8 value is in [-127, 127], never -128. The quantizers here and in quant.py never
+// produce -128, and NativeFile.check() verifies a file. It is what makes the AVX2 "sign trick" exact:
+// maddubs multiplies unsigned by signed bytes, so a block's dot product is computed as
+// |qx| (as u8) times sign(w, qx) (w negated where qx < 0); negating -128 would overflow, and the pair
+// sums |qx| |w| + |qx'| |w'| <= 2 * 127 * 127 = 32258 stay below int16's 32767, so maddubs never saturates.
+//
+// Rounding policy.
+//   quantize_activations is bit-exact with quant.quantize_activations: dx = float32(max |x|) / 127 by IEEE
+//   float32 division, qx = round-half-to-even(x / dx) (a true division, then rounding in the default
+//   MXCSR mode), clipped to [-127, 127]; an all-zero block gives dx = 0 and qx = 0. Inputs must be finite.
+//   q8_linear: each block's integer dot product is exact in int32 (|dot| <= 32 * 127^2 < 2^24, so its
+//   float conversion is exact too); each block contributes float(dot) * s with s = float(ws) * dx rounded
+//   once. The scalar kernel sums the blocks in order b = 0, 1, ... with a separate multiply and add,
+//   exactly as quant.q8_linear (bitwise equal on x86-64, where the scalar file has no FMA to contract to).
+//   The AVX2 kernel computes the same single chain per output element, in the same block order, with
+//   the multiply and add fused: acc = fma(float(dot_b), s_b, acc), then y = acc + bias. It differs from
+//   the emulation by the FMA's skipped rounding only: within quant.q8_linear_error_bound(..., lanes=1).
+//   Every output element goes through the same operations whatever M, the tile it lands in or the thread
+//   count, so a token's output does not depend on the rest of the batch and 1 and N threads agree bitwise.
+//
+// Threads: q8_linear splits contiguous ranges of output rows n (never K); quantize_activations splits
+// blocks (for large inputs). Either way each value is computed by the same operations.
+#pragma once
+
+#include <cstdint>
+
+namespace gptj::kernels {
+
+constexpr int64_t kQ8Block = 32;  // elements per block along K, one scale each
+constexpr int kQ8Max = 127;       // int8 values used: [-kQ8Max, kQ8Max]
+
+// float16 bits -> float32, exact (subnormals included).
+float f16_to_f32(uint16_t h);
+
+// Quantize activations per token and block of 32.
+// x (M, K) float32 -> qx (M, K) int8, dx (M, K/32) float32.  K % 32 == 0.
+void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int64_t K);
+
+// y = x W^T + b on quantized activations and weights.
+// qx (M, K), dx (M, K/32); w (N, K) int8, ws (N, K/32) float16 bits; b (N) or nullptr; y (M, N).
+// K % 32 == 0. Small M (decode) streams each weight row once per call; large M (prompts) reuses each
+// weight block across a register tile of tokens.
+void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
+               int64_t M, int64_t N, int64_t K);
+
+// Both implementations, same signatures; avx2:: exists only when GPTJ_HAVE_AVX2 is defined.
+#define GPTJ_Q8_DECLS                                                                                   \
+    void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int64_t K);             \
+    void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws,    \
+                   const float* b, int64_t M, int64_t N, int64_t K);
+
+namespace scalar {
+GPTJ_Q8_DECLS
+}
+#if defined(GPTJ_HAVE_AVX2)
+namespace avx2 {
+GPTJ_Q8_DECLS
+}
+#endif
+#undef GPTJ_Q8_DECLS
+
+}  // namespace gptj::kernels

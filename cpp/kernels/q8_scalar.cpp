@@ -1,0 +1,94 @@
+// Scalar reference of the int8 kernels (the oracle of the AVX2 ones and the fallback on other CPUs),
+// and the entry points that choose an implementation at run time. See q8.h for the contract.
+#include <cmath>
+#include <cstring>
+
+#include "kernels/kernels.h"
+#include "kernels/parallel.h"
+#include "kernels/q8.h"
+
+namespace gptj::kernels {
+
+float f16_to_f32(uint16_t h) {
+    const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    float mag;
+    if (exp == 0) {
+        mag = std::ldexp(float(man), -24);  // zero or subnormal: man * 2^-24, exact
+    } else if (exp == 31) {
+        mag = man ? NAN : INFINITY;
+    } else {
+        const uint32_t bits = ((exp + 112u) << 23) | (man << 13);  // rebias 15 -> 127
+        std::memcpy(&mag, &bits, sizeof mag);
+    }
+    uint32_t out;
+    std::memcpy(&out, &mag, sizeof out);
+    out |= sign;
+    float f;
+    std::memcpy(&f, &out, sizeof f);
+    return f;
+}
+
+namespace scalar {
+
+void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int64_t K) {
+    const int64_t nb = K / kQ8Block;
+    // Blocks are independent: threads split them, every block computed the same way.
+#pragma omp parallel for schedule(static) if (M * K >= (int64_t(1) << 18))
+    for (int64_t i = 0; i < M * nb; ++i) {
+        const float* xb = x + i * kQ8Block;
+        float amax = 0.0f;
+        for (int64_t j = 0; j < kQ8Block; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
+        const float d = amax / float(kQ8Max);
+        const float divisor = d > 0.0f ? d : 1.0f;  // a zero block holds zeros: q = 0, no division by 0
+        for (int64_t j = 0; j < kQ8Block; ++j) {
+            const float v = std::nearbyint(xb[j] / divisor);  // ties to even in the default rounding mode
+            qx[i * kQ8Block + j] = int8_t(std::fmin(std::fmax(v, -float(kQ8Max)), float(kQ8Max)));
+        }
+        dx[i] = d;
+    }
+}
+
+// y[t, n] = sum_b float(dot(qx[t, b], w[n, b])) * (float(ws[n, b]) * dx[t, b]), b in order, + b[n].
+void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
+               int64_t M, int64_t N, int64_t K) {
+    const int64_t nb = K / kQ8Block;
+#pragma omp parallel
+    {
+        int64_t n0, n1;
+        thread_range(N, 1, &n0, &n1);
+        for (int64_t n = n0; n < n1; ++n)
+            for (int64_t t = 0; t < M; ++t) {
+                float acc = 0.0f;
+                for (int64_t blk = 0; blk < nb; ++blk) {
+                    const int8_t* a = qx + t * K + blk * kQ8Block;
+                    const int8_t* c = w + n * K + blk * kQ8Block;
+                    int32_t dot = 0;
+                    for (int64_t j = 0; j < kQ8Block; ++j) dot += int32_t(a[j]) * int32_t(c[j]);
+                    const float s = f16_to_f32(ws[n * nb + blk]) * dx[t * nb + blk];
+                    const float term = float(dot) * s;
+                    acc = acc + term;
+                }
+                y[t * N + n] = b ? acc + b[n] : acc;
+            }
+    }
+}
+
+}  // namespace scalar
+
+#if defined(GPTJ_HAVE_AVX2)
+#define GPTJ_Q8_DISPATCH(call) (isa() == Isa::Avx2 ? avx2::call : scalar::call)
+#else
+#define GPTJ_Q8_DISPATCH(call) (scalar::call)
+#endif
+
+void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int64_t K) {
+    GPTJ_Q8_DISPATCH(quantize_activations(qx, dx, x, M, K));
+}
+
+void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
+               int64_t M, int64_t N, int64_t K) {
+    GPTJ_Q8_DISPATCH(q8_linear(y, qx, dx, w, ws, b, M, N, K));
+}
+
+}  // namespace gptj::kernels
