@@ -120,3 +120,13 @@ def test_convert_refuses_a_missing_source(tmp_path):
     result = run("convert", str(tmp_path / "nothing"), str(tmp_path / "out.gptj"), check_ok=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert not (tmp_path / "out.gptj").exists()
+
+
+def test_parity_between_the_reference_and_the_cpp_runtime(text_checkpoint):
+    out = run("parity", str(text_checkpoint), "The dog", "--a", "reference", "--b", "cpp", "--new-tokens", "8").stdout
+    rows = {line.split()[0] + (line.split()[1] if line.startswith("block") else ""): line.split()
+            for line in out.splitlines()[2:7]}
+    assert set(rows) == {"embeddings", "block0", "block1", "ln_f", "logits"}
+    logits = rows["logits"]
+    assert float(logits[1]) <= 1e-4 * float(logits[3])  # the runtime tests' bound, relative to max |logit|
+    assert "greedy: the 8 generated tokens agree" in out
