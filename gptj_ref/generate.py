@@ -12,7 +12,7 @@ so the same settings give the same next-token distribution. Randomness comes fro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -143,7 +143,7 @@ def choose(scores, settings: GenerationSettings, rng: np.random.Generator) -> in
 # ---------------------------------------------------------------------------------------------------
 
 @dataclass
-class Sequence_:
+class Row:
     """One row being generated."""
 
     prompt: List[int]
@@ -170,7 +170,7 @@ class BatchGeneration:
                                 f"exceed the model's context of {n_ctx} tokens; shorten the prompt or lower "
                                 "max_new_tokens")
         self.backend, self.settings, self.eos_id, self.decode = backend, settings, eos_id, decode
-        self.rows = [Sequence_(list(p)) for p in prompts]
+        self.rows = [Row(list(p)) for p in prompts]
         self.prompt_seconds = 0.0   # time of the forward pass over the prompts
         self.decode_seconds = 0.0   # time of the forward passes over generated tokens
 
@@ -238,6 +238,3 @@ def stop_prefix_len(text: str, stop: Sequence[str]) -> int:
                 break
     return best
 
-
-def with_overrides(settings: GenerationSettings, **overrides) -> GenerationSettings:
-    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

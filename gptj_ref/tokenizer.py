@@ -15,7 +15,7 @@ import codecs
 import importlib.util
 import json
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional
 
 from .errors import CheckpointError, InputError
 
@@ -166,12 +166,6 @@ class StreamDecoder:
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
-
-
-def check_ids(ids: Sequence[int], vocab_size: int) -> None:
-    for i in ids:
-        if not 0 <= i < vocab_size:
-            raise InputError(f"token id {i} is outside the vocabulary [0, {vocab_size})")
 
 
 _DEFAULT: Optional[Tokenizer] = None
