@@ -6,7 +6,10 @@ Every test runs with the scalar and the AVX2 implementation forced in turn:
 - the AVX2 q8 linear is within quant.q8_linear_error_bound(..., lanes=2): it keeps one accumulator per
   half block and uses FMA (see cpp/kernels/q8.h), so it differs from the emulation by float32 rounding
   only, and the bound is rigorous for that;
-- both are bitwise identical for 1 and 2 threads, and a token's output does not depend on M.
+- both are bitwise identical for 1 and 2 threads, and a token's output does not depend on M. For AVX2
+  that includes the switch from the row-streaming kernel (M < 64, decode) to the packed int16 kernel
+  (prompts): the two must agree bitwise, which the tests check across every tail of the packing
+  (rows % 16, k % 256, tokens % 4 and % 256).
 """
 
 from __future__ import annotations
@@ -118,6 +121,39 @@ def test_q8_linear_larger_shapes(isa, M, N, K):
     check_linear(random_activations(rng, M, K), q, scales, bias, isa)
 
 
+# Sizes that exercise the packed (prompt) path: M >= 64, with tails of every tiling of it.
+PACKED_CASES = [(64, 16, 256), (67, 45, 544), (101, 100, 96), (263, 35, 288), (70, 203, 1024)]
+
+
+@pytest.mark.parametrize("M,N,K", PACKED_CASES)
+def test_q8_linear_prompt_path_equals_decode_path_bitwise(isa, M, N, K):
+    # Splitting the tokens into batches below the packed threshold runs the decode kernel on each; every
+    # output element must come out bitwise the same as in one call on all M tokens.
+    rng = np.random.default_rng(M + N + K)
+    q, scales = random_weight(rng, N, K)
+    bias = rng.standard_normal(N).astype(np.float32)
+    x = random_activations(rng, M, K)
+    y = check_linear(x, q, scales, bias, isa)
+    qx, dx = _core.q8_quantize_activations(x)
+    pieces = [c_linear(qx[t:t + 7].copy(), dx[t:t + 7].copy(), q, scales, bias) for t in range(0, M, 7)]
+    small = np.concatenate(pieces)
+    assert np.array_equal(small.view(np.int32), y.view(np.int32)), report_diff(small, y)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(M=st.integers(64, 90), N=st.integers(1, 50), nb=st.sampled_from([1, 7, 8, 9, 17]),
+       with_bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_q8_linear_prompt_path_matches_emulation(isa, M, N, nb, with_bias, seed):
+    rng = np.random.default_rng(seed)
+    K = 32 * nb
+    q, scales = random_weight(rng, N, K)
+    bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
+    x = random_activations(rng, M, K)
+    y1 = check_linear(x, q, scales, bias, isa, threads=1)
+    y2 = check_linear(x, q, scales, bias, isa, threads=2)
+    assert np.array_equal(y1.view(np.int32), y2.view(np.int32)), report_diff(y2, y1)
+
+
 def test_q8_linear_extreme_values_do_not_saturate(isa):
     # Every product is +-127 * 127 with the same sign: maddubs pair sums reach 32258, the most they can.
     K = 256
@@ -129,6 +165,7 @@ def test_q8_linear_extreme_values_do_not_saturate(isa):
     x[1] = 1.0
     x[2, 1::2] = 1.0
     check_linear(x, q, scales, None, isa)
+    check_linear(np.tile(x, (22, 1)), q, scales, None, isa)   # 66 tokens: the packed int16 path
 
 
 def test_q8_linear_threads_bitwise_and_rows_independent_of_batch(isa):

@@ -26,6 +26,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 #include "kernels/parallel.h"
@@ -194,8 +196,11 @@ void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int6
     }
 }
 
-void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
-               int64_t M, int64_t N, int64_t K) {
+namespace {
+
+// Decode and short inputs: the weights straight from the file, four rows at a time (quad_tile).
+void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
+                    int64_t M, int64_t N, int64_t K) {
     const int64_t nb = K / kQ8Block;
     // Rows per group: a group's weights (rows x K bytes) stay in L2 while every token tile passes over
     // them; each token tile (4 x K bytes) stays in L1/L2 while it passes over the group's quads.
@@ -229,6 +234,210 @@ void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, con
         for (int64_t n = quads_end; n < n1; ++n)
             single_row(y + n, N, qx, dx, w + n * K, ws + n * nb, b ? b + n : nullptr, M, K);
     }
+}
+
+
+// ---- Many tokens (prompts): int16 panels -------------------------------------------------------------
+//
+// For a prompt the layer is a matrix product, and quad_tile's per-block folds across lanes cap it near
+// 40 GMAC/s per core. This path does the same arithmetic with no work across lanes in the inner loop:
+// every vector lane belongs to one output row ("vertical" layout), and vpmaddwd on int16 pairs does 16
+// exact products per instruction, two of them per cycle on Zen 3.
+//
+//   panel   16 weight rows n0..n15 and one chunk of up to 8 blocks (256 k), widened to int16 and packed
+//           pair by pair: for pair p of block b, register h (rows 8h..8h+7) holds in lane j
+//           (w[n0 + 8h + j, 32b + 2p], w[n0 + 8h + j, 32b + 2p + 1]). 8 KB: it stays in L1.
+//   tokens  qx widened to int16 once per call and stored chunk by chunk, so that one chunk's token rows
+//           are contiguous (no power-of-two stride to collide in the caches): a16[chunk][t][k - k0].
+//   tile    4 tokens x 16 rows: for each pair p, acc[t][h] += madd(broadcast(a16[t][2p, 2p+1]), panel[p][h]);
+//           after a block's 16 pairs each int32 lane is the exact block dot product d of one (token, row)
+//           (|d| <= 32 * 127^2), and
+//               c[t][r] = fma(float(d), ws[r, b] * dx[t, b], c[t][r])
+//           is exactly quad_tile's chain, so the two paths agree bitwise.
+//   c       the float32 chains live in a per-thread buffer, panel by panel ([panel][token][16]), so they
+//           stream through the caches instead of colliding at y's power-of-two row stride; y = c + bias
+//           is written once per token block.
+// Loop order per thread (a contiguous range of output rows, as for the quads): token blocks of up to
+// 256; chunks of 256 k (that chunk of the block's activations, 256 tokens x 512 B, stays in L2); panels;
+// token tiles. Measured: see the header of this file and benchmarks/bench_int8.py.
+
+#if defined(__GNUC__)
+#define GPTJ_NOINLINE __attribute__((noinline))
+#else
+#define GPTJ_NOINLINE
+#endif
+
+constexpr int64_t kPackedMinTokens = 64;  // below this, packing costs more than it saves (measured)
+constexpr int64_t kPanelRows = 16;
+constexpr int64_t kChunkBlocks = 8;
+constexpr int64_t kChunk = kChunkBlocks * kQ8Block;  // 256 elements of k
+constexpr int64_t kTokenBlock = 256;
+
+// acc += madd(a, w): 8 int32 lanes, each a[2j] w[2j] + a[2j+1] w[2j+1] (int16 inputs, exact).
+// In GNU asm only so that the sum lands in acc's register: GCC otherwise adds into the product's
+// register and copies it back, one more instruction per step for the same vector ports.
+inline void madd_accumulate(i32x8& acc, __m256i a, __m256i w) {
+#if defined(__GNUC__)
+    __m256i prod;
+    __asm__("vpmaddwd %[w], %[a], %[prod]\n\tvpaddd %[prod], %[acc], %[acc]"
+            : [acc] "+x"(acc), [prod] "=&x"(prod)
+            : [a] "x"(a), [w] "x"(w));
+#else
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a, w));
+#endif
+}
+
+// In-register transpose of an 8 x 8 matrix of 32-bit elements: r[i] lane j <- r[j] lane i.
+inline void transpose_8x8_i32(__m256i r[8]) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);      // [r0_0 r1_0 r0_1 r1_1 | r0_4 r1_4 r0_5 r1_5]
+        t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);  // [r0_2 r1_2 r0_3 r1_3 | r0_6 .. r1_7]
+    }
+    for (int i = 0; i < 2; ++i) {
+        u[4 * i + 0] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);  // column 0 | column 4, four rows
+        u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);  // column 1 | column 5
+        u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);  // column 2 | column 6
+        u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);  // column 3 | column 7
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x31);
+    }
+}
+
+// Packs weight rows [0, rows) (rows <= 16; the rest of the panel is zeros) of blocks [b0, b0 + nbc)
+// (nbc <= 8) as described above: wp[((b * 16 + p) * 2 + h) * 16 ..] and their scales as float32,
+// sp[(b * 2 + h) * 8 + j] = float(ws[8h + j, b0 + b]).  w (rows, K), ws (rows, nb) start at the panel.
+void pack_panel(int16_t* wp, float* sp, const int8_t* w, const uint16_t* ws, int64_t K, int64_t rows, int64_t b0,
+                int64_t nbc) {
+    const int64_t nb = K / kQ8Block;
+    for (int h = 0; h < 2; ++h) {
+        for (int64_t b = 0; b < nbc; ++b) {
+            __m256i lo[8], hi[8];  // row j's pairs 0..7 and 8..15, as int16
+            for (int j = 0; j < 8; ++j) {
+                const int64_t r = 8 * h + j;
+                const i8x32 x = r < rows ? load_i8x32(w + r * K + (b0 + b) * kQ8Block) : _mm256_setzero_si256();
+                lo[j] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(x));
+                hi[j] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(x, 1));
+            }
+            transpose_8x8_i32(lo);  // lo[p] lane j = row j's pair p
+            transpose_8x8_i32(hi);
+            for (int p = 0; p < 8; ++p) {
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(wp + ((b * 16 + p) * 2 + h) * 16), lo[p]);
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(wp + ((b * 16 + 8 + p) * 2 + h) * 16), hi[p]);
+            }
+        }
+        for (int64_t b = 0; b < nbc; ++b)
+            for (int j = 0; j < 8; ++j) {
+                const int64_t r = 8 * h + j;
+                sp[(b * 2 + h) * 8 + j] = r < rows ? f16_to_f32(ws[r * nb + b0 + b]) : 0.0f;
+            }
+    }
+}
+
+// TT tokens x 16 rows over one chunk of nbc blocks, continuing the chains in c (TT x 16, contiguous;
+// started at zero when `first`). a: the chunk's TT token rows (stride lda int16); dx: their block scales
+// (stride nb) from the chunk's first block; wp, sp: the packed panel. Not inlined: inside the OpenMP
+// region GCC ran out of registers and kept the accumulators on the stack, halving the speed.
+template <int TT>
+GPTJ_NOINLINE void panel_tile(float* c, const int16_t* a, int64_t lda, const float* dx, int64_t nb, const int16_t* wp,
+                const float* sp, int64_t nbc, bool first) {
+    if (first)
+        for (int i = 0; i < TT * 2; ++i) _mm256_storeu_ps(c + 8 * i, _mm256_setzero_ps());
+    for (int64_t b = 0; b < nbc; ++b) {
+        i32x8 acc[TT][2];
+        for (int t = 0; t < TT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
+        const int16_t* wb = wp + b * 16 * 32;
+        const int16_t* ab = a + b * kQ8Block;
+        for (int p = 0; p < 16; ++p) {
+            const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * p));
+            const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * p + 16));
+            for (int t = 0; t < TT; ++t) {
+                int32_t pair;  // (a[2p], a[2p + 1]) as one 32-bit lane
+                std::memcpy(&pair, ab + t * lda + 2 * p, sizeof pair);
+                const __m256i av = _mm256_set1_epi32(pair);
+                madd_accumulate(acc[t][0], av, w0);
+                madd_accumulate(acc[t][1], av, w1);
+            }
+        }
+        for (int t = 0; t < TT; ++t) {
+            const f32x8 sx = _mm256_broadcast_ss(dx + t * nb + b);
+            for (int h = 0; h < 2; ++h) {
+                const f32x8 s = _mm256_mul_ps(_mm256_loadu_ps(sp + (b * 2 + h) * 8), sx);  // dw * dx, as quad_tile
+                float* ct = c + t * 16 + 8 * h;
+                _mm256_storeu_ps(ct, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[t][h]), s, _mm256_loadu_ps(ct)));
+            }
+        }
+    }
+}
+
+void q8_linear_packed(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
+                      int64_t M, int64_t N, int64_t K) {
+    const int64_t nb = K / kQ8Block;
+    // The activations as int16, chunk-major: chunk [k0, k0 + len) of token t at a16[k0 * M + t * len].
+    std::unique_ptr<int16_t[]> a16(new int16_t[size_t(M * K)]);
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < M; ++t)
+        for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+            const int64_t len = std::min(kChunk, K - k0);
+            int16_t* dst = a16.get() + k0 * M + t * len;
+            for (int64_t k = 0; k < len; k += 16)
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k),
+                                    _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qx + t * K + k0 + k))));
+        }
+#pragma omp parallel
+    {
+        int64_t n0, n1;
+        thread_range(N, kPanelRows, &n0, &n1);
+        const int64_t panels = (n1 - n0 + kPanelRows - 1) / kPanelRows;
+        std::vector<int16_t> wp(size_t(kChunkBlocks * 16 * 32));
+        std::vector<float> sp(size_t(kChunkBlocks * 16));
+        std::unique_ptr<float[]> c(new float[size_t(std::max<int64_t>(1, panels * std::min(M, kTokenBlock) * 16))]);
+        for (int64_t t0 = 0; t0 < M && panels > 0; t0 += kTokenBlock) {
+            const int64_t tb = std::min(kTokenBlock, M - t0);
+            for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+                const int64_t len = std::min(kChunk, K - k0), nbc = len / kQ8Block;
+                const int16_t* ak = a16.get() + k0 * M + t0 * len;
+                const float* dk = dx + t0 * nb + k0 / kQ8Block;
+                for (int64_t pi = 0; pi < panels; ++pi) {
+                    const int64_t n = n0 + pi * kPanelRows;
+                    pack_panel(wp.data(), sp.data(), w + n * K, ws + n * nb, K, std::min(kPanelRows, n1 - n), k0 / kQ8Block, nbc);
+                    float* cp = c.get() + pi * tb * 16;
+                    int64_t t = 0;
+                    for (; t + 4 <= tb; t += 4)
+                        panel_tile<4>(cp + t * 16, ak + t * len, len, dk + t * nb, nb, wp.data(), sp.data(), nbc, k0 == 0);
+                    switch (tb - t) {
+                        case 3: panel_tile<3>(cp + t * 16, ak + t * len, len, dk + t * nb, nb, wp.data(), sp.data(), nbc, k0 == 0); break;
+                        case 2: panel_tile<2>(cp + t * 16, ak + t * len, len, dk + t * nb, nb, wp.data(), sp.data(), nbc, k0 == 0); break;
+                        case 1: panel_tile<1>(cp + t * 16, ak + t * len, len, dk + t * nb, nb, wp.data(), sp.data(), nbc, k0 == 0); break;
+                        default: break;
+                    }
+                }
+            }
+            // y = c + bias, as quad_tile ends its chains (no addition at all without a bias).
+            for (int64_t pi = 0; pi < panels; ++pi) {
+                const int64_t n = n0 + pi * kPanelRows, rows = std::min(kPanelRows, n1 - n);
+                for (int64_t t = 0; t < tb; ++t) {
+                    const float* ct = c.get() + (pi * tb + t) * 16;
+                    float* yt = y + (t0 + t) * N + n;
+                    for (int64_t r = 0; r < rows; ++r) yt[r] = b ? ct[r] + b[n + r] : ct[r];
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
+               int64_t M, int64_t N, int64_t K) {
+    // Both paths compute every output element with the same float32 chain, so the switch is invisible
+    // in the results; it only trades the packing work against its reuse over tokens.
+    if (M >= kPackedMinTokens)
+        q8_linear_packed(y, qx, dx, w, ws, b, M, N, K);
+    else
+        q8_linear_rows(y, qx, dx, w, ws, b, M, N, K);
 }
 
 }  // namespace gptj::kernels::avx2
