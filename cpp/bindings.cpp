@@ -165,9 +165,11 @@ PyModel make_model(const py::dict& weights, const py::array& sin, const py::arra
     return pm;
 }
 
-// Runs the model on ids (n) split into rows by counts (batch); returns logits (n, vocab) and, when
-// asked, the hidden states (n_layer + 2, n, n_embd).
-py::tuple run_model(PyModel& pm, const py::array& ids, const py::array& counts, PyCache& pc, bool with_hidden) {
+// Runs the model on ids (n) split into rows by counts (batch); returns logits (n, vocab), or
+// (len(logit_rows), vocab) for only the tokens logit_rows lists, and, when asked, the hidden states
+// (n_layer + 2, n, n_embd).
+py::tuple run_model(PyModel& pm, const py::array& ids, const py::array& counts, PyCache& pc, bool with_hidden,
+                    const py::object& logit_rows = py::none()) {
     const rt::Config& c = pm.model->config();
     const int64_t* id = in_ptr<int64_t>(ids, "token ids", {-1});
     const int64_t* cnt = in_ptr<int64_t>(counts, "counts", {pc.cache->batch()});
@@ -177,7 +179,15 @@ py::tuple run_model(PyModel& pm, const py::array& ids, const py::array& counts, 
         throw py::value_error("counts add up to " + std::to_string(total) + " tokens but " +
                               std::to_string(ids.shape(0)) + " ids were given");
     const int64_t n = ids.shape(0);
-    py::array_t<float> logits({n, c.vocab_size});
+    const int64_t* rows = nullptr;
+    int64_t n_rows = n;
+    py::array rows_array;
+    if (!logit_rows.is_none()) {
+        rows_array = py::reinterpret_borrow<py::array>(logit_rows);
+        rows = in_ptr<int64_t>(rows_array, "logit rows", {-1});
+        n_rows = rows_array.shape(0);
+    }
+    py::array_t<float> logits({n_rows, c.vocab_size});
     py::object hidden = py::none();
     float* hidden_ptr = nullptr;
     if (with_hidden) {
@@ -188,7 +198,7 @@ py::tuple run_model(PyModel& pm, const py::array& ids, const py::array& counts, 
     float* out = logits.mutable_data();
     {
         py::gil_scoped_release release;
-        pm.model->forward(out, id, cnt, *pc.cache, hidden_ptr);
+        pm.model->forward(out, id, cnt, *pc.cache, hidden_ptr, rows, rows ? n_rows : 0);
     }
     return py::make_tuple(logits, hidden);
 }
@@ -402,12 +412,16 @@ PYBIND11_MODULE(_core, m) {
             })
         .def(
             "forward",
-            [](PyModel& pm, const py::array& ids, const py::array& counts, PyCache& cache) {
-                return py::object(run_model(pm, ids, counts, cache, false)[0]);
+            [](PyModel& pm, const py::array& ids, const py::array& counts, PyCache& cache, const py::object& logit_rows) {
+                if (!logit_rows.is_none() && !py::isinstance<py::array>(logit_rows))
+                    throw py::type_error("logit_rows must be an int64 numpy array or None");
+                return py::object(run_model(pm, ids, counts, cache, false, logit_rows)[0]);
             },
             py::arg("ids").noconvert(), py::arg("counts").noconvert(), py::arg("cache"),
+            py::arg("logit_rows") = py::none(),
             "Logits (n, vocab) for ids (n) int64: the new tokens of every cache row concatenated, counts (batch) "
-            "int64 of them per row")
+            "int64 of them per row. logit_rows (m) int64, if given, selects the tokens (indices into ids) whose "
+            "logits are computed and returned: (m, vocab)")
         .def(
             "forward_hidden",
             [](PyModel& pm, const py::array& ids, const py::array& counts, PyCache& cache) {

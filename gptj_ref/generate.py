@@ -187,7 +187,7 @@ class BatchGeneration:
 
         cache = self.backend.new_cache(longest + settings.max_new_tokens, batch=B)
         started = time.perf_counter()
-        logits = self.backend.forward(ids, cache, attention_mask=mask)[:, -1]          # [B, V]
+        logits = self.backend.forward(ids, cache, attention_mask=mask, last_only=True)  # [B, V]
         self.prompt_seconds = time.perf_counter() - started
         while True:
             produced = []
@@ -213,7 +213,7 @@ class BatchGeneration:
             if all(row.done for row in rows):
                 return
             started = time.perf_counter()
-            logits = self.backend.forward(next_ids, cache, attention_mask=np.ones((B, 1), np.int64))[:, -1]
+            logits = self.backend.forward(next_ids, cache, attention_mask=np.ones((B, 1), np.int64), last_only=True)
             self.decode_seconds += time.perf_counter() - started
 
 

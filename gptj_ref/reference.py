@@ -216,16 +216,23 @@ class Reference:
         shape = (c.n_layer, batch, c.n_head, max_tokens, c.head_dim)
         return KVCache(np.zeros(shape, f32), np.zeros(shape, f32), np.zeros((batch, max_tokens), bool))
 
-    def forward(self, token_ids, cache: Optional[KVCache] = None, attention_mask=None) -> np.ndarray:
-        return self._run(token_ids, cache, attention_mask)[-1]
+    def forward(self, token_ids, cache: Optional[KVCache] = None, attention_mask=None,
+                last_only: bool = False) -> np.ndarray:
+        """Logits for T new tokens: ids [T] -> [T, n_vocab], or [B, T] -> [B, T, n_vocab].
+
+        last_only=True returns only the last position's logits, [n_vocab] or [B, n_vocab] (equal to
+        `forward(...)[..., -1, :]`): all generation needs, without lm_head's work on the other tokens.
+        """
+        return self._run(token_ids, cache, attention_mask, last_only=last_only)[-1]
 
     def hidden_states(self, token_ids) -> list:
         """For one sequence ids [T]: the residual stream [T, n_embd] entering block 0 (the embeddings),
         after each block, after ln_f, and finally the logits [T, n_vocab] (n_layer + 3 arrays)."""
         return [h[0] for h in self._run(np.asarray(token_ids)[None], None, None, keep=True)]
 
-    def _run(self, token_ids, cache, attention_mask, keep=False) -> list:
-        """Logits for T new tokens: ids [T] -> [T, n_vocab], or [B, T] -> [B, T, n_vocab].
+    def _run(self, token_ids, cache, attention_mask, keep=False, last_only=False) -> list:
+        """Logits for T new tokens: ids [T] -> [T, n_vocab], or [B, T] -> [B, T, n_vocab]; with
+        last_only, the last position's only: [n_vocab] or [B, n_vocab].
 
         `attention_mask` [B, T] marks real tokens with 1 and left padding with 0. A real token's
         position is the number of real tokens before it in its row (pads get position 1, as in
@@ -252,10 +259,12 @@ class Reference:
             states.append(x)
         cache.length = start + T
         x = layer_norm(x, self.ln_f["weight"], self.ln_f["bias"], self.config.layer_norm_epsilon)
+        if last_only:
+            x = x[:, -1]                                # [B, n_embd]
         logits = linear(x, self.lm_head["weight"], self.lm_head["bias"])         # [B, T, n_vocab]; GPT-J's lm_head has a bias
         states += [x, logits]
         if not keep:
-            states = [logits[0] if squeeze else logits]
+            states = [logits[0] if squeeze else logits]   # last_only: [n_vocab] or [B, n_vocab]
         return states
 
 

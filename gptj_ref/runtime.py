@@ -134,12 +134,14 @@ class CppModel:
             raise InputError(f"cache batch must be a positive integer, got {batch!r}")
         return CppCache(_core.KVCache(self._core, int(batch), int(max_tokens)), int(max_tokens), int(batch))
 
-    def forward(self, token_ids, cache: Optional[CppCache] = None, attention_mask=None) -> np.ndarray:
+    def forward(self, token_ids, cache: Optional[CppCache] = None, attention_mask=None,
+                last_only: bool = False) -> np.ndarray:
         """Logits for T new tokens: ids [T] -> [T, n_vocab], or [B, T] -> [B, T, n_vocab].
 
         Same contract as `Reference.forward`: `attention_mask` [B, T] marks real tokens with 1 and padding
         with 0; a real token's position is the number of real tokens before it in its row. Padding is
-        skipped entirely, and its logits are 0.
+        skipped entirely, and its logits are 0. last_only=True computes lm_head for each row's last
+        position alone and returns [n_vocab] or [B, n_vocab], equal to `forward(...)[..., -1, :]`.
         """
         ids, mask, squeeze = check_inputs(self.config, token_ids, attention_mask)
         B, T = ids.shape
@@ -151,10 +153,20 @@ class CppModel:
 
         counts = mask.sum(axis=1).astype(np.int64)                  # [B] real tokens per row
         real_ids = np.ascontiguousarray(ids[mask])                  # [n]: row 0's tokens, then row 1's, ...
+        V = self.config.vocab_size
+        if last_only:
+            # Row b's last position is real iff mask[b, -1]; it is then token cumsum(counts)[b] - 1 of ids.
+            last_real = mask[:, -1]
+            rows = (np.cumsum(counts) - 1)[last_real].astype(np.int64)
+            last = np.zeros((B, V), np.float32)
+            if real_ids.size:
+                last[last_real] = self._core.forward(real_ids, counts, cache.core, rows)
+            cache.length = start + T
+            return last[0] if squeeze else last
         if real_ids.size:
             flat = self._core.forward(real_ids, counts, cache.core)  # [n, n_vocab]
         else:
-            flat = np.zeros((0, self.config.vocab_size), np.float32)
+            flat = np.zeros((0, V), np.float32)
         cache.length = start + T
 
         if mask.all():

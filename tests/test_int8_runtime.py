@@ -147,6 +147,21 @@ def test_batch_rows_match_single_sequences(q8_models):
         assert np.abs(got - single).max() <= EMULATION_MAX * np.abs(single).max(), report_diff(got, single)
 
 
+def test_prompt_kernel_and_last_only_logits_agree_bitwise(q8_models):
+    # 70 tokens run every linear on the packed prompt kernel (M >= 64); last_only runs lm_head on one
+    # row, i.e. on the decode kernel, and splitting the prompt at 40 tokens keeps every call below the
+    # threshold. The kernels agree bitwise (cpp/kernels/q8_avx2.cpp), so all three agree exactly.
+    config, _, _, cpp = q8_models["real-heads"]
+    ids = token_ids(config, 70, seed=6)
+    full = cpp.forward(ids)
+    last = cpp.forward(ids, last_only=True)
+    cache = cpp.new_cache(70)
+    cpp.forward(ids[:40], cache)
+    split = cpp.forward(ids[40:], cache)
+    assert np.array_equal(last, full[-1]), report_diff(last, full[-1])
+    assert np.array_equal(split, full[40:]), report_diff(split, full[40:])
+
+
 def test_load_runs_int8_kernels_without_copying_weights(q8_models):
     _, _, _, cpp = q8_models["real-heads"]
     assert cpp.name == "cpp-q8"

@@ -161,6 +161,42 @@ def test_left_padded_batch_rows_equal_each_row_alone(models, isa, lengths, name,
     assert cache.length == T + n_new and cache.row_lengths == [n + n_new for n in lengths]
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_last_only_logits_equal_the_last_position_of_the_full_pass(models, isa):
+    # Generation asks for the last position only; lm_head then runs on those rows alone. The kernels
+    # compute each output row independently of the other rows, so the values are bitwise the same.
+    config, _, ref, cpp = models["real-heads"]
+    ids = random_ids(config, 9, seed=3)
+    batch = np.stack([ids, np.concatenate([[0, 0], ids[:7]]), np.concatenate([ids[:5], [0] * 4])])
+    mask = np.array([[1] * 9, [0, 0] + [1] * 7, [1] * 5 + [0] * 4])   # row 2 ends in padding
+    with use_isa(isa):
+        last = cpp.forward(ids, last_only=True)
+        full = cpp.forward(ids)
+        last_b = cpp.forward(batch, cpp.new_cache(9, 3), attention_mask=mask, last_only=True)
+        full_b = cpp.forward(batch, cpp.new_cache(9, 3), attention_mask=mask)
+    assert last.shape == (config.vocab_size,) and last_b.shape == (3, config.vocab_size)
+    assert np.array_equal(last, full[-1])
+    assert np.array_equal(last_b, full_b[:, -1]), report_diff(last_b, full_b[:, -1])
+    assert not last_b[2].any(), "a row whose last position is padding gets zeros, as in the full pass"
+    ref_last = ref.forward(batch, ref.new_cache(9, 3), attention_mask=mask, last_only=True)
+    ref_full = ref.forward(batch, ref.new_cache(9, 3), attention_mask=mask)
+    # Same NumPy operations on fewer rows; BLAS may block a 1-row product differently: rounding only.
+    assert_logits_close(ref_last[:2], ref_full[:2, -1], rel=1e-6)
+    assert_logits_close(last_b[:2], ref_last[:2])
+
+
+def test_logit_rows_are_checked():
+    config, weights = TINY_CFG, random_weights(TINY_CFG, seed=0)
+    cpp = CppModel(config, weights)
+    ids, counts = np.array([1, 2, 3], np.int64), np.array([3], np.int64)
+    with pytest.raises(IndexError, match="logit row 3 is outside"):
+        cpp._core.forward(ids, counts, cpp.new_cache(8).core, np.array([3], np.int64))
+    with pytest.raises(ValueError, match="4 logit rows of 3"):
+        cpp._core.forward(ids, counts, cpp.new_cache(8).core, np.array([0, 1, 2, 2], np.int64))
+    with pytest.raises(TypeError, match="logit_rows"):
+        cpp._core.forward(ids, counts, cpp.new_cache(8).core, [0])
+
+
 def test_interior_padding_follows_the_reference(models):
     # A 0 in the mask after real tokens (e.g. a row that sat out a step) is skipped as well: later
     # tokens' positions count real tokens only, as in the reference.

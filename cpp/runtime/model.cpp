@@ -54,7 +54,8 @@ void Model::attention_block(float* att, const float* q, const float* k, const fl
     }
 }
 
-void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KVCache& cache, float* hidden) {
+void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KVCache& cache, float* hidden,
+                    const int64_t* logit_rows, int64_t n_logit_rows) {
     std::lock_guard<std::mutex> lock(busy_);
     const Config& c = config_;
     const int64_t E = c.n_embd, F = c.d_ff, H = c.n_head, dh = c.head_dim(), R = c.rotary_dim;
@@ -72,6 +73,13 @@ void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KV
         n += counts[r];
         max_keys = std::max(max_keys, start + counts[r]);
     }
+    if (logit_rows && (n_logit_rows < 0 || n_logit_rows > n))
+        throw std::invalid_argument("asked for " + std::to_string(n_logit_rows) + " logit rows of " +
+                                    std::to_string(n) + " new tokens");
+    for (int64_t j = 0; logit_rows && j < n_logit_rows; ++j)
+        if (logit_rows[j] < 0 || logit_rows[j] >= n)
+            throw std::out_of_range("logit row " + std::to_string(logit_rows[j]) + " is outside the " +
+                                    std::to_string(n) + " new tokens");
     for (int64_t i = 0; i < n; ++i)
         if (ids[i] < 0 || ids[i] >= c.vocab_size)
             throw std::out_of_range("token id " + std::to_string(ids[i]) + " is outside the vocabulary [0, " +
@@ -119,11 +127,18 @@ void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KV
         keep(l + 1, x);
     }
 
-    // Final LayerNorm, then lm_head (GPT-J's has a bias) straight into the caller's logits.
+    // Final LayerNorm, then lm_head (GPT-J's has a bias) straight into the caller's logits, for every
+    // token or only the asked ones (gathered into q, free by now).
     kernels::layer_norm(h, x, weights_.ln_f_g, weights_.ln_f_b, n, E, c.eps);
     keep(c.n_layer + 1, h);
-    in_h_.set(h, n, E);
-    apply_linear(logits, in_h_, weights_.lm_head);
+    if (logit_rows) {
+        for (int64_t j = 0; j < n_logit_rows; ++j)
+            std::memcpy(q + j * E, h + logit_rows[j] * E, sizeof(float) * E);
+        in_h_.set(q, n_logit_rows, E);
+    } else {
+        in_h_.set(h, n, E);
+    }
+    if (in_h_.rows() > 0) apply_linear(logits, in_h_, weights_.lm_head);
 
     for (int64_t r = 0; r < cache.batch(); ++r) cache.set_length(r, cache.length(r) + counts[r]);
 }

@@ -87,8 +87,12 @@ public:
     // ids (n_tokens): the rows' new tokens concatenated, row 0 first; counts (cache.batch()): how many
     // belong to each row; logits (n_tokens, vocab_size) out. A token's position is its row's length so
     // far. hidden, when not null, receives (n_layer + 2, n_tokens, n_embd): the embeddings, the output
-    // of every block, and the output of ln_f. Throws std::invalid_argument if a row would overflow.
-    void forward(float* logits, const int64_t* ids, const int64_t* counts, KVCache& cache, float* hidden = nullptr);
+    // of every block, and the output of ln_f. logit_rows, when not null, lists the n_logit_rows tokens
+    // (indices into ids) whose logits are wanted, and logits is (n_logit_rows, vocab_size): generation
+    // needs only each row's last token, which saves lm_head's work and its (n_tokens, vocab) output on
+    // prompts. Throws std::invalid_argument if a row would overflow or a logit row is out of range.
+    void forward(float* logits, const int64_t* ids, const int64_t* counts, KVCache& cache, float* hidden = nullptr,
+                 const int64_t* logit_rows = nullptr, int64_t n_logit_rows = 0);
 
 private:
     void attention_block(float* att, const float* q, const float* k, const float* v, int64_t layer,
