@@ -10,7 +10,7 @@ on the values); it is reused when it exists. One run measures:
     (int8 weight + scale bytes read per token / that bandwidth);
   - in a fresh subprocess (so its peak RSS is the model's): time to first token from a warm page cache
     (load + an 8-token prompt), decode ms/token (8-token prompt, 64 greedy tokens), prompt tokens/s for
-    128 and 512 tokens, batched greedy decoding through gptj_ref.generate for batch 1, 4 and 8, and the
+    128 and 512 tokens (logits for the last position only, as generation asks for them), batched greedy decoding through gptj_ref.generate for batch 1, 4 and 8, and the
     peak RSS (VmHWM);
   - the int8 linear kernels alone on one layer's shapes and lm_head (M = 1 and 512): the per-kernel
     share of decode and prompt time;
@@ -131,11 +131,11 @@ def child(path: str, threads: int, batch: bool) -> None:
           flush=True)
     out["peak_rss_decode_gb"] = peak_rss_gb()   # load + 8-token prompt + 64 tokens: the chat-sized case
 
-    # Prompts.
+    # Prompts, as generation runs them: logits for the last position only (last_only=True).
     for T in (128, 512):
         ids = rng.integers(0, 50000, T)
         t0 = time.perf_counter()
-        backend.forward(ids, backend.new_cache(T))
+        backend.forward(ids, backend.new_cache(T), last_only=True)
         seconds = time.perf_counter() - t0
         out[f"prompt{T}_tokens_per_s"] = T / seconds
         print(f"  prompt {T}: {T / seconds:.1f} tokens/s ({seconds:.1f} s)", flush=True)
@@ -185,7 +185,7 @@ def kernel_breakdown(threads: int) -> dict:
         for M in (1, 512):
             qx, dx = _core.q8_quantize_activations(rng.standard_normal((M, K)).astype(np.float32))
             _core.q8_linear(qx, dx, w, s, None, threads=threads)
-            reps = 5 if M == 1 else 1
+            reps = 5 if M == 1 else 2
             t0 = time.perf_counter()
             for _ in range(reps):
                 _core.q8_linear(qx, dx, w, s, None, threads=threads)
@@ -290,7 +290,7 @@ def main() -> None:
 
     kb = kernel_breakdown(args.threads)
     decode_lin = 28 * sum(v for (n, M), v in kb.items() if M == 1 and n != "lm_head") + kb[("lm_head", 1)]
-    prompt_lin = 28 * sum(v for (n, M), v in kb.items() if M == 512 and n != "lm_head") + kb[("lm_head", 512)]
+    prompt_lin = 28 * sum(v for (n, M), v in kb.items() if M == 512 and n != "lm_head") + kb[("lm_head", 1)]
     print("\nint8 linears alone (random data), seconds per call:")
     for (name, M), v in kb.items():
         print(f"  {name:16s} M={M:<4d} {1e3 * v:9.2f} ms")

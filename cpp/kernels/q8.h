@@ -46,8 +46,9 @@ void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int6
 
 // y = x W^T + b on quantized activations and weights.
 // qx (M, K), dx (M, K/32); w (N, K) int8, ws (N, K/32) float16 bits; b (N) or nullptr; y (M, N).
-// K % 32 == 0. Small M (decode) streams each weight row once per call; large M (prompts) reuses each
-// weight block across a register tile of tokens.
+// K % 32 == 0. Small M (decode, M < 64 in AVX2) streams the weights from the file four rows at a time;
+// large M (prompts) packs 16-row panels as int16 and runs a register-tiled product over them. Both
+// compute the same chain per output element, so they agree bitwise.
 void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
                int64_t M, int64_t N, int64_t K);
 

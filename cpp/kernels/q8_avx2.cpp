@@ -1,25 +1,30 @@
 // AVX2 int8 kernels: activation quantizer and the block-quantized linear layer. See q8.h for the
 // contract, the block layout and the rounding policy.
 //
-// q8_linear walks the weights four rows (a "quad") at a time; one pass over a quad serves a tile of up
-// to 4 tokens, so each weight block loaded from memory is used by every token of the tile and each
-// activation block by the 4 rows. Per block b, for a pair of tokens (t, t+1) and quad rows r0..r3:
+// q8_linear has two paths that compute every output element with the same float32 chain, so they agree
+// bitwise and the choice between them (by the number of tokens M) never shows in the results.
+//
+// Decode and short inputs (M < 64): q8_linear_rows walks the weights four rows (a "quad") at a time,
+// straight from the file; one pass over a quad serves a tile of up to 4 tokens. Per block b, for a pair
+// of tokens (t, t+1) and quad rows r0..r3:
 //     p      = dot_i8x32(|qx|, qx, w_r)          8 int32 lanes per (token, row), exact (sign trick)
 //     d      = fold(p ...)                        [t: r0..r3 | t+1: r0..r3] whole-block sums, exact
 //     acc    = fma(float(d), [dw_r,b] * [dx_t,b], acc)
-// so every output element is one float32 chain over the blocks in order, as in quant.q8_linear.
-// Decode (M = 1..3) is the same loop with a tile of M tokens: it streams the weights once, four rows
-// side by side. Prompts walk the rows in groups that stay in L2 while every token tile passes over
-// them. Rows left over after the quads (N % 4) run the same chain one element at a time, so no output
-// element depends on M, on the tile it lands in or on the thread count.
+// so every output element is one float32 chain over the blocks in order, as in quant.q8_linear. Rows
+// left over after the quads (N % 4) run the same chain one element at a time.
+// Prompts (M >= 64): q8_linear_packed (below) repacks 16-row panels as int16 and runs a register tile
+// of 4 tokens x 16 rows with one output row per vector lane, so no lane folding is left per block.
 //
-// Measured here (Zen 3, shared machine): matrix-vector 21-29 GB/s of weights with 2 threads (the
-// streaming read measures 26-40 GB/s), about 13 GB/s with 1 thread from memory and 22 GB/s from L3, so
-// one core is near its compute limit; matrix-matrix about 40 GMAC/s per thread, half of fbgemm's
-// per-row-scale kernel: the per-block scale costs a reduction per 32 products. Variants that measured
-// the same or slower: no sign op (timing only), hadd instead of unpack folds, 8 blocks per lane with
-// the reduction after the scale, 4x2 / 2x4 / 3x3 tiles, half-block accumulators, software prefetch
-// of the next rows, dynamic row chunks.
+// Measured here (Zen 3, 2 cores, a noisy shared VM; python benchmarks/bench_int8.py):
+//   matrix-vector: 21-29 GB/s of weights with 2 threads (the streaming read measures 26-40 GB/s).
+//   matrix-matrix at 6B shapes, M = 512: the quads about 35-40 GMAC/s per core (the per-block folds
+//   cost as much as the products); the packed path 48-53 GMAC/s per core, ~100 GMAC/s with 2 threads,
+//   about 17 of the 32 int16 MACs per cycle vpmaddwd could do (its add and the loads share the ports).
+//   At M = 64 the two paths are level (packing is ~0.3 us per 16 x 256 panel), hence the threshold.
+// Variants that measured the same or slower: for the quads, no sign op (timing only), hadd folds, 8
+// blocks per lane, 4x2 / 2x4 / 3x3 tiles, half-block accumulators, prefetch, dynamic row chunks; for the
+// panels, 3x16, 5x16, 6x16 and 4x8 token x row tiles, and accumulating into y in place (its power-of-two
+// row stride made the chains collide in L1/L2: ~2x slower than the per-thread panel buffer).
 #if defined(GPTJ_HAVE_AVX2)
 
 #include <immintrin.h>
