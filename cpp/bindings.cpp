@@ -75,7 +75,8 @@ void with_threads(std::optional<int> threads, F&& f) {
 k::Isa parse_isa(const std::string& name) {
     if (name == "scalar") return k::Isa::Scalar;
     if (name == "avx2") return k::Isa::Avx2;
-    throw py::value_error("unknown kernel ISA '" + name + "'; expected 'scalar' or 'avx2'");
+    if (name == "avxvnni") return k::Isa::AvxVnni;
+    throw py::value_error("unknown kernel ISA '" + name + "'; expected 'scalar', 'avx2' or 'avxvnni'");
 }
 
 // The fp32 model plus the Python objects its weight views point into.
@@ -210,8 +211,19 @@ PYBIND11_MODULE(_core, m) {
 
     // Kernel implementation and threads ---------------------------------------------------------
     m.def("avx2_supported", &k::avx2_supported, "True when the AVX2+FMA kernels are compiled in and the CPU has them");
+    m.def("avxvnni_supported", &k::avxvnni_supported,
+          "True when the AVX-VNNI int8 kernel is compiled in and the CPU has AVX-VNNI (and AVX2+FMA)");
+    m.def(
+        "available_isas",
+        [] {
+            std::vector<std::string> names{"scalar"};
+            if (k::avx2_supported()) names.push_back("avx2");
+            if (k::avxvnni_supported()) names.push_back("avxvnni");
+            return names;
+        },
+        "The kernel implementations this build can run on this CPU, from the portable to the fastest");
     m.def("set_isa", [](const std::string& name) { k::set_isa(parse_isa(name)); }, py::arg("isa"),
-          "Use the 'scalar' or 'avx2' kernels from now on (process-wide)");
+          "Use the 'scalar', 'avx2' or 'avxvnni' kernels from now on (process-wide)");
     m.def("isa", [] { return std::string(k::isa_name(k::isa())); }, "The kernel implementation in use");
     m.def("max_threads", &k::max_threads, "Default kernel team size for the calling thread");
     m.attr("LINEAR_BLOCK_K") = k::kLinearBlockK;

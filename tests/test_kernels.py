@@ -18,7 +18,7 @@ from helpers import report_diff
 _core = pytest.importorskip("gptj_ref._core")
 
 U = 2.0 ** -24
-ISAS = ["scalar", "avx2"] if _core.avx2_supported() else ["scalar"]
+ISAS = _core.available_isas()
 FAST = settings(max_examples=30, deadline=None)
 
 

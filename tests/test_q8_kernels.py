@@ -1,6 +1,6 @@
 """The C++ int8 kernels against quant.py, their exact NumPy oracle.
 
-Every test runs with the scalar and the AVX2 implementation forced in turn:
+Every test runs with each implementation this CPU can run forced in turn (scalar, AVX2, AVX-VNNI):
 - activation quantization is bit-exact (qx and dx) with quant.quantize_activations;
 - the scalar q8 linear is bitwise equal to quant.q8_linear (same order of the same float32 operations);
 - the AVX2 q8 linear is within quant.q8_linear_error_bound(..., lanes=2): it keeps one accumulator per
@@ -10,6 +10,8 @@ Every test runs with the scalar and the AVX2 implementation forced in turn:
   that includes the switch from the row-streaming kernel (M < 64, decode) to the packed int16 kernel
   (prompts): the two must agree bitwise, which the tests check across every tail of the packing
   (rows % 16, k % 256, tokens % 4 and % 256).
+- the AVX-VNNI kernel (prompts from 16 tokens, vpdpbusd on activations offset by +128, the offset taken
+  back with the weights' block sums) computes the same chain and must equal the AVX2 one bitwise.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from helpers import report_diff
 
 _core = pytest.importorskip("gptj_ref._core")
 
-ISAS = ["scalar"] + (["avx2"] if _core.avx2_supported() else [])
+ISAS = _core.available_isas()
 
 
 @pytest.fixture(params=ISAS)
@@ -141,7 +143,7 @@ def test_q8_linear_prompt_path_equals_decode_path_bitwise(isa, M, N, K):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(M=st.integers(64, 90), N=st.integers(1, 50), nb=st.sampled_from([1, 7, 8, 9, 17]),
+@given(M=st.integers(16, 90), N=st.integers(1, 50), nb=st.sampled_from([1, 7, 8, 9, 17]),
        with_bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_q8_linear_prompt_path_matches_emulation(isa, M, N, nb, with_bias, seed):
     rng = np.random.default_rng(seed)
@@ -180,6 +182,30 @@ def test_q8_linear_threads_bitwise_and_rows_independent_of_batch(isa):
     for t in (0, 5, 10):   # one token alone (the decode path) equals its row inside the batch
         alone = c_linear(qx[t:t + 1].copy(), dx[t:t + 1].copy(), q, scales, bias)
         assert np.array_equal(alone[0].view(np.int32), y1[t].view(np.int32)), report_diff(alone[0], y1[t])
+
+
+@pytest.mark.skipif("avxvnni" not in ISAS, reason="this CPU (or build) has no AVX-VNNI kernel to compare")
+@pytest.mark.parametrize("M", [1, 15, 16, 17, 63, 64, 65, 258, 515])
+def test_avxvnni_equals_avx2_bitwise(M):
+    # Both sides of the AVX-VNNI kernel's threshold (16 tokens) and of every packing tail; the +128
+    # offset and its correction must cancel exactly, extreme values included (rows 0-2 below).
+    rng = np.random.default_rng(M)
+    N, K = 37, 288
+    q, scales = random_weight(rng, N, K)
+    q[0], q[1, ::2], q[2] = 127, -127, -127
+    bias = rng.standard_normal(N).astype(np.float32)
+    x = random_activations(rng, M, K)
+    x[0, :] = -1.0   # every activation -127: the offset operand at its smallest, 1
+    qx, dx = _core.q8_quantize_activations(x)
+    out, before = {}, _core.isa()
+    try:
+        for name in ("avx2", "avxvnni"):
+            _core.set_isa(name)
+            out[name] = [c_linear(qx, dx, q, scales, bias, threads=t) for t in (1, 2)]
+    finally:
+        _core.set_isa(before)
+    for y in out["avx2"] + out["avxvnni"][1:]:
+        assert np.array_equal(out["avxvnni"][0].view(np.int32), y.view(np.int32)), report_diff(y, out["avxvnni"][0])
 
 
 def test_q8_bindings_reject_wrong_inputs():

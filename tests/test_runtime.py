@@ -30,7 +30,7 @@ from gptj_ref.reference import Reference
 runtime = pytest.importorskip("gptj_ref.runtime")
 from gptj_ref.runtime import CppModel  # noqa: E402
 
-ISAS = ["scalar", "avx2"] if runtime._core.avx2_supported() else ["scalar"]
+ISAS = runtime._core.available_isas()
 REL_TOL = 1e-4
 
 

@@ -16,20 +16,36 @@ bool avx2_supported() {
 #endif
 }
 
+bool avxvnni_supported() {
+#if defined(GPTJ_HAVE_AVXVNNI) && defined(__x86_64__)
+    return avx2_supported() && __builtin_cpu_supports("avxvnni");
+#else
+    return false;
+#endif
+}
+
 static std::atomic<Isa>& current_isa() {
-    static std::atomic<Isa> isa{avx2_supported() ? Isa::Avx2 : Isa::Scalar};
+    static std::atomic<Isa> isa{avxvnni_supported() ? Isa::AvxVnni : avx2_supported() ? Isa::Avx2 : Isa::Scalar};
     return isa;
 }
 
 void set_isa(Isa isa) {
     if (isa == Isa::Avx2 && !avx2_supported())
         throw std::runtime_error("the AVX2+FMA kernels are not available on this CPU or were not compiled in");
+    if (isa == Isa::AvxVnni && !avxvnni_supported())
+        throw std::runtime_error("the AVX-VNNI kernels are not available on this CPU or were not compiled in");
     current_isa().store(isa);
 }
 
 Isa isa() { return current_isa().load(); }
 
-const char* isa_name(Isa isa) { return isa == Isa::Avx2 ? "avx2" : "scalar"; }
+const char* isa_name(Isa isa) {
+    switch (isa) {
+        case Isa::AvxVnni: return "avxvnni";
+        case Isa::Avx2: return "avx2";
+        default: return "scalar";
+    }
+}
 
 void set_num_threads(int threads) {
 #if defined(_OPENMP)
@@ -48,7 +64,7 @@ int max_threads() {
 }
 
 #if defined(GPTJ_HAVE_AVX2)
-#define GPTJ_DISPATCH(call) (isa() == Isa::Avx2 ? avx2::call : scalar::call)
+#define GPTJ_DISPATCH(call) (isa() != Isa::Scalar ? avx2::call : scalar::call)  // AvxVnni uses them too
 #else
 #define GPTJ_DISPATCH(call) (scalar::call)
 #endif

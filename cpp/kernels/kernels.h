@@ -15,11 +15,15 @@
 
 namespace gptj::kernels {
 
-enum class Isa { Scalar, Avx2 };
+// Avx2: the AVX2+FMA kernels. AvxVnni: the same, except the int8 linear layer for prompts, which uses
+// AVX-VNNI's vpdpbusd (q8_avxvnni.cpp). Every level computes the same results as the AVX2 one.
+enum class Isa { Scalar, Avx2, AvxVnni };
 
 // The CPU can run the AVX2+FMA kernels (and they were compiled in).
 bool avx2_supported();
-// Force an implementation; asking for Avx2 on a CPU without it throws std::runtime_error.
+// The CPU can run the AVX-VNNI int8 kernel as well (and it was compiled in).
+bool avxvnni_supported();
+// Force an implementation; asking for one the CPU or the build lacks throws std::runtime_error.
 void set_isa(Isa isa);
 Isa isa();
 const char* isa_name(Isa isa);

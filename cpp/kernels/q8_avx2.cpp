@@ -292,25 +292,6 @@ inline void madd_accumulate(i32x8& acc, __m256i a, __m256i w) {
 #endif
 }
 
-// In-register transpose of an 8 x 8 matrix of 32-bit elements: r[i] lane j <- r[j] lane i.
-inline void transpose_8x8_i32(__m256i r[8]) {
-    __m256i t[8], u[8];
-    for (int i = 0; i < 4; ++i) {
-        t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);      // [r0_0 r1_0 r0_1 r1_1 | r0_4 r1_4 r0_5 r1_5]
-        t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);  // [r0_2 r1_2 r0_3 r1_3 | r0_6 .. r1_7]
-    }
-    for (int i = 0; i < 2; ++i) {
-        u[4 * i + 0] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);  // column 0 | column 4, four rows
-        u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);  // column 1 | column 5
-        u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);  // column 2 | column 6
-        u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);  // column 3 | column 7
-    }
-    for (int i = 0; i < 4; ++i) {
-        r[i] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x20);
-        r[i + 4] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x31);
-    }
-}
-
 // Packs weight rows [0, rows) (rows <= 16; the rest of the panel is zeros) of blocks [b0, b0 + nbc)
 // (nbc <= 8) as described above: wp[((b * 16 + p) * 2 + h) * 16 ..] and their scales as float32,
 // sp[(b * 2 + h) * 8 + j] = float(ws[8h + j, b0 + b]).  w (rows, K), ws (rows, nb) start at the panel.

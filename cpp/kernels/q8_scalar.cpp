@@ -76,19 +76,22 @@ void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, con
 
 }  // namespace scalar
 
-#if defined(GPTJ_HAVE_AVX2)
-#define GPTJ_Q8_DISPATCH(call) (isa() == Isa::Avx2 ? avx2::call : scalar::call)
-#else
-#define GPTJ_Q8_DISPATCH(call) (scalar::call)
-#endif
-
 void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int64_t K) {
-    GPTJ_Q8_DISPATCH(quantize_activations(qx, dx, x, M, K));
+#if defined(GPTJ_HAVE_AVX2)
+    if (isa() != Isa::Scalar) return avx2::quantize_activations(qx, dx, x, M, K);
+#endif
+    scalar::quantize_activations(qx, dx, x, M, K);
 }
 
 void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
                int64_t M, int64_t N, int64_t K) {
-    GPTJ_Q8_DISPATCH(q8_linear(y, qx, dx, w, ws, b, M, N, K));
+#if defined(GPTJ_HAVE_AVXVNNI)
+    if (isa() == Isa::AvxVnni) return avxvnni::q8_linear(y, qx, dx, w, ws, b, M, N, K);
+#endif
+#if defined(GPTJ_HAVE_AVX2)
+    if (isa() != Isa::Scalar) return avx2::q8_linear(y, qx, dx, w, ws, b, M, N, K);
+#endif
+    scalar::q8_linear(y, qx, dx, w, ws, b, M, N, K);
 }
 
 }  // namespace gptj::kernels

@@ -26,6 +26,25 @@ inline float hmax_f32x8(f32x8 v) {
     return _mm_cvtss_f32(s);
 }
 
+// In-register transpose of an 8 x 8 matrix of 32-bit elements: r[i] lane j <- r[j] lane i.
+inline void transpose_8x8_i32(__m256i r[8]) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);      // [r0_0 r1_0 r0_1 r1_1 | r0_4 r1_4 r0_5 r1_5]
+        t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);  // [r0_2 r1_2 r0_3 r1_3 | r0_6 .. r1_7]
+    }
+    for (int i = 0; i < 2; ++i) {
+        u[4 * i + 0] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);  // column 0 | column 4, four rows
+        u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);  // column 1 | column 5
+        u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);  // column 2 | column 6
+        u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);  // column 3 | column 7
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x31);
+    }
+}
+
 // Mask of the first n (0..8) lanes, for loads and stores of a tail.
 inline __m256i first_lanes_mask(int64_t n) {
     const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
