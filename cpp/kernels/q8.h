@@ -67,7 +67,7 @@ GPTJ_Q8_DECLS
 }
 #endif
 #if defined(GPTJ_HAVE_AVXVNNI)
-namespace avxvnni {  // q8_linear only: prompts with vpdpbusd, fewer tokens through avx2::q8_linear
+namespace avxvnni {  // q8_linear only (activations are quantized by avx2::)
 void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
                int64_t M, int64_t N, int64_t K);
 }

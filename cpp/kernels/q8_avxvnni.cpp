@@ -1,5 +1,6 @@
-// AVX-VNNI int8 linear layer for prompts: the packed path of q8_avx2.cpp with vpdpbusd, which does 32
-// int8 multiply-adds into 8 int32 lanes in one instruction (AVX2 needs vpmaddwd + vpaddd for 16).
+// AVX-VNNI int8 linear layer. Prompts: the packed path of q8_avx2.cpp with vpdpbusd, which does 32 int8
+// multiply-adds into 8 int32 lanes in one instruction (AVX2 needs vpmaddwd + vpaddd for 16). Decode and
+// short inputs: the AVX2 row kernel (q8_rows_avx2.inl) with vpdpbusd in place of maddubs + madd.
 // Compiled with -mavxvnni and called only when the CPU reports AVX-VNNI (Alder Lake and later Intel
 // cores, Sapphire Rapids, Zen 5); everything else stays on the AVX2 kernels. See q8.h for the contract.
 //
@@ -25,6 +26,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -39,6 +41,12 @@ namespace {
 
 using avx2::f32x8;
 using avx2::transpose_8x8_i32;
+using i8x32 = __m256i;
+using i32x8 = __m256i;
+
+#define GPTJ_Q8_ROWS_VNNI 1
+#include "kernels/q8_rows_avx2.inl"
+#undef GPTJ_Q8_ROWS_VNNI
 
 #if defined(__GNUC__)
 #define GPTJ_NOINLINE __attribute__((noinline))
@@ -46,7 +54,7 @@ using avx2::transpose_8x8_i32;
 #define GPTJ_NOINLINE
 #endif
 
-constexpr int64_t kPackedMinTokens = 16;  // below this the AVX2 row kernel (weights from the file) wins
+constexpr int64_t kPackedMinTokens = 16;  // below this the row kernel (weights from the file) wins
 constexpr int64_t kPanelRows = 16;
 constexpr int64_t kChunkBlocks = 8;
 constexpr int64_t kChunk = kChunkBlocks * kQ8Block;  // 256 elements of k
@@ -189,12 +197,11 @@ void q8_linear_packed(float* y, const int8_t* qx, const float* dx, const int8_t*
 
 void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
                int64_t M, int64_t N, int64_t K) {
-    // Few tokens: the AVX2 kernel, which reads the weights straight from the file (decode is bound by
-    // that read, not by the multiplies). Both compute the same chain per output element.
+    // Both paths compute the same chain per output element, as the AVX2 ones do.
     if (M >= kPackedMinTokens)
         q8_linear_packed(y, qx, dx, w, ws, b, M, N, K);
     else
-        avx2::q8_linear(y, qx, dx, w, ws, b, M, N, K);
+        q8_linear_rows(y, qx, dx, w, ws, b, M, N, K);
 }
 
 }  // namespace gptj::kernels::avxvnni
