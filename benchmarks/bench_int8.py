@@ -10,12 +10,14 @@ on the values); it is reused when it exists. One run measures:
     (int8 weight + scale bytes read per token / that bandwidth);
   - in a fresh subprocess (so its peak RSS is the model's): time to first token from a warm page cache
     (load + an 8-token prompt), decode ms/token (8-token prompt, 64 greedy tokens), prompt tokens/s for
-    128 and 512 tokens (logits for the last position only, as generation asks for them), batched greedy decoding through gptj_ref.generate for batch 1, 4 and 8, and the
-    peak RSS (VmHWM);
-  - the int8 linear kernels alone on one layer's shapes and lm_head (M = 1 and 512): the per-kernel
-    share of decode and prompt time;
-  - when torch is importable: torch's dynamic int8 (quantize_dynamic on nn.Linear, fbgemm) on 2- and
-    4-layer slices of the same geometry, extrapolated to 28 layers.
+    128 and 512 tokens (logits for the last position only, as generation asks for them), batched greedy
+    decoding through gptj_ref.generate for batch 1, 4 and 8, and the peak RSS (VmHWM);
+  - the int8 linear kernels alone on one layer's shapes and lm_head (M = 1 on weights not in any
+    cache, and M = 512): the per-kernel share of decode and prompt time;
+  - when torch is importable: torch's dynamic int8 (quantize_dynamic on nn.Linear, fbgemm) on 4- and
+    8-layer slices of the same geometry (decode, 512-token prompt), extrapolated to 28 layers. Not 2 and
+    4 layers: a 2-layer slice (~0.6 GB of int8 weights with lm_head) nearly fits the 504 MB L3 some
+    machines here have, which made torch's decode look faster than memory allows.
 Targets: decode >= 3.8 tokens/s, prompt >= 21 tokens/s, peak RSS <= 7.5 GB, first token <= 5 s warm.
 """
 
@@ -36,6 +38,7 @@ from gptj_ref.quant import is_quantized
 from gptj_ref.safetensors_file import write_safetensors
 
 DEFAULT_FILE = "/tmp/gptj6b-random-q8.gptj"
+TORCH_SLICES = (4, 8)
 TARGETS = {"decode_tokens_per_s": 3.8, "prompt_tokens_per_s": 21.0, "peak_rss_gb": 7.5, "first_token_s": 5.0}
 
 
@@ -172,24 +175,29 @@ def peak_rss_gb() -> float:
 # -------------------------------------------------------------------------------------------------
 
 def kernel_breakdown(threads: int) -> dict:
-    """Seconds of the int8 linears of one block and of lm_head for M = 1 and 512 (random data)."""
+    """Seconds of the int8 linears of one block and of lm_head for M = 1 and 512 (random data).
+
+    M = 1 is timed on weights read from memory, not from the caches, as in decode: each call gets
+    the next of several copies spread over a 1.5 GB pool (more than any last-level cache here; one
+    machine of this kind had 504 MB of L3, which held a whole layer's weights)."""
     from gptj_ref import _core
 
     rng = np.random.default_rng(2)
     E, F, V = 4096, 16384, 50400
     shapes = {"q,k,v,out (4x)": (E, E, 4), "fc_in": (F, E, 1), "fc_out": (E, F, 1), "lm_head": (V, E, 1)}
+    pool = np.frombuffer(rng.bytes(1_500_000_000), np.int8) % 127   # values in [-126, 126]
     result = {}
     for name, (N, K, count) in shapes.items():
-        w = rng.integers(-127, 128, (N, K), dtype=np.int8)
+        copies = [pool[i * N * K:(i + 1) * N * K].reshape(N, K) for i in range(len(pool) // (N * K))]
         s = (rng.uniform(0.5, 1.5, (N, K // 32)) * 2.7e-4).astype(np.float16).view(np.uint16)
         for M in (1, 512):
             qx, dx = _core.q8_quantize_activations(rng.standard_normal((M, K)).astype(np.float32))
-            _core.q8_linear(qx, dx, w, s, None, threads=threads)
-            reps = 5 if M == 1 else 2
+            _core.q8_linear(qx, dx, copies[-1], s, None, threads=threads)
+            calls = copies[:-1] if M == 1 else copies[:2]
             t0 = time.perf_counter()
-            for _ in range(reps):
+            for w in calls:
                 _core.q8_linear(qx, dx, w, s, None, threads=threads)
-            result[(name, M)] = count * (time.perf_counter() - t0) / reps
+            result[(name, M)] = count * (time.perf_counter() - t0) / len(calls)
     return result
 
 
@@ -204,7 +212,7 @@ def torch_slices(threads: int) -> dict:
 
     torch.set_num_threads(threads)
     out = {}
-    for layers in (2, 4):
+    for layers in TORCH_SLICES:
         cfg = transformers.GPTJConfig(n_layer=layers)
         with torch.no_grad():
             model = transformers.GPTJForCausalLM(cfg).eval()
@@ -212,15 +220,16 @@ def torch_slices(threads: int) -> dict:
             ids = torch.randint(0, 50000, (1, 8))
             o = model(ids, use_cache=True)
             past, times = o.past_key_values, []
-            for _ in range(8):
+            for _ in range(10):
                 t0 = time.perf_counter()
                 o = model(ids[:, :1], past_key_values=past, use_cache=True)
                 times.append(time.perf_counter() - t0)
                 past = o.past_key_values
-            out[(layers, "decode_s")] = float(np.median(times))
+            out[(layers, "decode_s")] = float(np.median(times[2:]))
+            model(torch.randint(0, 50000, (1, 64)))   # warm-up of the prompt path
             t0 = time.perf_counter()
-            model(torch.randint(0, 50000, (1, 128)))
-            out[(layers, "prompt128_s")] = time.perf_counter() - t0
+            model(torch.randint(0, 50000, (1, 512)))
+            out[(layers, "prompt512_s")] = time.perf_counter() - t0
         del model
     return out
 
@@ -307,11 +316,13 @@ def main() -> None:
         except ImportError:
             ts = None
         if ts:
-            print("\ntorch quantize_dynamic int8 (fbgemm), 2- and 4-layer slices, extrapolated to 28 layers:")
-            for key, T in (("decode_s", 1), ("prompt128_s", 128)):
-                per_layer = (ts[(4, key)] - ts[(2, key)]) / 2
-                full = ts[(2, key)] + 26 * per_layer
-                print(f"  {key:12s} 2 layers {ts[(2, key)]:.3f} s, 4 layers {ts[(4, key)]:.3f} s -> 28 layers "
+            a, b = TORCH_SLICES
+            print(f"\ntorch quantize_dynamic int8 (fbgemm), {a}- and {b}-layer slices, extrapolated to 28 layers "
+                  f"(the per-layer cost is the difference of the two):")
+            for key, T in (("decode_s", 1), ("prompt512_s", 512)):
+                per_layer = (ts[(b, key)] - ts[(a, key)]) / (b - a)
+                full = ts[(a, key)] + (28 - a) * per_layer
+                print(f"  {key:12s} {a} layers {ts[(a, key)]:.3f} s, {b} layers {ts[(b, key)]:.3f} s -> 28 layers "
                       f"{full:.2f} s = {T / full:.2f} tokens/s")
 
 

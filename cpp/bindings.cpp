@@ -76,7 +76,8 @@ k::Isa parse_isa(const std::string& name) {
     if (name == "scalar") return k::Isa::Scalar;
     if (name == "avx2") return k::Isa::Avx2;
     if (name == "avxvnni") return k::Isa::AvxVnni;
-    throw py::value_error("unknown kernel ISA '" + name + "'; expected 'scalar', 'avx2' or 'avxvnni'");
+    if (name == "amx") return k::Isa::Amx;
+    throw py::value_error("unknown kernel ISA '" + name + "'; expected 'scalar', 'avx2', 'avxvnni' or 'amx'");
 }
 
 // The fp32 model plus the Python objects its weight views point into.
@@ -219,11 +220,12 @@ PYBIND11_MODULE(_core, m) {
             std::vector<std::string> names{"scalar"};
             if (k::avx2_supported()) names.push_back("avx2");
             if (k::avxvnni_supported()) names.push_back("avxvnni");
+            if (k::amx_supported()) names.push_back("amx");
             return names;
         },
         "The kernel implementations this build can run on this CPU, from the portable to the fastest");
     m.def("set_isa", [](const std::string& name) { k::set_isa(parse_isa(name)); }, py::arg("isa"),
-          "Use the 'scalar', 'avx2' or 'avxvnni' kernels from now on (process-wide)");
+          "Use the 'scalar', 'avx2', 'avxvnni' or 'amx' kernels from now on (process-wide)");
     m.def("isa", [] { return std::string(k::isa_name(k::isa())); }, "The kernel implementation in use");
     m.def("max_threads", &k::max_threads, "Default kernel team size for the calling thread");
     m.attr("LINEAR_BLOCK_K") = k::kLinearBlockK;

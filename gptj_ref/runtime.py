@@ -6,7 +6,7 @@ C-contiguous float32) and answers `forward(token_ids, cache, attention_mask)` ex
 is never computed (pad positions' logits are 0), and the linear layers run over the real tokens of all
 rows at once, so a batched decode step reads each weight once for every row.
 
-Kernel implementation: `set_kernel_isa("auto" | "scalar" | "avx2" | "avxvnni")`, `kernel_isa()`; the environment
+Kernel implementation: `set_kernel_isa("auto" | "scalar" | "avx2" | "avxvnni" | "amx")`, `kernel_isa()`; the environment
 variable GPTJ_FORCE_SCALAR=1 selects the scalar kernels at import.
 """
 
@@ -22,27 +22,28 @@ from .config import GPTJConfig
 from .errors import CheckpointError, InputError, SettingsError
 from .reference import check_cache_room, check_inputs, rotary_tables
 
-ISAS = ("auto", "scalar", "avx2", "avxvnni")
+ISAS = ("auto", "scalar", "avx2", "avxvnni", "amx")
 
 
 def set_kernel_isa(isa: str = "auto") -> None:
-    """Choose the kernels: "scalar" (portable reference), "avx2" (needs AVX2+FMA), "avxvnni" (AVX2 plus the
-    AVX-VNNI int8 kernel for prompts), "auto" (the best this CPU and build have). All compute the same
-    results within the tolerances the tests state; avx2 and avxvnni agree bitwise."""
+    """Choose the kernels: "scalar" (portable reference), "avx2" (needs AVX2+FMA), "avxvnni" (AVX2 plus
+    AVX-VNNI int8 kernels), "amx" (that plus the AMX tile unit for int8 prompts), "auto" (the best this
+    CPU, OS and build have). All compute the same results within the tolerances the tests state; avx2,
+    avxvnni and amx agree bitwise."""
     if isa not in ISAS:
         raise SettingsError(f"unknown kernel ISA {isa!r}; choose one of {', '.join(ISAS)}")
     available = _core.available_isas()
     if isa == "auto":
         isa = available[-1]
     if isa not in available:
-        needs = {"avx2": "AVX2/FMA", "avxvnni": "AVX-VNNI"}[isa]
+        needs = {"avx2": "AVX2/FMA", "avxvnni": "AVX-VNNI", "amx": "AMX-INT8 (or the OS's grant of it)"}[isa]
         raise SettingsError(f"the {isa} kernels are unavailable: this CPU lacks {needs} or the build left them out; "
                             f"available: {', '.join(available)}")
     _core.set_isa(isa)
 
 
 def kernel_isa() -> str:
-    """The kernels in use: "scalar", "avx2" or "avxvnni"."""
+    """The kernels in use: "scalar", "avx2", "avxvnni" or "amx"."""
     return _core.isa()
 
 

@@ -10,8 +10,9 @@ Every test runs with each implementation this CPU can run forced in turn (scalar
   that includes the switch from the row-streaming kernel (M < 64, decode) to the packed int16 kernel
   (prompts): the two must agree bitwise, which the tests check across every tail of the packing
   (rows % 16, k % 256, tokens % 4 and % 256).
-- the AVX-VNNI kernel (prompts from 16 tokens, vpdpbusd on activations offset by +128, the offset taken
-  back with the weights' block sums) computes the same chain and must equal the AVX2 one bitwise.
+- the AVX-VNNI kernel (vpdpbusd; prompts from 16 tokens on activations offset by +128, the offset taken
+  back with the weights' block sums) and the AMX kernel (tile products from 32 tokens) compute the same
+  chain and must equal the AVX2 one bitwise.
 """
 
 from __future__ import annotations
@@ -184,11 +185,16 @@ def test_q8_linear_threads_bitwise_and_rows_independent_of_batch(isa):
         assert np.array_equal(alone[0].view(np.int32), y1[t].view(np.int32)), report_diff(alone[0], y1[t])
 
 
-@pytest.mark.skipif("avxvnni" not in ISAS, reason="this CPU (or build) has no AVX-VNNI kernel to compare")
-@pytest.mark.parametrize("M", [1, 15, 16, 17, 63, 64, 65, 258, 515])
-def test_avxvnni_equals_avx2_bitwise(M):
-    # Both sides of the AVX-VNNI kernel's threshold (16 tokens) and of every packing tail; the +128
-    # offset and its correction must cancel exactly, extreme values included (rows 0-2 below).
+FAST_ISAS = [name for name in ISAS if name not in ("scalar", "avx2")]
+
+
+@pytest.mark.skipif(not FAST_ISAS or "avx2" not in ISAS, reason="this CPU (or build) has no AVX-VNNI/AMX kernel")
+@pytest.mark.parametrize("fast", FAST_ISAS)
+@pytest.mark.parametrize("M", [1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 258, 515])
+def test_vnni_and_amx_equal_avx2_bitwise(fast, M):
+    # Both sides of each kernel's thresholds (16 tokens for AVX-VNNI, 32 for AMX) and of every tail of
+    # their tiles; for AVX-VNNI the +128 offset and its correction must cancel exactly, extreme values
+    # included (rows 0-2 and token 0 below). N = 37 leaves a partial second panel of 16 rows.
     rng = np.random.default_rng(M)
     N, K = 37, 288
     q, scales = random_weight(rng, N, K)
@@ -199,13 +205,13 @@ def test_avxvnni_equals_avx2_bitwise(M):
     qx, dx = _core.q8_quantize_activations(x)
     out, before = {}, _core.isa()
     try:
-        for name in ("avx2", "avxvnni"):
+        for name in ("avx2", fast):
             _core.set_isa(name)
             out[name] = [c_linear(qx, dx, q, scales, bias, threads=t) for t in (1, 2)]
     finally:
         _core.set_isa(before)
-    for y in out["avx2"] + out["avxvnni"][1:]:
-        assert np.array_equal(out["avxvnni"][0].view(np.int32), y.view(np.int32)), report_diff(y, out["avxvnni"][0])
+    for y in out["avx2"] + out[fast][1:]:
+        assert np.array_equal(out[fast][0].view(np.int32), y.view(np.int32)), report_diff(y, out[fast][0])
 
 
 def test_q8_bindings_reject_wrong_inputs():

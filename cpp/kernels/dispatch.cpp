@@ -2,6 +2,12 @@
 #include <atomic>
 #include <stdexcept>
 
+#if defined(GPTJ_HAVE_AMX) && defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "kernels/impl.h"
 #include "kernels/kernels.h"
 #include "kernels/parallel.h"
@@ -24,8 +30,29 @@ bool avxvnni_supported() {
 #endif
 }
 
+bool amx_supported() {
+#if defined(GPTJ_HAVE_AMX) && defined(__x86_64__) && defined(__linux__)
+    static const bool supported = [] {
+        if (!avxvnni_supported() || !__builtin_cpu_supports("avx512f")) return false;
+        unsigned a, b, c, d;
+        if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25)))
+            return false;  // AMX-TILE, AMX-INT8
+        // Linux hands out the 8 KB tile state only on request (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
+        // the grant is for the whole process, so every OpenMP thread may then use the tiles.
+        constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+        return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+    }();
+    return supported;
+#else
+    return false;
+#endif
+}
+
 static std::atomic<Isa>& current_isa() {
-    static std::atomic<Isa> isa{avxvnni_supported() ? Isa::AvxVnni : avx2_supported() ? Isa::Avx2 : Isa::Scalar};
+    static std::atomic<Isa> isa{amx_supported()       ? Isa::Amx
+                                : avxvnni_supported() ? Isa::AvxVnni
+                                : avx2_supported()    ? Isa::Avx2
+                                                      : Isa::Scalar};
     return isa;
 }
 
@@ -34,6 +61,8 @@ void set_isa(Isa isa) {
         throw std::runtime_error("the AVX2+FMA kernels are not available on this CPU or were not compiled in");
     if (isa == Isa::AvxVnni && !avxvnni_supported())
         throw std::runtime_error("the AVX-VNNI kernels are not available on this CPU or were not compiled in");
+    if (isa == Isa::Amx && !amx_supported())
+        throw std::runtime_error("the AMX kernels are not available on this CPU or OS or were not compiled in");
     current_isa().store(isa);
 }
 
@@ -41,6 +70,7 @@ Isa isa() { return current_isa().load(); }
 
 const char* isa_name(Isa isa) {
     switch (isa) {
+        case Isa::Amx: return "amx";
         case Isa::AvxVnni: return "avxvnni";
         case Isa::Avx2: return "avx2";
         default: return "scalar";

@@ -15,14 +15,18 @@
 
 namespace gptj::kernels {
 
-// Avx2: the AVX2+FMA kernels. AvxVnni: the same, except the int8 linear layer for prompts, which uses
-// AVX-VNNI's vpdpbusd (q8_avxvnni.cpp). Every level computes the same results as the AVX2 one.
-enum class Isa { Scalar, Avx2, AvxVnni };
+// Avx2: the AVX2+FMA kernels. AvxVnni: the same, except the int8 linear layer, which uses AVX-VNNI's
+// vpdpbusd (q8_avxvnni.cpp). Amx: AvxVnni, except int8 linears of 32 tokens or more, which run on the
+// AMX tile unit (q8_amx.cpp). Every level computes the same results as the AVX2 one, bitwise.
+enum class Isa { Scalar, Avx2, AvxVnni, Amx };
 
 // The CPU can run the AVX2+FMA kernels (and they were compiled in).
 bool avx2_supported();
 // The CPU can run the AVX-VNNI int8 kernel as well (and it was compiled in).
 bool avxvnni_supported();
+// The CPU has AMX-INT8 and AVX-512F (plus all of the above), the kernel was compiled in, and Linux
+// granted this process the AMX tile state (asked for on the first call).
+bool amx_supported();
 // Force an implementation; asking for one the CPU or the build lacks throws std::runtime_error.
 void set_isa(Isa isa);
 Isa isa();

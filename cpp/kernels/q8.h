@@ -72,6 +72,12 @@ void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, con
                int64_t M, int64_t N, int64_t K);
 }
 #endif
+#if defined(GPTJ_HAVE_AMX)
+namespace amx {  // q8_linear only: 32 tokens or more on the tile unit, fewer through avxvnni::
+void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
+               int64_t M, int64_t N, int64_t K);
+}
+#endif
 #undef GPTJ_Q8_DECLS
 
 }  // namespace gptj::kernels

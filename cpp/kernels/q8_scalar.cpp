@@ -85,6 +85,9 @@ void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int6
 
 void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
                int64_t M, int64_t N, int64_t K) {
+#if defined(GPTJ_HAVE_AMX)
+    if (isa() == Isa::Amx) return amx::q8_linear(y, qx, dx, w, ws, b, M, N, K);
+#endif
 #if defined(GPTJ_HAVE_AVXVNNI)
     if (isa() == Isa::AvxVnni) return avxvnni::q8_linear(y, qx, dx, w, ws, b, M, N, K);
 #endif
