@@ -44,7 +44,7 @@ constexpr int64_t kPanelRows = 16;
 constexpr int64_t kTileTokens = 16;
 constexpr int64_t kChunkBlocks = 8;
 constexpr int64_t kChunk = kChunkBlocks * kQ8Block;  // 256 elements of k
-constexpr int64_t kTokenBlock = 256;
+constexpr int64_t kTokenBlock = 512;  // 256 measured the same, except 10% slower at K = 16384 (more packing)
 
 // LDTILECFG's 64-byte operand, palette 1.
 struct alignas(64) TileConfig {
@@ -80,7 +80,14 @@ void pack_panel(int32_t* wp, float* sp, const int8_t* w, const uint16_t* ws, int
             for (int q = 0; q < 8; ++q)
                 _mm256_storeu_si256(reinterpret_cast<__m256i*>(wp + (b * 8 + q) * 16 + 8 * h), r[q]);
         }
-        for (int64_t j = 0; j < kPanelRows; ++j) sp[b * 16 + j] = j < rows ? f16_to_f32(ws[j * nb + b0 + b]) : 0.0f;
+    }
+    for (int64_t j = 0; j < kPanelRows; ++j) {
+        alignas(32) float row_scales[kChunkBlocks] = {};  // F16C conversion, exact like f16_to_f32
+        if (j < rows && nbc == kChunkBlocks)
+            _mm256_store_ps(row_scales, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + j * nb + b0))));
+        else if (j < rows)
+            for (int64_t b = 0; b < nbc; ++b) row_scales[b] = f16_to_f32(ws[j * nb + b0 + b]);
+        for (int64_t b = 0; b < nbc; ++b) sp[b * 16 + j] = row_scales[b];
     }
 }
 
@@ -122,7 +129,7 @@ void q8_linear_tiles(float* y, const int8_t* qx, const float* dx, const int8_t* 
         const int64_t panels = (n1 - n0 + kPanelRows - 1) / kPanelRows;
         std::vector<int32_t> wp(size_t(2 * kChunkBlocks * 8 * 16));
         std::vector<float> sp(size_t(2 * kChunkBlocks * 16));
-        alignas(64) int32_t d[4][16 * 16];
+        alignas(64) int32_t d[2][4][16 * 16];  // two blocks' C tiles: [block & 1][tile][token][row]
         std::vector<float> c(size_t(2 * kTokenBlock * 16));  // [panel of the pair][token][16]
         for (int64_t t0 = 0; t0 < M; t0 += kTokenBlock) {
             const int64_t tb = std::min(kTokenBlock, M - t0);
@@ -140,7 +147,22 @@ void q8_linear_tiles(float* y, const int8_t* qx, const float* dx, const int8_t* 
                         const int8_t* a = qa.get() + k0 * M_pad + (t0 + t) * len;
                         const int64_t real0 = std::min(kTileTokens, tb - t);
                         const int64_t real1 = std::max<int64_t>(0, std::min(kTileTokens, tb - t - kTileTokens));
+                        // Software pipeline: the tile products of block bi are issued before the chains of
+                        // block bi - 1 are updated (from the other half of d), so the tile unit and the
+                        // vector units work at the same time.
+                        auto chains = [&](int64_t bi) {
+                            const int32_t(*db)[16 * 16] = d[bi & 1];
+                            const float* dxb = dx + (t0 + t) * nb + bk + bi;
+                            float* c0 = c.data() + t * 16;                  // panel 0, tokens t ..
+                            float* c1 = c.data() + (kTokenBlock + t) * 16;  // panel 1
+                            update_chains(c0, db[0], sp.data() + bi * 16, dxb, nb, real0);
+                            update_chains(c1, db[1], sp1 + bi * 16, dxb, nb, rows1 > 0 ? real0 : 0);
+                            update_chains(c0 + kTileTokens * 16, db[2], sp.data() + bi * 16, dxb + kTileTokens * nb, nb, real1);
+                            update_chains(c1 + kTileTokens * 16, db[3], sp1 + bi * 16, dxb + kTileTokens * nb, nb,
+                                          rows1 > 0 ? real1 : 0);
+                        };
                         for (int64_t bi = 0; bi < nbc; ++bi) {
+                            int32_t(*db)[16 * 16] = d[bi & 1];
                             _tile_zero(0);
                             _tile_zero(1);
                             _tile_zero(2);
@@ -153,19 +175,13 @@ void q8_linear_tiles(float* y, const int8_t* qx, const float* dx, const int8_t* 
                             _tile_dpbssd(1, 4, 7);
                             _tile_dpbssd(2, 5, 6);
                             _tile_dpbssd(3, 5, 7);
-                            _tile_stored(0, d[0], 64);
-                            _tile_stored(1, d[1], 64);
-                            _tile_stored(2, d[2], 64);
-                            _tile_stored(3, d[3], 64);
-                            const float* dxb = dx + (t0 + t) * nb + bk + bi;
-                            float* c0 = c.data() + t * 16;                      // panel 0, tokens t ..
-                            float* c1 = c.data() + (kTokenBlock + t) * 16;      // panel 1
-                            update_chains(c0, d[0], sp.data() + bi * 16, dxb, nb, real0);
-                            update_chains(c1, d[1], sp1 + bi * 16, dxb, nb, rows1 > 0 ? real0 : 0);
-                            update_chains(c0 + kTileTokens * 16, d[2], sp.data() + bi * 16, dxb + kTileTokens * nb, nb, real1);
-                            update_chains(c1 + kTileTokens * 16, d[3], sp1 + bi * 16, dxb + kTileTokens * nb, nb,
-                                          rows1 > 0 ? real1 : 0);
+                            _tile_stored(0, db[0], 64);
+                            _tile_stored(1, db[1], 64);
+                            _tile_stored(2, db[2], 64);
+                            _tile_stored(3, db[3], 64);
+                            if (bi > 0) chains(bi - 1);
                         }
+                        chains(nbc - 1);
                     }
                 }
                 // y = c + bias, as the other kernels end their chains (no addition at all without a bias).
