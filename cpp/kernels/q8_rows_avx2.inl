@@ -15,9 +15,10 @@
 
 static_assert(kQ8Block == 32, "one int8 block fills exactly one AVX2 register");
 
-// Software prefetch distance along each of a quad's rows. Measured on a Sapphire-Rapids-class VM:
-// decode 5% faster than leaving the four streams to the hardware prefetchers (512 to 1024 alike).
-constexpr int64_t kRowPrefetch = 1024;
+// Software prefetch: while a quad is read, the next quad's rows are fetched at the same offsets (4 K
+// bytes ahead), so the next four streams are already running when it starts. Measured on a
+// Sapphire-Rapids-class VM, decode of the 6B shapes: 264 ms/token with the hardware prefetchers alone,
+// 245 with a prefetch 1024 bytes ahead in the same rows, 222 with the next quad (two quads ahead: 228).
 
 // Dot products of one int8 block pair, 4 elements per int32 lane: lane j = sum_{i<4} a[4j+i] w[4j+i].
 // abs_a = |a|. The sign trick: |a| * sign(w, a) = a * w elementwise; maddubs (u8 x s8 -> pairwise s16
@@ -101,8 +102,8 @@ void quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const i
     for (int i = 0; i < P; ++i) acc[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const int64_t o = b * kQ8Block;
-        if ((b & 1) == 0) {  // one cache line per row every two blocks, kRowPrefetch bytes ahead
-            const char* pf = reinterpret_cast<const char*>(w + o + kRowPrefetch);
+        if ((b & 1) == 0) {  // one cache line per row every two blocks: the next quad's rows
+            const char* pf = reinterpret_cast<const char*>(w + 4 * K + o);
             _mm_prefetch(pf, _MM_HINT_T0); _mm_prefetch(pf + K, _MM_HINT_T0);
             _mm_prefetch(pf + 2 * K, _MM_HINT_T0); _mm_prefetch(pf + 3 * K, _MM_HINT_T0);
         }
