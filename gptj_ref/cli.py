@@ -201,6 +201,13 @@ def cmd_info(args) -> int:
         f"layers {config.n_layer}, n_embd {config.n_embd}, heads {config.n_head} x {config.head_dim}, "
         f"rotary_dim {config.rotary_dim}, d_ff {config.d_ff}, vocab {config.vocab_size}, context {config.n_positions}",
     ]
+    try:
+        from . import runtime
+
+        lines.append(f"kernels: {runtime.kernel_isa()} (this CPU and build can run: "
+                     f"{', '.join(runtime._core.available_isas())})")
+    except ImportError:
+        lines.append("kernels: none (the C++ extension is not built; only backend='reference' runs)")
     print("\n".join(lines))
     return 0
 

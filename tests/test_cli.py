@@ -52,6 +52,10 @@ def test_greedy_cli_matches_the_python_api():
 def test_info_describes_the_builtin_model():
     out = run("info").stdout
     assert "parameters:" in out and "tokenizer:" in out and "vocab 50400" in out
+    from gptj_ref import _core
+    forced_scalar = os.environ.get("GPTJ_FORCE_SCALAR", "") not in ("", "0")
+    chosen = "scalar" if forced_scalar else _core.available_isas()[-1]   # the best level, unless forced
+    assert f"kernels: {chosen} (this CPU and build can run: {', '.join(_core.available_isas())})" in out
 
 
 @pytest.mark.parametrize("args, message", [
