@@ -345,6 +345,42 @@ PYBIND11_MODULE(_core, m) {
         "Causal attention of T queries in slots [start, start+T) over cache slots [0, start+T).  "
         "q (T, n_head, d_head), k, v (n_head, max_tokens, d_head) -> (T, n_head, d_head)");
     m.def(
+        "attention_f16kv",
+        [](const py::array& q, const py::array& kc, const py::array& vc, int64_t start, std::optional<int> threads) {
+            const float* qp = in_ptr<float>(q, "q", {-1, -1, -1});
+            const int64_t T = q.shape(0), H = q.shape(1), dh = q.shape(2);
+            const uint16_t* kp = in_ptr<uint16_t>(kc, "k", {H, -1, dh});
+            const int64_t S = kc.shape(1);
+            const uint16_t* vp = in_ptr<uint16_t>(vc, "v", {H, S, dh});
+            if (start < 0 || start + T > S) throw py::value_error("start + T must fit the cache's slots");
+            py::array_t<float> out({T, H, dh});
+            float* op = out.mutable_data();
+            std::vector<float> scratch;
+            with_threads(threads, [&] {
+                scratch.resize(size_t(k::attention_scratch_floats(start + T)));
+                k::attention_f16kv(op, qp, kp, vp, scratch.data(), T, start, H, dh, S);
+            });
+            return out;
+        },
+        py::arg("q").noconvert(), py::arg("k").noconvert(), py::arg("v").noconvert(), py::arg("start"),
+        py::arg("threads") = py::none(),
+        "attention() over a float16 cache: k, v (n_head, max_tokens, d_head) uint16 (float16 bits: pass "
+        "k.view(np.uint16)); widened exactly, so it equals attention() on k.astype(np.float32)");
+    m.def(
+        "f32_to_f16",
+        [](const py::array& x) {
+            const float* xp = in_ptr<float>(x, "x", {-1});
+            py::array_t<uint16_t> y(x.shape(0));
+            uint16_t* yp = y.mutable_data();
+            {
+                py::gil_scoped_release release;
+                k::f32_to_f16(yp, xp, x.shape(0));
+            }
+            return y;
+        },
+        py::arg("x").noconvert(),
+        "float32 -> float16 bits, rounded to nearest-even as x.astype(np.float16).view(np.uint16).  x (n) -> (n)");
+    m.def(
         "stream_read",
         [](const py::array& x, std::optional<int> threads) {
             const float* xp = in_ptr<float>(x, "x", {-1});
@@ -399,13 +435,21 @@ PYBIND11_MODULE(_core, m) {
 
     // The fp32 runtime ---------------------------------------------------------------------------
     py::class_<PyCache>(m, "KVCache", "Keys and values of `batch` independent sequences")
-        .def(py::init([](const PyModel& pm, int64_t batch, int64_t max_tokens) {
+        .def(py::init([](const PyModel& pm, int64_t batch, int64_t max_tokens, const std::string& dtype) {
                  const rt::Config& c = pm.model->config();
                  if (batch < 1 || max_tokens < 1 || max_tokens > c.n_ctx)
                      throw py::value_error("a cache needs batch >= 1 and 1 <= max_tokens <= " + std::to_string(c.n_ctx));
-                 return PyCache{std::make_unique<rt::KVCache>(c, batch, max_tokens)};
+                 if (dtype != "float32" && dtype != "float16")
+                     throw py::value_error("a cache's dtype is 'float32' or 'float16', got '" + dtype + "'");
+                 const auto precision = dtype == "float16" ? rt::KVPrecision::F16 : rt::KVPrecision::F32;
+                 return PyCache{std::make_unique<rt::KVCache>(c, batch, max_tokens, precision)};
              }),
-             py::arg("model"), py::arg("batch"), py::arg("max_tokens"))
+             py::arg("model"), py::arg("batch"), py::arg("max_tokens"), py::arg("dtype") = "float32")
+        .def_property_readonly("dtype", [](const PyCache& pc) {
+            return std::string(pc.cache->precision() == rt::KVPrecision::F16 ? "float16" : "float32");
+        }, "Precision of the stored keys and values")
+        .def_property_readonly("nbytes", [](const PyCache& pc) { return pc.cache->nbytes(); },
+                               "Bytes of keys and values, all slots (pages are mapped as tokens are written)")
         .def_property_readonly("batch", [](const PyCache& pc) { return pc.cache->batch(); })
         .def_property_readonly("max_tokens", [](const PyCache& pc) { return pc.cache->max_tokens(); })
         .def_property_readonly("lengths", [](const PyCache& pc) {

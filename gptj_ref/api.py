@@ -73,23 +73,27 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _make_backend(backend: str, config: GPTJConfig, weights, threads: Optional[int]):
+def _make_backend(backend: str, config: GPTJConfig, weights, threads: Optional[int], kv_dtype: Optional[str]):
     if backend == "reference":
         from .reference import Reference
 
-        return Reference(config, weights)
+        return Reference(config, weights, kv_dtype=kv_dtype or "float32")
     from .runtime import CppModel
 
-    return CppModel(config, weights, threads=threads or default_threads())
+    return CppModel(config, weights, threads=threads or default_threads(), kv_dtype=kv_dtype)
 
 
-def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", threads: Optional[int] = None) -> "Model":
+def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", threads: Optional[int] = None,
+         kv_dtype: Optional[str] = None) -> "Model":
     """Load a model.
 
-    path     a Hugging Face GPT-J directory (config.json + safetensors or pytorch_model.bin, sharded or
-             not), a native model file written by `gptj convert`, or None for the built-in demo model.
-    backend  "reference" (NumPy, the oracle), "cpp" (the C++ runtime) or "auto" (cpp when built).
-    threads  threads for the cpp backend (default: physical cores).
+    path      a Hugging Face GPT-J directory (config.json + safetensors or pytorch_model.bin, sharded or
+              not), a native model file written by `gptj convert`, or None for the built-in demo model.
+    backend   "reference" (NumPy, the oracle), "cpp" (the C++ runtime) or "auto" (cpp when built).
+    threads   threads for the cpp backend (default: physical cores).
+    kv_dtype  precision of the KV cache, "float32" or "float16". Default: float16 for int8 (q8) models on
+              the cpp backend (half the cache memory: 0.94 GB instead of 1.9 GB at 2048 tokens of 6B),
+              float32 otherwise.
     """
     if backend not in BACKENDS:
         raise SettingsError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -103,7 +107,7 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
 
     if path is None:
         weights = random_weights(TINY, seed=0)
-        return Model(_make_backend(backend, TINY, weights, threads), default_tokenizer(), BUILTIN_DESCRIPTION)
+        return Model(_make_backend(backend, TINY, weights, threads, kv_dtype), default_tokenizer(), BUILTIN_DESCRIPTION)
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -117,11 +121,11 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
         native = open_native(path)
         tokenizer = Tokenizer.from_json(native.tokenizer_json) if native.tokenizer_json else default_tokenizer()
         if backend == "reference":
-            model_backend = _make_backend("reference", native.config, native.dequantized_weights(), None)
+            model_backend = _make_backend("reference", native.config, native.dequantized_weights(), None, kv_dtype)
         else:
             from .runtime import CppModel
 
-            model_backend = CppModel.from_native(native, threads=threads or default_threads())
+            model_backend = CppModel.from_native(native, threads=threads or default_threads(), kv_dtype=kv_dtype)
         return Model(model_backend, tokenizer, f"{path} ({native.dtype})")
 
     from .checkpoint import open_checkpoint
@@ -129,7 +133,8 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
     with open_checkpoint(path) as checkpoint:
         weights = checkpoint.load_weights()  # memory-mapped arrays outlive the checkpoint object
         config, description = checkpoint.config, f"{path} ({checkpoint.format})"
-    return Model(_make_backend(backend, config, weights, threads), Tokenizer.from_checkpoint_dir(path), description)
+    return Model(_make_backend(backend, config, weights, threads, kv_dtype), Tokenizer.from_checkpoint_dir(path),
+                 description)
 
 
 class Model:

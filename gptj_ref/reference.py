@@ -30,9 +30,10 @@ from typing import Mapping, Optional
 import numpy as np
 
 from .config import GPTJConfig
-from .errors import InputError
+from .errors import InputError, SettingsError
 
 f32 = np.float32
+KV_DTYPES = ("float32", "float16")   # precisions a KV cache can store
 MASKED = np.finfo(np.float32).min  # transformers adds this to the scores of keys a query must not see
 
 
@@ -111,7 +112,8 @@ class KVCache:
     """Keys (after rotary) and values of every layer for the tokens seen so far.
 
     keys, values [n_layer, B, n_head, max_tokens, d_head]; `real` [B, max_tokens] marks slots that hold
-    real tokens (False for left padding); `length` slots are filled.
+    real tokens (False for left padding); `length` slots are filled. keys and values are float32, or
+    float16 to emulate a half-precision cache (values rounded when stored, widened when read).
     """
 
     keys: np.ndarray
@@ -146,8 +148,10 @@ def attn(x, sin, cos, mask, cache_k, cache_v, start, q_proj, k_proj, v_proj, out
 
     end = start + T
     cache_k[:, :, start:end] = k.transpose(0, 2, 1, 3)             # [B, n_head, T, d_head]
-    cache_v[:, :, start:end] = v.transpose(0, 2, 1, 3)
-    out = attention(q.transpose(0, 2, 1, 3), cache_k[:, :, :end], cache_v[:, :, :end], mask)
+    cache_v[:, :, start:end] = v.transpose(0, 2, 1, 3)              # (a float16 cache rounds them here)
+    keys = cache_k[:, :, :end].astype(f32, copy=False)              # attention in float32 either way
+    values = cache_v[:, :, :end].astype(f32, copy=False)
+    out = attention(q.transpose(0, 2, 1, 3), keys, values, mask)
     out = out.transpose(0, 2, 1, 3).reshape(B, T, n_embd)           # merge heads: [B, T, n_embd]
     return linear(out, out_proj["weight"])
 
@@ -199,8 +203,13 @@ class Reference:
 
     name = "reference"
 
-    def __init__(self, config: GPTJConfig, weights: Mapping[str, np.ndarray]):
+    def __init__(self, config: GPTJConfig, weights: Mapping[str, np.ndarray], kv_dtype: str = "float32"):
+        """kv_dtype: "float32" (GPT-J's own precision) or "float16" (to emulate a half-precision cache,
+        as the cpp backend keeps for int8 models)."""
+        if kv_dtype not in KV_DTYPES:
+            raise SettingsError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
         self.config = config
+        self.kv_dtype = kv_dtype
         tree = nest(weights)
         self.wte = tree["transformer"]["wte"]["weight"]              # [n_vocab, n_embd]
         self.blocks = [tree["transformer"]["h"][str(i)] for i in range(config.n_layer)]
@@ -214,7 +223,8 @@ class Reference:
         if not 0 < max_tokens <= c.n_positions:
             raise InputError(f"cache size must be in [1, {c.n_positions}] (the context length), got {max_tokens}")
         shape = (c.n_layer, batch, c.n_head, max_tokens, c.head_dim)
-        return KVCache(np.zeros(shape, f32), np.zeros(shape, f32), np.zeros((batch, max_tokens), bool))
+        dtype = np.dtype(self.kv_dtype)
+        return KVCache(np.zeros(shape, dtype), np.zeros(shape, dtype), np.zeros((batch, max_tokens), bool))
 
     def forward(self, token_ids, cache: Optional[KVCache] = None, attention_mask=None,
                 last_only: bool = False) -> np.ndarray:

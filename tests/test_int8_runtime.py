@@ -3,7 +3,8 @@
 Three comparisons, each with its own tolerance:
 1. Against the exact int8 emulation: the NumPy reference run on the file's dequantized weights with every
    quantized linear replaced by quant.q8_linear (activations quantized per token and block, exact integer
-   block dots). What is left is float32 rounding in the other kernels (LayerNorm, GELU, attention) and in
+   block dots) and a KV cache of the runtime's precision (float16 by default for int8 models: rounded
+   when stored, as the C++ cache does; float32 checked too). What is left is float32 rounding in the other kernels (LayerNorm, GELU, attention) and in
    the block sums — about 2e-7 of the largest logit — plus, now and then, an activation that sits on a
    rounding boundary of its int8 grid and lands one step away: that moves everything downstream by about
    one quantization step times a weight. Measured: two geometries agree to 3e-7 relative everywhere; the
@@ -25,12 +26,13 @@ import pytest
 import gptj_ref
 from gptj_ref import quant, reference
 from gptj_ref.convert import convert
-from gptj_ref.errors import GPTJError
+from gptj_ref.errors import GPTJError, SettingsError
 from gptj_ref.native import open_native, scale_name
 from gptj_ref.reference import Reference
+from gptj_ref.runtime import CppModel
 from helpers import CONFIGS, make_hf_model, report_diff, state_dict_numpy
 
-pytest.importorskip("gptj_ref._core")
+_core = pytest.importorskip("gptj_ref._core")
 
 NAMES = ["rot-lt-head", "real-heads", "odd-vocab"]
 EMULATION_MEDIAN = 1e-5  # median |Δ| relative to max |logits|, against the exact int8 emulation
@@ -56,8 +58,9 @@ def q8_models(tmp_path_factory):
     return models
 
 
-def emulation(config, native, monkeypatch) -> Reference:
-    """The NumPy reference on the dequantized weights with every quantized linear run by quant.q8_linear."""
+def emulation(config, native, monkeypatch, kv_dtype="float16") -> Reference:
+    """The NumPy reference on the dequantized weights with every quantized linear run by quant.q8_linear,
+    with a KV cache of the given precision."""
     weights = native.dequantized_weights()
     table = {id(weights[n]): (native.tensor(n), native.tensor(scale_name(n))) for n in weights if quant.is_quantized(n)}
     float_linear = reference.linear
@@ -69,7 +72,7 @@ def emulation(config, native, monkeypatch) -> Reference:
         return float_linear(x, weight, bias)
 
     monkeypatch.setattr(reference, "linear", linear)
-    return Reference(config, weights)
+    return Reference(config, weights, kv_dtype=kv_dtype)
 
 
 def token_ids(config, T, seed=0):
@@ -81,16 +84,20 @@ def cosine(a, b):
     return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
 
 
+@pytest.mark.parametrize("kv_dtype", ["float16", "float32"])
 @pytest.mark.parametrize("name", NAMES)
-def test_matches_int8_emulation(q8_models, name, monkeypatch):
+def test_matches_int8_emulation(q8_models, name, kv_dtype, monkeypatch):
     config, native, _, cpp = q8_models[name]
+    assert cpp.kv_dtype == "float16"   # the default for int8 models
+    if kv_dtype != cpp.kv_dtype:
+        cpp = CppModel.from_native(native, threads=2, kv_dtype=kv_dtype)
     ids = token_ids(config, 12)
-    expected = emulation(config, native, monkeypatch).forward(ids)
+    expected = emulation(config, native, monkeypatch, kv_dtype).forward(ids)
     got = cpp.forward(ids)
     assert got.shape == expected.shape == (12, config.vocab_size)
     rel = np.abs(got - expected) / np.abs(expected).max()
-    print(f"\n{name}: int8 runtime vs int8 emulation: |Δ| / max |logits| median {np.median(rel):.1e}, "
-          f"max {rel.max():.1e}")
+    print(f"\n{name}, {kv_dtype} cache: int8 runtime vs int8 emulation: |Δ| / max |logits| median "
+          f"{np.median(rel):.1e}, max {rel.max():.1e}")
     assert np.median(rel) <= EMULATION_MEDIAN, report_diff(got, expected)
     assert rel.max() <= EMULATION_MAX, report_diff(got, expected)
 
@@ -169,6 +176,23 @@ def test_load_runs_int8_kernels_without_copying_weights(q8_models):
     name = "transformer.h.0.mlp.fc_in.weight"
     assert mapped[name].dtype == np.int8 and np.shares_memory(mapped[name], cpp.native.tensor(name))
     assert np.shares_memory(mapped[scale_name(name)], cpp.native.tensor(scale_name(name)))
+
+
+def test_kv_cache_precision_defaults_and_choices(q8_models):
+    config, native, fp32, cpp = q8_models["rot-lt-head"]
+    half, full = cpp.new_cache(20), CppModel.from_native(native, threads=2, kv_dtype="float32").new_cache(20)
+    assert (half.core.dtype, full.core.dtype) == ("float16", "float32")
+    assert 2 * half.core.nbytes == full.core.nbytes == 2 * config.n_layer * config.n_embd * 20 * 4
+    assert gptj_ref.load(native.path, backend="cpp", kv_dtype="float32").backend.kv_dtype == "float32"
+    assert gptj_ref.load(native.path, backend="reference").backend.kv_dtype == "float32"   # the oracle's own
+    assert CppModel(config, fp32, threads=1).kv_dtype == "float32"   # fp32 weights: exact parity by default
+    for bad in ("bfloat16", "fp16", 16):
+        with pytest.raises(SettingsError, match="kv_dtype must be one of float32, float16"):
+            CppModel.from_native(native, kv_dtype=bad)
+        with pytest.raises(SettingsError, match="kv_dtype must be one of float32, float16"):
+            Reference(config, fp32, kv_dtype=bad)
+    with pytest.raises(ValueError, match="'float32' or 'float16'"):
+        _core.KVCache(cpp._core, 1, 4, "int8")
 
 
 def test_bad_files_fail_on_load_with_clear_errors(q8_models, tmp_path):

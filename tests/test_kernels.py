@@ -255,6 +255,43 @@ def test_attention_is_causal_and_thread_count_independent(isa):
     assert not np.array_equal(full[4:], changed[4:])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("T,start,d", [(1, 0, 8), (5, 7, 40), (9, 0, 67), (3, 30, 256)])
+def test_attention_over_float16_cache_equals_attention_over_its_widened_values(isa, T, start, d):
+    # The float16 cache's kernel widens each key and value exactly where it reads it, and does nothing
+    # else differently, so it must equal the float32 kernel on the widened cache bit for bit.
+    H, S = 3, start + T + 2
+    q = normal(11, (T, H, d), 2.0)
+    k16, v16 = normal(12, (H, S, d), 2.0).astype(np.float16), normal(13, (H, S, d)).astype(np.float16)
+    with use_isa(isa):
+        half = _core.attention_f16kv(q, k16.view(np.uint16), v16.view(np.uint16), start, threads=2)
+        wide = _core.attention(q, k16.astype(np.float32), v16.astype(np.float32), start, threads=1)
+    assert np.array_equal(half.view(np.int32), wide.view(np.int32)), report_diff(half, wide)
+
+
+def float16_rounding_cases():
+    """Random magnitudes over the whole half range and beyond, every exact tie between neighbouring halves
+    (where round-to-nearest-even decides), the halves themselves, subnormals, overflow and signed zero."""
+    rng = np.random.default_rng(3)
+    wide = (rng.standard_normal(20000) * 10.0 ** rng.integers(-9, 6, 20000)).astype(np.float32)
+    halves = np.arange(0, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float32)
+    ties = ((halves[:-1].astype(np.float64) + halves[1:]) / 2).astype(np.float32)  # exact in float32
+    special = np.array([65504, 65519.996, 65520, 65536, 1e9, 6.1035156e-05, 5.9604645e-08, 2.9802322e-08,
+                        2.9802326e-08, 1e-12, 0.0, -0.0, np.inf, -np.inf], np.float32)
+    return np.concatenate([wide, halves, ties, -ties, special])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_f32_to_f16_rounds_as_numpy(isa):
+    x = float16_rounding_cases()
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16).view(np.uint16)
+    with use_isa(isa):
+        got = _core.f32_to_f16(x)
+    bad = np.flatnonzero(got != expected)
+    assert bad.size == 0, f"{bad.size} differ, e.g. x={x[bad[:3]]} got {got[bad[:3]]} expected {expected[bad[:3]]}"
+
+
 # --------------------------------------------------------------------------------------------------
 # the Python boundary
 # --------------------------------------------------------------------------------------------------

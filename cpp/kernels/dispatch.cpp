@@ -123,6 +123,13 @@ void attention(float* out, const float* q, const float* k, const float* v, float
     GPTJ_DISPATCH(attention(out, q, k, v, scratch, T, start, n_head, d_head, max_tokens));
 }
 
+void attention_f16kv(float* out, const float* q, const uint16_t* k, const uint16_t* v, float* scratch, int64_t T,
+                     int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens) {
+    GPTJ_DISPATCH(attention_f16kv(out, q, k, v, scratch, T, start, n_head, d_head, max_tokens));
+}
+
+void f32_to_f16(uint16_t* y, const float* x, int64_t n) { GPTJ_DISPATCH(f32_to_f16(y, x, n)); }
+
 double stream_read(const float* x, int64_t n) { return GPTJ_DISPATCH(stream_read(x, n)); }
 
 }  // namespace gptj::kernels

@@ -14,6 +14,10 @@
     void residual_add(float* x, const float* a, const float* m, int64_t n);                            \
     void rotary(float* x, const float* sin, const float* cos, const int64_t* pos, int64_t T,           \
                 int64_t ld, int64_t n_head, int64_t d_head, int64_t n_rot);                            \
+    void f32_to_f16(uint16_t* y, const float* x, int64_t n);                                           \
+    void attention_f16kv(float* out, const float* q, const uint16_t* k, const uint16_t* v,            \
+                         float* scratch, int64_t T, int64_t start, int64_t n_head, int64_t d_head,     \
+                         int64_t max_tokens);                                                           \
     void attention(float* out, const float* q, const float* k, const float* v, float* scratch,         \
                    int64_t T, int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens);      \
     double stream_read(const float* x, int64_t n);

@@ -66,7 +66,14 @@ void rotary(float* x, const float* sin, const float* cos, const int64_t* pos, in
 // out = softmax(q k^T / sqrt(d_head)) v per head.
 void attention(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T,
                int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens);
+// The same with keys and values stored as float16 (the half-size KV cache): each is widened to
+// float32 exactly where it is read, so the result is attention() on the widened cache, bitwise.
+void attention_f16kv(float* out, const float* q, const uint16_t* k, const uint16_t* v, float* scratch, int64_t T,
+                     int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens);
 inline int64_t attention_scratch_floats(int64_t n_keys) { return int64_t(max_threads()) * n_keys; }
+
+// y = float16(x), rounded to nearest-even (as NumPy's astype(np.float16)).  x, y (n)
+void f32_to_f16(uint16_t* y, const float* x, int64_t n);
 
 // Sum of n floats with parallel streaming loads: measures memory read bandwidth.  x (n)
 double stream_read(const float* x, int64_t n);

@@ -32,13 +32,13 @@
 
 #include <cstdint>
 
+#include "kernels/half.h"
+
 namespace gptj::kernels {
 
 constexpr int64_t kQ8Block = 32;  // elements per block along K, one scale each
 constexpr int kQ8Max = 127;       // int8 values used: [-kQ8Max, kQ8Max]
 
-// float16 bits -> float32, exact (subnormals included).
-float f16_to_f32(uint16_t h);
 
 // Quantize activations per token and block of 32.
 // x (M, K) float32 -> qx (M, K) int8, dx (M, K/32) float32.  K % 32 == 0.

@@ -9,26 +9,6 @@
 
 namespace gptj::kernels {
 
-float f16_to_f32(uint16_t h) {
-    const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-    const uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-    float mag;
-    if (exp == 0) {
-        mag = std::ldexp(float(man), -24);  // zero or subnormal: man * 2^-24, exact
-    } else if (exp == 31) {
-        mag = man ? NAN : INFINITY;
-    } else {
-        const uint32_t bits = ((exp + 112u) << 23) | (man << 13);  // rebias 15 -> 127
-        std::memcpy(&mag, &bits, sizeof mag);
-    }
-    uint32_t out;
-    std::memcpy(&out, &mag, sizeof out);
-    out |= sign;
-    float f;
-    std::memcpy(&f, &out, sizeof f);
-    return f;
-}
-
 namespace scalar {
 
 void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int64_t K) {

@@ -9,14 +9,27 @@
 
 namespace gptj::runtime {
 
-KVCache::KVCache(const Config& config, int64_t batch, int64_t max_tokens)
+KVCache::KVCache(const Config& config, int64_t batch, int64_t max_tokens, KVPrecision precision)
     : batch_(batch),
       max_tokens_(max_tokens),
-      row_floats_(config.n_head * max_tokens * config.head_dim()),
-      // new float[] leaves the memory untouched: pages are only mapped as tokens are written.
-      keys_(new float[config.n_layer * batch * row_floats_]),
-      values_(new float[config.n_layer * batch * row_floats_]),
-      length_(batch, 0) {}
+      row_elements_(config.n_head * max_tokens * config.head_dim()),
+      n_layer_(config.n_layer),
+      precision_(precision),
+      length_(batch, 0) {
+    // new T[] leaves the memory untouched: pages are only mapped as tokens are written.
+    const int64_t n = n_layer_ * batch * row_elements_;
+    if (precision == KVPrecision::F16) {
+        keys16_.reset(new uint16_t[size_t(n)]);
+        values16_.reset(new uint16_t[size_t(n)]);
+    } else {
+        keys_.reset(new float[size_t(n)]);
+        values_.reset(new float[size_t(n)]);
+    }
+}
+
+int64_t KVCache::nbytes() const {
+    return 2 * n_layer_ * batch_ * row_elements_ * (precision_ == KVPrecision::F16 ? 2 : 4);
+}
 
 Model::Model(const Config& config, Weights weights, int threads)
     : config_(config), weights_(std::move(weights)), threads_(threads < 1 ? 1 : threads) {}
@@ -39,17 +52,31 @@ void Model::attention_block(float* att, const float* q, const float* k, const fl
     int64_t first = 0;
     for (int64_t r = 0; r < cache.batch(); ++r) {
         const int64_t count = counts[r], start = cache.length(r);
-        float* keys = cache.keys(layer, r);
-        float* values = cache.values(layer, r);
-        for (int64_t t = 0; t < count; ++t)
-            for (int64_t h = 0; h < H; ++h) {
-                const int64_t src = (first + t) * E + h * dh, dst = (h * S + start + t) * dh;
-                std::memcpy(keys + dst, k + src, sizeof(float) * dh);
-                std::memcpy(values + dst, v + src, sizeof(float) * dh);
-            }
-        if (count > 0)
-            kernels::attention(att + first * E, q + first * E, keys, values, attention_scratch_, count, start, H,
-                               dh, S);
+        if (cache.precision() == KVPrecision::F16) {
+            uint16_t* keys = cache.keys_f16(layer, r);
+            uint16_t* values = cache.values_f16(layer, r);
+            for (int64_t t = 0; t < count; ++t)
+                for (int64_t h = 0; h < H; ++h) {
+                    const int64_t src = (first + t) * E + h * dh, dst = (h * S + start + t) * dh;
+                    kernels::f32_to_f16(keys + dst, k + src, dh);
+                    kernels::f32_to_f16(values + dst, v + src, dh);
+                }
+            if (count > 0)
+                kernels::attention_f16kv(att + first * E, q + first * E, keys, values, attention_scratch_, count,
+                                         start, H, dh, S);
+        } else {
+            float* keys = cache.keys(layer, r);
+            float* values = cache.values(layer, r);
+            for (int64_t t = 0; t < count; ++t)
+                for (int64_t h = 0; h < H; ++h) {
+                    const int64_t src = (first + t) * E + h * dh, dst = (h * S + start + t) * dh;
+                    std::memcpy(keys + dst, k + src, sizeof(float) * dh);
+                    std::memcpy(values + dst, v + src, sizeof(float) * dh);
+                }
+            if (count > 0)
+                kernels::attention(att + first * E, q + first * E, keys, values, attention_scratch_, count, start,
+                                   H, dh, S);
+        }
         first += count;
     }
 }

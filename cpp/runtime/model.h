@@ -47,31 +47,40 @@ struct Weights {
 };
 
 // Keys (after rotary) and values of `batch` sequences, each up to max_tokens long.
-// Precision: fp32, for fp32 and int8 weights alike. It keeps attention exactly the reference's (the
-// int8 runtime quantizes only the linears' inputs, which quant.py can emulate exactly), and its size
-// stays small next to the weights because a cache holds only the tokens it was made for: generation
-// asks new_cache(prompt + max_new_tokens). GPT-J 6B at the full 2048-token context would need
-// 28 x 2 x 2048 x 4096 x 4 B = 1.9 GB (fp16 would halve that at the cost of exact parity); the
-// benchmark's 72-token decode uses 66 MB.
+// Precision, chosen per cache: F32 or F16 (IEEE half, rounded to nearest-even when written, widened
+// exactly when read). GPT-J 6B at the full 2048-token context needs 28 x 2 x 2048 x 4096 x 4 B = 1.9 GB
+// in F32 and 0.94 GB in F16, and decode reads all of it once per token. The Python layer uses F16 for
+// int8 models (next to int8 weights its rounding, ~2^-11 relative, is lost in the noise, and the
+// reference emulates it exactly: Reference(kv_dtype=float16)) and F32 for fp32 models (exact parity).
+// A cache holds only the tokens it was made for: generation asks new_cache(prompt + max_new_tokens).
 // Layout: (n_layer, batch, n_head, max_tokens, head_dim), one allocation per tensor, filled lazily.
+enum class KVPrecision { F32, F16 };
+
 class KVCache {
 public:
-    KVCache(const Config& config, int64_t batch, int64_t max_tokens);
+    KVCache(const Config& config, int64_t batch, int64_t max_tokens, KVPrecision precision = KVPrecision::F32);
 
     int64_t batch() const { return batch_; }
     int64_t max_tokens() const { return max_tokens_; }
     // Tokens held by row r.
     int64_t length(int64_t r) const { return length_[r]; }
     void set_length(int64_t r, int64_t n) { length_[r] = n; }
-    // (n_head, max_tokens, head_dim) block of layer l, row r.
+    KVPrecision precision() const { return precision_; }
+    // Bytes of keys and values together, all slots.
+    int64_t nbytes() const;
+    // (n_head, max_tokens, head_dim) block of layer l, row r: float32 (F32) or float16 bits (F16).
     float* keys(int64_t l, int64_t r) { return keys_.get() + offset(l, r); }
     float* values(int64_t l, int64_t r) { return values_.get() + offset(l, r); }
+    uint16_t* keys_f16(int64_t l, int64_t r) { return keys16_.get() + offset(l, r); }
+    uint16_t* values_f16(int64_t l, int64_t r) { return values16_.get() + offset(l, r); }
 
 private:
-    int64_t offset(int64_t l, int64_t r) const { return (l * batch_ + r) * row_floats_; }
+    int64_t offset(int64_t l, int64_t r) const { return (l * batch_ + r) * row_elements_; }
 
-    int64_t batch_, max_tokens_, row_floats_;
-    std::unique_ptr<float[]> keys_, values_;
+    int64_t batch_, max_tokens_, row_elements_, n_layer_;
+    KVPrecision precision_;
+    std::unique_ptr<float[]> keys_, values_;        // F32
+    std::unique_ptr<uint16_t[]> keys16_, values16_;  // F16
     std::vector<int64_t> length_;
 };
 
