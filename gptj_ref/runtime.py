@@ -80,6 +80,10 @@ class CppModel:
     """
 
     name = "cpp"
+    # Long inputs run through the C++ model this many positions at a time: its scratch (about 100 KB per
+    # token for 6B) stays bounded, and nothing else changes: every token sees the same cache and the
+    # same kernels either way, so the logits are bitwise those of one pass (tested).
+    prefill_chunk = 512
 
     def __init__(self, config: GPTJConfig, weights: Mapping[str, np.ndarray], threads: Optional[int] = None,
                  kv_dtype: Optional[str] = None):
@@ -169,29 +173,28 @@ class CppModel:
             raise InputError(f"the cpp backend needs a cache from its own new_cache(), got {type(cache).__name__}")
         start = check_cache_room(cache, B, T)
 
-        counts = mask.sum(axis=1).astype(np.int64)                  # [B] real tokens per row
-        real_ids = np.ascontiguousarray(ids[mask])                  # [n]: row 0's tokens, then row 1's, ...
         V = self.config.vocab_size
-        if last_only:
-            # Row b's last position is real iff mask[b, -1]; it is then token cumsum(counts)[b] - 1 of ids.
-            last_real = mask[:, -1]
-            rows = (np.cumsum(counts) - 1)[last_real].astype(np.int64)
-            last = np.zeros((B, V), np.float32)
-            if real_ids.size:
-                last[last_real] = self._core.forward(real_ids, counts, cache.core, rows)
-            cache.length = start + T
-            return last[0] if squeeze else last
-        if real_ids.size:
-            flat = self._core.forward(real_ids, counts, cache.core)  # [n, n_vocab]
-        else:
-            flat = np.zeros((0, V), np.float32)
-        cache.length = start + T
-
-        if mask.all():
-            logits = flat.reshape(B, T, -1)                         # no padding: already row-major [B, T]
-        else:
-            logits = np.zeros((B, T, self.config.vocab_size), np.float32)
-            logits[mask] = flat
+        logits = np.zeros((B, V) if last_only else (B, T, V), np.float32)
+        for c0 in range(0, T, self.prefill_chunk):
+            c1 = min(T, c0 + self.prefill_chunk)
+            chunk_mask = mask[:, c0:c1]
+            counts = chunk_mask.sum(axis=1).astype(np.int64)          # [B] real tokens per row
+            real_ids = np.ascontiguousarray(ids[:, c0:c1][chunk_mask])  # [n]: row 0's tokens, then row 1's, ...
+            if last_only:
+                # Only the last chunk asks for logits: row b's last position, when it is real, is then
+                # token cumsum(counts)[b] - 1 of real_ids.
+                last_real = chunk_mask[:, -1] if c1 == T else np.zeros(B, bool)
+                rows = (np.cumsum(counts) - 1)[last_real].astype(np.int64)
+                if real_ids.size:
+                    out = self._core.forward(real_ids, counts, cache.core, rows)
+                    logits[last_real] = out
+            elif real_ids.size:
+                flat = self._core.forward(real_ids, counts, cache.core)  # [n, n_vocab]
+                if chunk_mask.all():
+                    logits[:, c0:c1] = flat.reshape(B, c1 - c0, V)    # no padding: already row-major
+                else:
+                    logits[:, c0:c1][chunk_mask] = flat
+            cache.length = start + c1
         return logits[0] if squeeze else logits
 
     def hidden_states(self, token_ids) -> list:

@@ -155,9 +155,9 @@ def test_batch_rows_match_single_sequences(q8_models):
 
 
 def test_prompt_kernel_and_last_only_logits_agree_bitwise(q8_models):
-    # 70 tokens run every linear on the packed prompt kernel (M >= 64); last_only runs lm_head on one
-    # row, i.e. on the decode kernel, and splitting the prompt at 40 tokens keeps every call below the
-    # threshold. The kernels agree bitwise (cpp/kernels/q8_avx2.cpp), so all three agree exactly.
+    # 70 tokens run every linear on the prompt kernel of the ISA in use (AVX2 from 64 tokens, AVX-VNNI
+    # from 16, AMX from 32); last_only runs lm_head on one row, i.e. on the decode kernel, and the 40 + 30
+    # split moves calls across the thresholds. The kernels agree bitwise, so all three agree exactly.
     config, _, _, cpp = q8_models["real-heads"]
     ids = token_ids(config, 70, seed=6)
     full = cpp.forward(ids)
@@ -167,6 +167,23 @@ def test_prompt_kernel_and_last_only_logits_agree_bitwise(q8_models):
     split = cpp.forward(ids[40:], cache)
     assert np.array_equal(last, full[-1]), report_diff(last, full[-1])
     assert np.array_equal(split, full[40:]), report_diff(split, full[40:])
+
+
+@pytest.mark.parametrize("last_only", [False, True])
+def test_long_inputs_run_in_chunks_with_the_same_logits(q8_models, last_only, monkeypatch):
+    # CppModel.forward feeds inputs longer than prefill_chunk positions to the C++ model a chunk at a
+    # time (bounded scratch); with left padding in a batch, chunks hold padding-only rows, partial rows
+    # and the last positions. The logits must be bitwise those of one pass.
+    config, _, _, cpp = q8_models["real-heads"]
+    a, b = token_ids(config, 23, seed=8), token_ids(config, 9, seed=9)
+    ids = np.stack([a, np.concatenate([np.zeros(14, np.int64), b])])
+    mask = np.array([[1] * 23, [0] * 14 + [1] * 9])
+    one_pass = cpp.forward(ids, cpp.new_cache(23, batch=2), attention_mask=mask, last_only=last_only)
+    monkeypatch.setattr(cpp, "prefill_chunk", 5)
+    cache = cpp.new_cache(23, batch=2)
+    chunked = cpp.forward(ids, cache, attention_mask=mask, last_only=last_only)
+    assert cache.length == 23 and cache.row_lengths == [23, 9]
+    assert np.array_equal(chunked, one_pass), report_diff(chunked, one_pass)
 
 
 def test_load_runs_int8_kernels_without_copying_weights(q8_models):
