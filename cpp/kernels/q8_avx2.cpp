@@ -96,12 +96,8 @@ namespace {
 //           (|d| <= 32 * 127^2), and
 //               c[t][r] = fma(float(d), ws[r, b] * dx[t, b], c[t][r])
 //           is exactly quad_tile's chain, so the two paths agree bitwise.
-//   c       the float32 chains live in a per-thread buffer, panel by panel ([panel][token][16]), so they
-//           stream through the caches instead of colliding at y's power-of-two row stride; y = c + bias
-//           is written once per token block.
-// Loop order per thread (a contiguous range of output rows, as for the quads): token blocks of up to
-// 256; chunks of 256 k (that chunk of the block's activations, 256 tokens x 512 B, stays in L2); panels;
-// token tiles. Measured: see the header of this file and benchmarks/bench_int8.py.
+// The loops around the panels (token blocks, chunks, the per-thread buffer of chains) are
+// q8_panels.inl's, shared with the AVX-VNNI kernel. Measured: see the header of this file.
 
 #if defined(__GNUC__)
 #define GPTJ_NOINLINE __attribute__((noinline))
@@ -109,11 +105,9 @@ namespace {
 #define GPTJ_NOINLINE
 #endif
 
+#include "kernels/q8_panels.inl"
+
 constexpr int64_t kPackedMinTokens = 64;  // below this, packing costs more than it saves (measured)
-constexpr int64_t kPanelRows = 16;
-constexpr int64_t kChunkBlocks = 8;
-constexpr int64_t kChunk = kChunkBlocks * kQ8Block;  // 256 elements of k
-constexpr int64_t kTokenBlock = 256;
 
 // acc += madd(a, w): 8 int32 lanes, each a[2j] w[2j] + a[2j+1] w[2j+1] (int16 inputs, exact).
 // In GNU asm only so that the sum lands in acc's register: GCC otherwise adds into the product's
@@ -195,61 +189,24 @@ GPTJ_NOINLINE void panel_tile(float* c, const int16_t* a, int64_t lda, const flo
     }
 }
 
-void q8_linear_packed(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
-                      int64_t M, int64_t N, int64_t K) {
-    const int64_t nb = K / kQ8Block;
-    // The activations as int16, chunk-major: chunk [k0, k0 + len) of token t at a16[k0 * M + t * len].
-    std::unique_ptr<int16_t[]> a16(new int16_t[size_t(M * K)]);
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < M; ++t)
-        for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-            const int64_t len = std::min(kChunk, K - k0);
-            int16_t* dst = a16.get() + k0 * M + t * len;
-            for (int64_t k = 0; k < len; k += 16)
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k),
-                                    _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qx + t * K + k0 + k))));
-        }
-#pragma omp parallel
-    {
-        int64_t n0, n1;
-        thread_range(N, kPanelRows, &n0, &n1);
-        const int64_t panels = (n1 - n0 + kPanelRows - 1) / kPanelRows;
-        std::vector<int16_t> wp(size_t(kChunkBlocks * 16 * 32));
-        std::vector<float> sp(size_t(kChunkBlocks * 16));
-        std::unique_ptr<float[]> c(new float[size_t(std::max<int64_t>(1, panels * std::min(M, kTokenBlock) * 16))]);
-        for (int64_t t0 = 0; t0 < M && panels > 0; t0 += kTokenBlock) {
-            const int64_t tb = std::min(kTokenBlock, M - t0);
-            for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-                const int64_t len = std::min(kChunk, K - k0), nbc = len / kQ8Block;
-                const int16_t* ak = a16.get() + k0 * M + t0 * len;
-                const float* dk = dx + t0 * nb + k0 / kQ8Block;
-                for (int64_t pi = 0; pi < panels; ++pi) {
-                    const int64_t n = n0 + pi * kPanelRows;
-                    pack_panel(wp.data(), sp.data(), w + n * K, ws + n * nb, K, std::min(kPanelRows, n1 - n), k0 / kQ8Block, nbc);
-                    float* cp = c.get() + pi * tb * 16;
-                    int64_t t = 0;
-                    for (; t + 4 <= tb; t += 4)
-                        panel_tile<4>(cp + t * 16, ak + t * len, len, dk + t * nb, nb, wp.data(), sp.data(), nbc, k0 == 0);
-                    switch (tb - t) {
-                        case 3: panel_tile<3>(cp + t * 16, ak + t * len, len, dk + t * nb, nb, wp.data(), sp.data(), nbc, k0 == 0); break;
-                        case 2: panel_tile<2>(cp + t * 16, ak + t * len, len, dk + t * nb, nb, wp.data(), sp.data(), nbc, k0 == 0); break;
-                        case 1: panel_tile<1>(cp + t * 16, ak + t * len, len, dk + t * nb, nb, wp.data(), sp.data(), nbc, k0 == 0); break;
-                        default: break;
-                    }
-                }
-            }
-            // y = c + bias, as quad_tile ends its chains (no addition at all without a bias).
-            for (int64_t pi = 0; pi < panels; ++pi) {
-                const int64_t n = n0 + pi * kPanelRows, rows = std::min(kPanelRows, n1 - n);
-                for (int64_t t = 0; t < tb; ++t) {
-                    const float* ct = c.get() + (pi * tb + t) * 16;
-                    float* yt = y + (t0 + t) * N + n;
-                    for (int64_t r = 0; r < rows; ++r) yt[r] = b ? ct[r] + b[n + r] : ct[r];
-                }
-            }
-        }
+// The int16 scheme for q8_panels.inl.
+struct Int16Panels {
+    using Act = int16_t;
+    static void copy_chunk(int16_t* dst, const int8_t* qx, int64_t len) {
+        for (int64_t k = 0; k < len; k += 16)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k),
+                                _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qx + k))));
     }
-}
+    void pack(const int8_t* w, const uint16_t* ws, int64_t K, int64_t rows, int64_t b0, int64_t nbc) {
+        pack_panel(wp.data(), sp.data(), w, ws, K, rows, b0, nbc);
+    }
+    template <int TT>
+    void tile(float* c, const int16_t* a, int64_t lda, const float* dx, int64_t nb, int64_t nbc, bool first) const {
+        panel_tile<TT>(c, a, lda, dx, nb, wp.data(), sp.data(), nbc, first);
+    }
+    std::vector<int16_t> wp = std::vector<int16_t>(size_t(kPanelChunkBlocks * 16 * 32));  // the packed panel
+    std::vector<float> sp = std::vector<float>(size_t(kPanelChunkBlocks * 16));          // its scales
+};
 
 }  // namespace
 
@@ -258,7 +215,7 @@ void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, con
     // Both paths compute every output element with the same float32 chain, so the switch is invisible
     // in the results; it only trades the packing work against its reuse over tokens.
     if (M >= kPackedMinTokens)
-        q8_linear_packed(y, qx, dx, w, ws, b, M, N, K);
+        q8_linear_panels<Int16Panels>(y, qx, dx, w, ws, b, M, N, K);
     else
         q8_linear_rows(y, qx, dx, w, ws, b, M, N, K);
 }

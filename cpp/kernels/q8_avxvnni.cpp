@@ -19,8 +19,7 @@
 //           the 4 bytes w[n0 + 8h + j, 32b + 4q .. 32b + 4q + 3]. 4 KB plus the block sums.
 //   tokens  qx + 128 chunk by chunk, as the AVX2 path stores its int16 copy: a8[k0 * M + t * len + k].
 //   tile    TT tokens x 16 rows: for each quad, acc[t][h] = vpdpbusd(acc[t][h], broadcast(a8[t][4q..]), w[q][h]).
-// Loop order as in q8_avx2.cpp's packed path: per thread a range of 16-row panels; token blocks of 256;
-// chunks; panels; token tiles, with the float32 chains in a per-thread buffer [panel][token][16].
+// The loops around the panels are q8_panels.inl's, shared with the AVX2 int16 panels.
 #if defined(GPTJ_HAVE_AVXVNNI)
 
 #include <immintrin.h>
@@ -54,12 +53,9 @@ using i32x8 = __m256i;
 #define GPTJ_NOINLINE
 #endif
 
+#include "kernels/q8_panels.inl"
+
 constexpr int64_t kPackedMinTokens = 16;  // below this the row kernel (weights from the file) wins
-constexpr int64_t kPanelRows = 16;
-constexpr int64_t kChunkBlocks = 8;
-constexpr int64_t kChunk = kChunkBlocks * kQ8Block;  // 256 elements of k
-constexpr int64_t kTokenBlock = 256;
-constexpr int kTileTokens = 4;  // 6 measured the same
 
 // Packs weight rows [0, rows) (rows <= 16; the rest of the panel is zeros) of blocks [b0, b0 + nbc)
 // (nbc <= 8): wp[((b * 8 + q) * 2 + h) * 8 + j] = row 8h + j's quad q as one int32; ncorr[(b * 2 + h) * 8 + j]
@@ -132,66 +128,26 @@ GPTJ_NOINLINE void panel_tile(float* c, const uint8_t* a, int64_t lda, const flo
     }
 }
 
-void q8_linear_packed(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
-                      int64_t M, int64_t N, int64_t K) {
-    const int64_t nb = K / kQ8Block;
-    // qx + 128 as bytes, chunk-major: chunk [k0, k0 + len) of token t at a8[k0 * M + t * len].
-    std::unique_ptr<uint8_t[]> a8(new uint8_t[size_t(M * K)]);
-    const __m256i flip = _mm256_set1_epi8(char(0x80));  // x ^ 0x80 = x + 128 for int8 x, as uint8
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < M; ++t)
-        for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-            const int64_t len = std::min(kChunk, K - k0);
-            uint8_t* dst = a8.get() + k0 * M + t * len;
-            for (int64_t k = 0; k < len; k += kQ8Block)
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k),
-                                    _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + t * K + k0 + k)), flip));
-        }
-#pragma omp parallel
-    {
-        int64_t n0, n1;
-        thread_range(N, kPanelRows, &n0, &n1);
-        const int64_t panels = (n1 - n0 + kPanelRows - 1) / kPanelRows;
-        std::vector<int32_t> wp(size_t(kChunkBlocks * 8 * 16)), ncorr(size_t(kChunkBlocks * 16));
-        std::vector<float> sp(size_t(kChunkBlocks * 16));
-        std::unique_ptr<float[]> c(new float[size_t(std::max<int64_t>(1, panels * std::min(M, kTokenBlock) * 16))]);
-        for (int64_t t0 = 0; t0 < M && panels > 0; t0 += kTokenBlock) {
-            const int64_t tb = std::min(kTokenBlock, M - t0);
-            for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-                const int64_t len = std::min(kChunk, K - k0), nbc = len / kQ8Block;
-                const uint8_t* ak = a8.get() + k0 * M + t0 * len;
-                const float* dk = dx + t0 * nb + k0 / kQ8Block;
-                for (int64_t pi = 0; pi < panels; ++pi) {
-                    const int64_t n = n0 + pi * kPanelRows;
-                    pack_panel(wp.data(), ncorr.data(), sp.data(), w + n * K, ws + n * nb, K, std::min(kPanelRows, n1 - n),
-                               k0 / kQ8Block, nbc);
-                    float* cp = c.get() + pi * tb * 16;
-                    auto tile = [&](auto tokens, int64_t t) {
-                        panel_tile<decltype(tokens)::value>(cp + t * 16, ak + t * len, len, dk + t * nb, nb, wp.data(),
-                                                            ncorr.data(), sp.data(), nbc, k0 == 0);
-                    };
-                    int64_t t = 0;
-                    for (; t + kTileTokens <= tb; t += kTileTokens) tile(std::integral_constant<int, kTileTokens>{}, t);
-                    switch (tb - t) {
-                        case 3: tile(std::integral_constant<int, 3>{}, t); break;
-                        case 2: tile(std::integral_constant<int, 2>{}, t); break;
-                        case 1: tile(std::integral_constant<int, 1>{}, t); break;
-                        default: break;
-                    }
-                }
-            }
-            // y = c + bias, as the other kernels end their chains (no addition at all without a bias).
-            for (int64_t pi = 0; pi < panels; ++pi) {
-                const int64_t n = n0 + pi * kPanelRows, rows = std::min(kPanelRows, n1 - n);
-                for (int64_t t = 0; t < tb; ++t) {
-                    const float* ct = c.get() + (pi * tb + t) * 16;
-                    float* yt = y + (t0 + t) * N + n;
-                    for (int64_t r = 0; r < rows; ++r) yt[r] = b ? ct[r] + b[n + r] : ct[r];
-                }
-            }
-        }
+// The vpdpbusd scheme for q8_panels.inl (token tiles of 4; 6 measured the same).
+struct VnniPanels {
+    using Act = uint8_t;
+    static void copy_chunk(uint8_t* dst, const int8_t* qx, int64_t len) {
+        const __m256i flip = _mm256_set1_epi8(char(0x80));  // x ^ 0x80 = x + 128 for int8 x, as uint8
+        for (int64_t k = 0; k < len; k += kQ8Block)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k),
+                                _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + k)), flip));
     }
-}
+    void pack(const int8_t* w, const uint16_t* ws, int64_t K, int64_t rows, int64_t b0, int64_t nbc) {
+        pack_panel(wp.data(), ncorr.data(), sp.data(), w, ws, K, rows, b0, nbc);
+    }
+    template <int TT>
+    void tile(float* c, const uint8_t* a, int64_t lda, const float* dx, int64_t nb, int64_t nbc, bool first) const {
+        panel_tile<TT>(c, a, lda, dx, nb, wp.data(), ncorr.data(), sp.data(), nbc, first);
+    }
+    std::vector<int32_t> wp = std::vector<int32_t>(size_t(kPanelChunkBlocks * 8 * 16));  // the packed panel
+    std::vector<int32_t> ncorr = std::vector<int32_t>(size_t(kPanelChunkBlocks * 16));   // -128 x block sums
+    std::vector<float> sp = std::vector<float>(size_t(kPanelChunkBlocks * 16));          // its scales
+};
 
 }  // namespace
 
@@ -199,7 +155,7 @@ void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, con
                int64_t M, int64_t N, int64_t K) {
     // Both paths compute the same chain per output element, as the AVX2 ones do.
     if (M >= kPackedMinTokens)
-        q8_linear_packed(y, qx, dx, w, ws, b, M, N, K);
+        q8_linear_panels<VnniPanels>(y, qx, dx, w, ws, b, M, N, K);
     else
         q8_linear_rows(y, qx, dx, w, ws, b, M, N, K);
 }

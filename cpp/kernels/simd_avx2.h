@@ -1,5 +1,7 @@
-// Tiny named AVX2/FMA helpers shared by the *_avx2.cpp kernels. Include only from files compiled
-// with -mavx2 -mfma. Vectors are named by element type and lane count (f32x8 = __m256).
+// Tiny named AVX2/FMA helpers shared by the *_avx2.cpp kernels (and the AVX-VNNI and AMX files, which are
+// compiled with more -m flags). Include only from files compiled with -mavx2 -mfma. Vectors are named by
+// element type and lane count (f32x8 = __m256). The helpers have internal linkage (an unnamed namespace):
+// each file keeps its own copy, so the linker can never hand an AVX2 caller a copy compiled for AVX-512.
 #pragma once
 
 #include <immintrin.h>
@@ -7,6 +9,7 @@
 #include <cstdint>
 
 namespace gptj::kernels::avx2 {
+namespace {
 
 using f32x8 = __m256;
 
@@ -112,4 +115,5 @@ inline void softmax_row(float* y, const float* x, int64_t n) {
     if (n8 < n) _mm256_maskstore_ps(y + n8, tail, _mm256_mul_ps(_mm256_maskload_ps(y + n8, tail), inv));
 }
 
+}  // namespace
 }  // namespace gptj::kernels::avx2
