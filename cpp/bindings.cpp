@@ -10,6 +10,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/impl.h"
@@ -78,6 +79,29 @@ k::Isa parse_isa(const std::string& name) {
     if (name == "avxvnni") return k::Isa::AvxVnni;
     if (name == "amx") return k::Isa::Amx;
     throw py::value_error("unknown kernel ISA '" + name + "'; expected 'scalar', 'avx2', 'avxvnni' or 'amx'");
+}
+
+// attention / attention_f16kv on arrays: KV is float (an fp32 cache) or uint16_t (float16 bits).
+template <typename KV>
+py::array_t<float> attention_over_cache(const py::array& q, const py::array& kc, const py::array& vc, int64_t start,
+                                        std::optional<int> threads) {
+    const float* qp = in_ptr<float>(q, "q", {-1, -1, -1});
+    const int64_t T = q.shape(0), H = q.shape(1), dh = q.shape(2);
+    const KV* kp = in_ptr<KV>(kc, "k", {H, -1, dh});
+    const int64_t S = kc.shape(1);
+    const KV* vp = in_ptr<KV>(vc, "v", {H, S, dh});
+    if (start < 0 || start + T > S) throw py::value_error("start + T must fit the cache's slots");
+    py::array_t<float> out({T, H, dh});
+    float* op = out.mutable_data();
+    std::vector<float> scratch;
+    with_threads(threads, [&] {
+        scratch.resize(size_t(k::attention_scratch_floats(start + T)));
+        if constexpr (std::is_same_v<KV, float>)
+            k::attention(op, qp, kp, vp, scratch.data(), T, start, H, dh, S);
+        else
+            k::attention_f16kv(op, qp, kp, vp, scratch.data(), T, start, H, dh, S);
+    });
+    return out;
 }
 
 // The fp32 model plus the Python objects its weight views point into.
@@ -322,50 +346,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("n_head"), py::arg("n_rot"), py::arg("threads") = py::none(),
         "Interleaved rotary on the first n_rot dims of each head.  x (T, n_head*d_head), sin, cos (n_ctx, n_rot/2), "
         "pos (T) int64 -> (T, n_head*d_head)");
-    m.def(
-        "attention",
-        [](const py::array& q, const py::array& kc, const py::array& vc, int64_t start, std::optional<int> threads) {
-            const float* qp = in_ptr<float>(q, "q", {-1, -1, -1});
-            const int64_t T = q.shape(0), H = q.shape(1), dh = q.shape(2);
-            const float* kp = in_ptr<float>(kc, "k", {H, -1, dh});
-            const int64_t S = kc.shape(1);
-            const float* vp = in_ptr<float>(vc, "v", {H, S, dh});
-            if (start < 0 || start + T > S) throw py::value_error("start + T must fit the cache's slots");
-            py::array_t<float> out({T, H, dh});
-            float* op = out.mutable_data();
-            std::vector<float> scratch;
-            with_threads(threads, [&] {
-                scratch.resize(size_t(k::attention_scratch_floats(start + T)));
-                k::attention(op, qp, kp, vp, scratch.data(), T, start, H, dh, S);
-            });
-            return out;
-        },
-        py::arg("q").noconvert(), py::arg("k").noconvert(), py::arg("v").noconvert(), py::arg("start"),
-        py::arg("threads") = py::none(),
-        "Causal attention of T queries in slots [start, start+T) over cache slots [0, start+T).  "
-        "q (T, n_head, d_head), k, v (n_head, max_tokens, d_head) -> (T, n_head, d_head)");
-    m.def(
-        "attention_f16kv",
-        [](const py::array& q, const py::array& kc, const py::array& vc, int64_t start, std::optional<int> threads) {
-            const float* qp = in_ptr<float>(q, "q", {-1, -1, -1});
-            const int64_t T = q.shape(0), H = q.shape(1), dh = q.shape(2);
-            const uint16_t* kp = in_ptr<uint16_t>(kc, "k", {H, -1, dh});
-            const int64_t S = kc.shape(1);
-            const uint16_t* vp = in_ptr<uint16_t>(vc, "v", {H, S, dh});
-            if (start < 0 || start + T > S) throw py::value_error("start + T must fit the cache's slots");
-            py::array_t<float> out({T, H, dh});
-            float* op = out.mutable_data();
-            std::vector<float> scratch;
-            with_threads(threads, [&] {
-                scratch.resize(size_t(k::attention_scratch_floats(start + T)));
-                k::attention_f16kv(op, qp, kp, vp, scratch.data(), T, start, H, dh, S);
-            });
-            return out;
-        },
-        py::arg("q").noconvert(), py::arg("k").noconvert(), py::arg("v").noconvert(), py::arg("start"),
-        py::arg("threads") = py::none(),
-        "attention() over a float16 cache: k, v (n_head, max_tokens, d_head) uint16 (float16 bits: pass "
-        "k.view(np.uint16)); widened exactly, so it equals attention() on k.astype(np.float32)");
+    m.def("attention", &attention_over_cache<float>, py::arg("q").noconvert(), py::arg("k").noconvert(),
+          py::arg("v").noconvert(), py::arg("start"), py::arg("threads") = py::none(),
+          "Causal attention of T queries in slots [start, start+T) over cache slots [0, start+T).  "
+          "q (T, n_head, d_head), k, v (n_head, max_tokens, d_head) -> (T, n_head, d_head)");
+    m.def("attention_f16kv", &attention_over_cache<uint16_t>, py::arg("q").noconvert(), py::arg("k").noconvert(),
+          py::arg("v").noconvert(), py::arg("start"), py::arg("threads") = py::none(),
+          "attention() over a float16 cache: k, v (n_head, max_tokens, d_head) uint16 (float16 bits: pass "
+          "k.view(np.uint16)); widened exactly, so it equals attention() on k.astype(np.float32)");
     m.def(
         "f32_to_f16",
         [](const py::array& x) {
