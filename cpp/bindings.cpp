@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -444,7 +445,32 @@ PYBIND11_MODULE(_core, m) {
             std::vector<int64_t> out(size_t(pc.cache->batch()));
             for (int64_t r = 0; r < pc.cache->batch(); ++r) out[size_t(r)] = pc.cache->length(r);
             return out;
-        }, "Tokens held by each row");
+        }, "Tokens held by each row")
+        .def(
+            "stored",
+            [](PyCache& pc, const std::string& which, int64_t layer, int64_t row) {
+                rt::KVCache& c = *pc.cache;
+                if (which != "keys" && which != "values") throw py::value_error("which is 'keys' or 'values'");
+                if (layer < 0 || layer >= c.n_layer() || row < 0 || row >= c.batch())
+                    throw py::index_error("layer " + std::to_string(layer) + ", row " + std::to_string(row) +
+                                          " is outside the cache's " + std::to_string(c.n_layer()) + " layers x " +
+                                          std::to_string(c.batch()) + " rows");
+                const int64_t H = c.n_head(), n = c.length(row), dh = c.head_dim(), S = c.max_tokens();
+                const bool half = c.precision() == rt::KVPrecision::F16;
+                py::array out(py::dtype(half ? "float16" : "float32"), std::vector<int64_t>{H, n, dh});
+                const size_t bytes = size_t(n * dh) * (half ? 2 : 4);
+                for (int64_t h = 0; h < H; ++h) {
+                    const void* src = half ? static_cast<const void*>((which == "keys" ? c.keys_f16(layer, row)
+                                                                                        : c.values_f16(layer, row)) + h * S * dh)
+                                           : static_cast<const void*>((which == "keys" ? c.keys(layer, row)
+                                                                                        : c.values(layer, row)) + h * S * dh);
+                    std::memcpy(static_cast<char*>(out.mutable_data()) + h * bytes, src, bytes);
+                }
+                return out;
+            },
+            py::arg("which"), py::arg("layer"), py::arg("row") = 0,
+            "A copy of the keys or values row `row` holds in layer `layer`: (n_head, length, head_dim), float32 or "
+            "float16 as stored (keys after rotary)");
 
     py::class_<PyModel>(m, "Model", "GPT-J in fp32 over views of the given weight arrays")
         .def(py::init(&make_model), py::arg("weights"), py::arg("sin").noconvert(), py::arg("cos").noconvert(),

@@ -14,6 +14,8 @@ KVCache::KVCache(const Config& config, int64_t batch, int64_t max_tokens, KVPrec
       max_tokens_(max_tokens),
       row_elements_(config.n_head * max_tokens * config.head_dim()),
       n_layer_(config.n_layer),
+      n_head_(config.n_head),
+      head_dim_(config.head_dim()),
       precision_(precision),
       length_(batch, 0) {
     // new T[] leaves the memory untouched: pages are only mapped as tokens are written.

@@ -62,6 +62,9 @@ public:
 
     int64_t batch() const { return batch_; }
     int64_t max_tokens() const { return max_tokens_; }
+    int64_t n_layer() const { return n_layer_; }
+    int64_t n_head() const { return n_head_; }
+    int64_t head_dim() const { return head_dim_; }
     // Tokens held by row r.
     int64_t length(int64_t r) const { return length_[r]; }
     void set_length(int64_t r, int64_t n) { length_[r] = n; }
@@ -77,7 +80,7 @@ public:
 private:
     int64_t offset(int64_t l, int64_t r) const { return (l * batch_ + r) * row_elements_; }
 
-    int64_t batch_, max_tokens_, row_elements_, n_layer_;
+    int64_t batch_, max_tokens_, row_elements_, n_layer_, n_head_, head_dim_;
     KVPrecision precision_;
     std::unique_ptr<float[]> keys_, values_;        // F32
     std::unique_ptr<uint16_t[]> keys16_, values16_;  // F16
