@@ -258,6 +258,23 @@ def test_attention_is_causal_and_thread_count_independent(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("d", [40, 67, 256])
+def test_attention_of_a_query_does_not_depend_on_its_neighbours(isa, d):
+    # The AVX2 kernel reads shared keys once for groups of 4 queries; each query's output must still
+    # be bitwise what it is when decoded alone (T = 1), for every position in and across the groups.
+    T, start, H = 11, 3, 2
+    q, k, v = normal(21, (T, H, d), 2.0), normal(22, (H, start + T, d), 2.0), normal(23, (H, start + T, d))
+    with use_isa(isa):
+        together = _core.attention(q, k, v, start)
+        alone = [_core.attention(q[t:t + 1].copy(), k, v, start + t)[0] for t in range(T)]
+        half = _core.attention_f16kv(q, k.astype(np.float16).view(np.uint16), v.astype(np.float16).view(np.uint16), start)
+        half_alone = [_core.attention_f16kv(q[t:t + 1].copy(), k.astype(np.float16).view(np.uint16),
+                                            v.astype(np.float16).view(np.uint16), start + t)[0] for t in range(T)]
+    assert np.array_equal(together, np.stack(alone)), report_diff(together, np.stack(alone))
+    assert np.array_equal(half, np.stack(half_alone)), report_diff(half, np.stack(half_alone))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("T,start,d", [(1, 0, 8), (5, 7, 40), (9, 0, 67), (3, 30, 256)])
 def test_attention_over_float16_cache_equals_attention_over_its_widened_values(isa, T, start, d):
     # The float16 cache's kernel widens each key and value exactly where it reads it, and does nothing

@@ -1,7 +1,7 @@
 // attention, scalar reference: causal softmax attention of T new queries over one sequence's KV cache.
 //
 // Contract: q, out (T, n_head * d_head); k, v (n_head, max_tokens, d_head) with slots [0, start + T)
-// filled (keys after rotary); scratch (max_threads() * (start + T)). Query t is in slot start + t and
+// filled (keys after rotary); scratch (attention_scratch_floats(start + T) floats). Query t is in slot start + t and
 // sees slots [0, start + t]:
 //     s_j = (q . k_j) / sqrt(d_head),  p = softmax(s),  out = sum_j p_j v_j
 // Rounding: fp32 dot products in index order, softmax as in activation_scalar.cpp, the value sum in

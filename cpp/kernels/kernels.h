@@ -62,7 +62,7 @@ void rotary(float* x, const float* sin, const float* cos, const int64_t* pos, in
 
 // Causal attention of T new queries over one sequence's KV cache, scores and softmax in fp32.
 // out, q (T, n_head * d_head); k, v (n_head, max_tokens, d_head), slots [0, start + T) filled;
-// scratch (max_threads() * (start + T)). Query t sits in slot start + t and sees slots [0, start + t].
+// scratch (attention_scratch_floats(start + T) floats). Query t sits in slot start + t and sees slots [0, start + t].
 // out = softmax(q k^T / sqrt(d_head)) v per head.
 void attention(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T,
                int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens);
@@ -70,7 +70,8 @@ void attention(float* out, const float* q, const float* k, const float* v, float
 // float32 exactly where it is read, so the result is attention() on the widened cache, bitwise.
 void attention_f16kv(float* out, const float* q, const uint16_t* k, const uint16_t* v, float* scratch, int64_t T,
                      int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens);
-inline int64_t attention_scratch_floats(int64_t n_keys) { return int64_t(max_threads()) * n_keys; }
+// Scratch for attention over n_keys keys: score rows for 4 queries per thread (the AVX2 kernel's group).
+inline int64_t attention_scratch_floats(int64_t n_keys) { return int64_t(max_threads()) * 4 * n_keys; }
 
 // y = float16(x), rounded to nearest-even (as NumPy's astype(np.float16)).  x, y (n)
 void f32_to_f16(uint16_t* y, const float* x, int64_t n);
