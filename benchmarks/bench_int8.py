@@ -13,7 +13,8 @@ on the values); it is reused when it exists. One run measures:
     128 and 512 tokens (logits for the last position only, as generation asks for them), batched greedy
     decoding through gptj_ref.generate for batch 1, 4 and 8, and the peak RSS (VmHWM);
   - the int8 linear kernels alone on one layer's shapes and lm_head (M = 1 on weights not in any
-    cache, and M = 512): the per-kernel share of decode and prompt time;
+    cache, and M = 512): the per-kernel share of decode and prompt time; and at M = 512 the GMAC/s of
+    each kernel level the CPU can run (AVX2, AVX-VNNI, AMX);
   - when torch is importable: torch's dynamic int8 (quantize_dynamic on nn.Linear, fbgemm) on 4- and
     8-layer slices of the same geometry (decode, 512-token prompt), extrapolated to 28 layers. Not 2 and
     4 layers: a 2-layer slice (~0.6 GB of int8 weights with lm_head) nearly fits the 504 MB L3 some
@@ -204,6 +205,33 @@ def kernel_breakdown(threads: int) -> dict:
     return result
 
 
+def prompt_kernels_by_isa(threads: int) -> dict:
+    """GMAC/s of the int8 linear at M = 512 on one layer's three shapes, for every kernel level this CPU
+    and build can run (scalar aside): what AVX2, AVX-VNNI and AMX each bring to prompts."""
+    from gptj_ref import _core
+
+    rng = np.random.default_rng(3)
+    E, F, M = 4096, 16384, 512
+    before, result = _core.isa(), {}
+    try:
+        for N, K in ((E, E), (F, E), (E, F)):
+            w = rng.integers(-127, 128, (N, K), dtype=np.int8)
+            s = (rng.uniform(0.5, 1.5, (N, K // 32)) * 2.7e-4).astype(np.float16).view(np.uint16)
+            qx, dx = _core.q8_quantize_activations(rng.standard_normal((M, K)).astype(np.float32))
+            for isa in [i for i in _core.available_isas() if i != "scalar"]:
+                _core.set_isa(isa)
+                _core.q8_linear(qx, dx, w, s, None, threads=threads)
+                best = float("inf")
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    _core.q8_linear(qx, dx, w, s, None, threads=threads)
+                    best = min(best, time.perf_counter() - t0)
+                result[(f"{N}x{K}", isa)] = M * N * K / best / 1e9
+    finally:
+        _core.set_isa(before)
+    return result
+
+
 def torch_slices(threads: int) -> dict:
     import warnings
 
@@ -312,6 +340,11 @@ def main() -> None:
           f"the rest (quantize, LayerNorm, attention, GELU, rotary, Python) {1e3 * (dec - decode_lin):.0f} ms")
     print(f"  prompt 512: linears {prompt_lin:.1f} s of {pr:.1f} s ({prompt_lin / pr:.0%}); "
           f"the linears alone would give {512 / prompt_lin:.1f} tokens/s")
+
+    by_isa = prompt_kernels_by_isa(args.threads)
+    print("\nint8 linear at M = 512 by kernel level, GMAC/s (best of 2):")
+    for shape in dict.fromkeys(s for s, _ in by_isa):
+        print(f"  {shape:12s} " + "  ".join(f"{isa} {v:5.0f}" for (s, isa), v in by_isa.items() if s == shape))
 
     if not args.no_torch:
         try:
