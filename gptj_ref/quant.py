@@ -201,7 +201,7 @@ def quantize_activations(x: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.nd
 
 
 def block_dots(qx: np.ndarray, q: np.ndarray, qk: int = QK) -> np.ndarray:
-    """Every block's integer dot product: qx [T, K], q [N, K] int8 -> dot [T, N, K/qk] int32, exact."""
+    """Every block's integer dot product: qx [T, K], q [N, K] int8 (or wider) -> dot [T, N, K/qk] int32, exact."""
     T, K = qx.shape
     N = q.shape[0]
     n_blocks = K // qk
@@ -261,7 +261,7 @@ def q8_linear_error_bound(x: np.ndarray, q: np.ndarray, scales: np.ndarray,
     N, K = q.shape
     lead = x.shape[:-1]
     qx, dx = quantize_activations(np.asarray(x, dtype=np.float32).reshape(-1, K), qk)
-    abs_dots = block_dots(np.abs(qx.astype(np.int16)).astype(np.int8), np.abs(q.astype(np.int16)).astype(np.int8), qk)
+    abs_dots = block_dots(np.abs(qx.astype(np.int16)), np.abs(q.astype(np.int16)), qk)   # |-128| = 128 needs int16
     total = np.einsum("tnb,nb,tb->tn", abs_dots.astype(np.float64), scales.astype(np.float64), dx.astype(np.float64))
     if bias is not None:
         total = total + np.abs(np.asarray(bias, dtype=np.float64))

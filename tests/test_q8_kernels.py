@@ -214,6 +214,22 @@ def test_vnni_and_amx_equal_avx2_bitwise(fast, M):
         assert np.array_equal(out[fast][0].view(np.int32), y.view(np.int32)), report_diff(y, out[fast][0])
 
 
+@pytest.mark.parametrize("M", [1, 5, 20, 40, 70])
+def test_q8_linear_is_exact_for_weights_of_minus_128(isa, M):
+    # The converter never writes -128, but a file made elsewhere may hold it; every path (rows, int16
+    # panels, AVX-VNNI, AMX by M) must still compute the exact block products, with negative
+    # activations against it (the case a sign trick on the weights would get wrong).
+    rng = np.random.default_rng(M)
+    N, K = 21, 96
+    q, scales = random_weight(rng, N, K)
+    q[0] = -128
+    q[3, ::3] = -128
+    q[5, 32:64] = -128
+    x = random_activations(rng, M, K, zero_blocks=False)
+    x[: (M + 1) // 2] = -np.abs(x[: (M + 1) // 2])
+    check_linear(x, q, scales, rng.standard_normal(N).astype(np.float32), isa)
+
+
 def test_q8_bindings_reject_wrong_inputs():
     rng = np.random.default_rng(0)
     q, scales = random_weight(rng, 8, 64)

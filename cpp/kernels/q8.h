@@ -6,11 +6,12 @@
 //                native file, used in place (memory-mapped): the kernels never repack or copy them.
 //   activations  qx (M, K) int8;  dx (M, K/32) float32, one scale per block: x ~= qx * dx blockwise.
 //
-// Invariant: every int8 value is in [-127, 127], never -128. The quantizers here and in quant.py never
-// produce -128, and NativeFile.check() verifies a file. It is what makes the AVX2 "sign trick" exact:
-// maddubs multiplies unsigned by signed bytes, so a block's dot product is computed as
-// |qx| (as u8) times sign(w, qx) (w negated where qx < 0); negating -128 would overflow, and the pair
-// sums |qx| |w| + |qx'| |w'| <= 2 * 127 * 127 = 32258 stay below int16's 32767, so maddubs never saturates.
+// Range: activations are in [-127, 127], never -128 (the quantizers here and in quant.py clip there), and
+// the kernels rely on it. Weights are written in [-127, 127] too (NativeFile.check() verifies a file), but
+// every kernel is exact for -128 as well, so a file made elsewhere cannot make them compute garbage. The
+// AVX2 "sign trick" is why activations may not be -128: maddubs multiplies unsigned by signed bytes, so a
+// block's dot product is |w| (as u8: 0..128) times sign(qx, w) (qx negated where w < 0; negating -128
+// would overflow), and the pair sums <= 2 * 128 * 127 = 32512 stay below int16's 32767.
 //
 // Rounding policy.
 //   quantize_activations is bit-exact with quant.quantize_activations: dx = float32(max |x|) / 127 by IEEE

@@ -7,7 +7,7 @@
 //
 // The weights are read straight from the file, four rows (a "quad") at a time; one pass over a quad
 // serves a tile of up to 4 tokens. Per block b, for a pair of tokens (t, t+1) and quad rows r0..r3:
-//     p      = dot_i8x32(|qx|, qx, w_r)          8 int32 lanes per (token, row), exact (sign trick)
+//     p      = dot_i8x32(|w_r|, w_r, qx)         8 int32 lanes per (token, row), exact (sign trick)
 //     d      = fold(p ...)                        [t: r0..r3 | t+1: r0..r3] whole-block sums, exact
 //     acc    = fma(float(d), [dw_r,b] * [dx_t,b], acc)
 // so every output element is one float32 chain over the blocks in order, as in quant.q8_linear. Rows
@@ -21,14 +21,17 @@ static_assert(kQ8Block == 32, "one int8 block fills exactly one AVX2 register");
 // 245 with a prefetch 1024 bytes ahead in the same rows, 222 with the next quad (two quads ahead: 228).
 
 // Dot products of one int8 block pair, 4 elements per int32 lane: lane j = sum_{i<4} a[4j+i] w[4j+i].
-// abs_a = |a|. The sign trick: |a| * sign(w, a) = a * w elementwise; maddubs (u8 x s8 -> pairwise s16
-// sums) cannot saturate because |a|, |w| <= 127 (q8.h); madd with ones sums the s16 pairs into int32.
-inline i32x8 dot_i8x32(i8x32 abs_a, i8x32 a, i8x32 w) {
+// abs_w = |w|. The sign trick, with the weight as the unsigned side: |w| * sign(a, w) = a * w
+// elementwise. |w| read as u8 is right even for w = -128 (0x80 = 128), and sign(a, w) only negates
+// activations, which the quantizer keeps in [-127, 127]; so a file holding -128 still computes exactly.
+// maddubs (u8 x s8 -> pairwise s16 sums) cannot saturate: 2 * 128 * 127 = 32512 < 32767; madd with
+// ones sums the s16 pairs into int32.
+inline i32x8 dot_i8x32(i8x32 abs_w, i8x32 w, i8x32 a) {
 #if defined(GPTJ_Q8_ROWS_VNNI)
     // vpdpbusd: u8 x s8, four products per int32 lane, summed exactly (no int16 step to saturate).
-    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), abs_a, _mm256_sign_epi8(w, a));
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), abs_w, _mm256_sign_epi8(a, w));
 #else
-    const __m256i prod16 = _mm256_maddubs_epi16(abs_a, _mm256_sign_epi8(w, a));
+    const __m256i prod16 = _mm256_maddubs_epi16(abs_w, _mm256_sign_epi8(a, w));
     return _mm256_madd_epi16(prod16, _mm256_set1_epi16(1));
 #endif
 }
@@ -53,7 +56,7 @@ inline __m128i add_halves_i32x8(i32x8 h) {
 
 // One block dot product summed to a single int32, exact.
 inline int32_t dot_i8x32_total(i8x32 a, i8x32 w) {
-    const __m128i h = add_halves_i32x8(dot_i8x32(_mm256_abs_epi8(a), a, w));
+    const __m128i h = add_halves_i32x8(dot_i8x32(_mm256_abs_epi8(w), w, a));
     const __m128i s = _mm_hadd_epi32(h, h);
     return _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
 }
@@ -78,12 +81,12 @@ void quad_scales(float* dq, const uint16_t* ws, int64_t nb) {
         for (int i = 0; i < 4; ++i) dq[4 * b + i] = f16_to_f32(ws[i * nb + b]);
 }
 
-// Half-block sums of token a against the quad's 4 rows: [r0..r3 elements 0..15 | r0..r3 elements 16..31].
-inline i32x8 quad_dots(const int8_t* a, i8x32 w0, i8x32 w1, i8x32 w2, i8x32 w3) {
+// Half-block sums of token a against the quad's 4 rows w[r] (aw[r] = |w[r]|):
+// [r0..r3 elements 0..15 | r0..r3 elements 16..31].
+inline i32x8 quad_dots(const int8_t* a, const i8x32* w, const i8x32* aw) {
     const i8x32 x = load_i8x32(a);
-    const i8x32 ax = _mm256_abs_epi8(x);
-    return fold_halves_i32x8x4(dot_i8x32(ax, x, w0), dot_i8x32(ax, x, w1), dot_i8x32(ax, x, w2),
-                               dot_i8x32(ax, x, w3));
+    return fold_halves_i32x8x4(dot_i8x32(aw[0], w[0], x), dot_i8x32(aw[1], w[1], x), dot_i8x32(aw[2], w[2], x),
+                               dot_i8x32(aw[3], w[3], x));
 }
 
 // Quad tile: TM tokens x 4 weight rows. Every output element (t, r) is one float32 chain over the
@@ -107,12 +110,14 @@ void quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const i
             _mm_prefetch(pf, _MM_HINT_T0); _mm_prefetch(pf + K, _MM_HINT_T0);
             _mm_prefetch(pf + 2 * K, _MM_HINT_T0); _mm_prefetch(pf + 3 * K, _MM_HINT_T0);
         }
-        const i8x32 w0 = load_i8x32(w + o), w1 = load_i8x32(w + K + o);
-        const i8x32 w2 = load_i8x32(w + 2 * K + o), w3 = load_i8x32(w + 3 * K + o);
+        const i8x32 wr[4] = {load_i8x32(w + o), load_i8x32(w + K + o), load_i8x32(w + 2 * K + o),
+                             load_i8x32(w + 3 * K + o)};
+        const i8x32 awr[4] = {_mm256_abs_epi8(wr[0]), _mm256_abs_epi8(wr[1]), _mm256_abs_epi8(wr[2]),
+                              _mm256_abs_epi8(wr[3])};
         const __m128 sw = _mm_loadu_ps(dq + 4 * b);  // [dw_r0 .. dw_r3]
         for (int i = 0; i < P; ++i) {
             const int8_t* a = qx + 2 * i * K + o;
-            const i32x8 h0 = quad_dots(a, w0, w1, w2, w3), h1 = quad_dots(a + K, w0, w1, w2, w3);
+            const i32x8 h0 = quad_dots(a, wr, awr), h1 = quad_dots(a + K, wr, awr);
             // [t: r0..r3 | t+1: r0..r3], each the sum of its two halves.
             const i32x8 d = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
             const f32x8 sx = _mm256_set_m128(_mm_broadcast_ss(dx + (2 * i + 1) * nb + b), _mm_broadcast_ss(dx + 2 * i * nb + b));
@@ -120,7 +125,7 @@ void quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const i
             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc[i]);
         }
         if (TM % 2) {
-            const __m128i d = add_halves_i32x8(quad_dots(qx + (TM - 1) * K + o, w0, w1, w2, w3));
+            const __m128i d = add_halves_i32x8(quad_dots(qx + (TM - 1) * K + o, wr, awr));
             const __m128 s = _mm_mul_ps(sw, _mm_broadcast_ss(dx + (TM - 1) * nb + b));
             acc1 = _mm_fmadd_ps(_mm_cvtepi32_ps(d), s, acc1);
         }
