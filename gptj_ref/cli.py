@@ -49,6 +49,8 @@ def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> Non
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "cpp"],
                    help="reference = NumPy oracle, cpp = C++ runtime, auto = cpp when built (default)")
     p.add_argument("--threads", "-t", type=int, default=None, help="threads for the cpp backend (default: physical cores)")
+    p.add_argument("--kv-dtype", default=None, choices=["float16", "float32"],
+                   help="KV cache precision (default: float16 for int8 models on the cpp backend, else float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +117,7 @@ def _load(args):
 
     if args.model is None:
         print(f"gptj: no --model given, using {BUILTIN_DESCRIPTION}", file=sys.stderr)
-    return load(args.model, backend=args.backend, threads=args.threads)
+    return load(args.model, backend=args.backend, threads=args.threads, kv_dtype=args.kv_dtype)
 
 
 def cmd_generate(args) -> int:

@@ -101,6 +101,11 @@ def test_convert_info_generate_workflow(text_checkpoint, tmp_path):
     for backend in ("reference", "auto"):
         out = run("generate", "--model", str(native), "--backend", backend, "The dog", "-n", "5").stdout
         assert out.startswith("The dog")
+    for kv_dtype in ("float16", "float32"):   # greedy text from an int8 model with either cache precision
+        out = run("generate", "--model", str(native), "--kv-dtype", kv_dtype, "The dog", "-n", "5").stdout
+        assert out.startswith("The dog")
+    bad = run("generate", "--model", str(native), "--kv-dtype", "int8", "x", check_ok=False)
+    assert bad.returncode != 0 and "invalid choice: 'int8'" in bad.stderr
     direct = run("generate", "--model", str(text_checkpoint), "--backend", "reference", "The dog", "-n", "5").stdout
     assert direct.startswith("The dog")
 
