@@ -19,9 +19,12 @@
 //       wp[(b * 8 + q) * 16 + j] = row j's bytes 32b + 4q .. 32b + 4q + 3 as one int32. 512 B a block.
 //   step  per block: 2 token tiles x 2 panels = 4 C tiles (tmm0-3) from 2 A (tmm4-5) and 2 B (tmm6-7),
 //       stored to a 4 KB buffer, then 64 zmm chains updated.
-// Loop order per thread (a contiguous range of 16-row panels): token blocks of 256; panel pairs;
+// Loop order per thread (a contiguous range of 16-row panels): token blocks of 512; panel pairs;
 // chunks of 256 k (pack the pair's B); token tile pairs; blocks. The pair's chains for the token block
-// (2 x 256 x 16 floats, 32 KB) stay in L1/L2 and are written to y once.
+// (2 x 512 x 16 floats, 64 KB) stay in L2 and are written to y once.
+// Measured (benchmarks/bench_int8.py, M = 512, 2 threads): ~400-450 GMAC/s at the 6B shapes, 1.6x the
+// AVX-VNNI kernel. Without the float chains the tile work alone runs at ~700-800 GMAC/s: the per-block
+// float work the q8 format needs (cvt, mul, fma per 16 outputs, after a tile store) is half the time.
 #if defined(GPTJ_HAVE_AMX)
 
 #include <immintrin.h>
