@@ -142,8 +142,8 @@ def child(path: str, threads: int, batch: bool) -> None:
         out["kv_cache"] = f"{cache.core.dtype} KV cache of {cache.core.nbytes / 1e9:.2f} GB"
         t0 = time.perf_counter()
         backend.forward(ids, cache, last_only=True)
-        del cache
         seconds = time.perf_counter() - t0
+        del cache
         out[f"prompt{T}_tokens_per_s"] = T / seconds
         print(f"  prompt {T}: {T / seconds:.1f} tokens/s ({seconds:.1f} s)", flush=True)
     out["prompt_tokens_per_s"] = out["prompt512_tokens_per_s"]

@@ -6,10 +6,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <sstream>
-#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -237,8 +237,6 @@ PYBIND11_MODULE(_core, m) {
 
     // Kernel implementation and threads ---------------------------------------------------------
     m.def("avx2_supported", &k::avx2_supported, "True when the AVX2+FMA kernels are compiled in and the CPU has them");
-    m.def("avxvnni_supported", &k::avxvnni_supported,
-          "True when the AVX-VNNI int8 kernel is compiled in and the CPU has AVX-VNNI (and AVX2+FMA)");
     m.def(
         "available_isas",
         [] {
@@ -458,14 +456,14 @@ PYBIND11_MODULE(_core, m) {
                 const int64_t H = c.n_head(), n = c.length(row), dh = c.head_dim(), S = c.max_tokens();
                 const bool half = c.precision() == rt::KVPrecision::F16;
                 py::array out(py::dtype(half ? "float16" : "float32"), std::vector<int64_t>{H, n, dh});
-                const size_t bytes = size_t(n * dh) * (half ? 2 : 4);
-                for (int64_t h = 0; h < H; ++h) {
-                    const void* src = half ? static_cast<const void*>((which == "keys" ? c.keys_f16(layer, row)
-                                                                                        : c.values_f16(layer, row)) + h * S * dh)
-                                           : static_cast<const void*>((which == "keys" ? c.keys(layer, row)
-                                                                                        : c.values(layer, row)) + h * S * dh);
-                    std::memcpy(static_cast<char*>(out.mutable_data()) + h * bytes, src, bytes);
-                }
+                auto copy = [&](const auto* block) {  // the row's (n_head, max_tokens, head_dim) block
+                    auto* dst = static_cast<std::remove_const_t<std::remove_pointer_t<decltype(block)>>*>(out.mutable_data());
+                    for (int64_t h = 0; h < H; ++h) std::copy(block + h * S * dh, block + (h * S + n) * dh, dst + h * n * dh);
+                };
+                if (half)
+                    copy(which == "keys" ? c.keys<uint16_t>(layer, row) : c.values<uint16_t>(layer, row));
+                else
+                    copy(which == "keys" ? c.keys<float>(layer, row) : c.values<float>(layer, row));
                 return out;
             },
             py::arg("which"), py::arg("layer"), py::arg("row") = 0,

@@ -34,6 +34,13 @@ from .errors import InputError, SettingsError
 
 f32 = np.float32
 KV_DTYPES = ("float32", "float16")   # precisions a KV cache can store
+
+
+def check_kv_dtype(kv_dtype) -> str:
+    """kv_dtype itself when it is a precision a KV cache can store, else SettingsError."""
+    if kv_dtype not in KV_DTYPES:
+        raise SettingsError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
+    return kv_dtype
 MASKED = np.finfo(np.float32).min  # transformers adds this to the scores of keys a query must not see
 
 
@@ -206,10 +213,8 @@ class Reference:
     def __init__(self, config: GPTJConfig, weights: Mapping[str, np.ndarray], kv_dtype: str = "float32"):
         """kv_dtype: "float32" (GPT-J's own precision) or "float16" (to emulate a half-precision cache,
         as the cpp backend keeps for int8 models)."""
-        if kv_dtype not in KV_DTYPES:
-            raise SettingsError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
         self.config = config
-        self.kv_dtype = kv_dtype
+        self.kv_dtype = check_kv_dtype(kv_dtype)
         tree = nest(weights)
         self.wte = tree["transformer"]["wte"]["weight"]              # [n_vocab, n_embd]
         self.blocks = [tree["transformer"]["h"][str(i)] for i in range(config.n_layer)]

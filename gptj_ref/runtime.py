@@ -20,7 +20,7 @@ import numpy as np
 from . import _core
 from .config import GPTJConfig
 from .errors import CheckpointError, InputError, SettingsError
-from .reference import KV_DTYPES, check_cache_room, check_inputs, rotary_tables
+from .reference import check_cache_room, check_inputs, check_kv_dtype, rotary_tables
 
 ISAS = ("auto", "scalar", "avx2", "avxvnni", "amx")
 
@@ -93,10 +93,7 @@ class CppModel:
         int8 = any(getattr(a, "dtype", None) == np.int8 for a in self._weights.values())
         if int8:
             self.name = "cpp-q8"
-        kv_dtype = ("float16" if int8 else "float32") if kv_dtype is None else kv_dtype
-        if kv_dtype not in KV_DTYPES:
-            raise SettingsError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
-        self.kv_dtype = kv_dtype
+        self.kv_dtype = check_kv_dtype(("float16" if int8 else "float32") if kv_dtype is None else kv_dtype)
         self._sin, self._cos = rotary_tables(config.n_positions, config.rotary_dim)  # [n_ctx, n_rot/2]
         threads = (os.cpu_count() or 1) if threads is None else threads
         if not isinstance(threads, int) or threads < 1:

@@ -7,7 +7,7 @@
 // Decode and short inputs (M < 64): q8_linear_rows (q8_rows_avx2.inl, shared with the AVX-VNNI file)
 // walks the weights four rows (a "quad") at a time, straight from the file; one pass over a quad serves
 // a tile of up to 4 tokens; every output element is one float32 chain over the blocks in order.
-// Prompts (M >= 64): q8_linear_packed (below) repacks 16-row panels as int16 and runs a register tile
+// Prompts (M >= 64): the int16 panels (Int16Panels below, run by q8_panels.inl) repack 16-row panels as int16 and runs a register tile
 // of 4 tokens x 16 rows with one output row per vector lane, so no lane folding is left per block.
 //
 // Measured here (Zen 3, 2 cores, a noisy shared VM; python benchmarks/bench_int8.py):
@@ -90,10 +90,10 @@ namespace {
 //           pair by pair: for pair p of block b, register h (rows 8h..8h+7) holds in lane j
 //           (w[n0 + 8h + j, 32b + 2p], w[n0 + 8h + j, 32b + 2p + 1]). 8 KB: it stays in L1.
 //   tokens  qx widened to int16 once per call and stored chunk by chunk, so that one chunk's token rows
-//           are contiguous (no power-of-two stride to collide in the caches): a16[chunk][t][k - k0].
-//   tile    4 tokens x 16 rows: for each pair p, acc[t][h] += madd(broadcast(a16[t][2p, 2p+1]), panel[p][h]);
+//           are contiguous (no power-of-two stride to collide in the caches): act[chunk][t][k - k0].
+//   tile    4 tokens x 16 rows: for each pair p, acc[t][h] += madd(broadcast(act[t][2p, 2p+1]), panel[p][h]);
 //           after a block's 16 pairs each int32 lane is the exact block dot product d of one (token, row)
-//           (|d| <= 32 * 127^2), and
+//           (|d| <= 32 * 127 * 128), and
 //               c[t][r] = fma(float(d), ws[r, b] * dx[t, b], c[t][r])
 //           is exactly quad_tile's chain, so the two paths agree bitwise.
 // The loops around the panels (token blocks, chunks, the per-thread buffer of chains) are

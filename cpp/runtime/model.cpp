@@ -17,21 +17,30 @@ KVCache::KVCache(const Config& config, int64_t batch, int64_t max_tokens, KVPrec
       n_head_(config.n_head),
       head_dim_(config.head_dim()),
       precision_(precision),
-      length_(batch, 0) {
-    // new T[] leaves the memory untouched: pages are only mapped as tokens are written.
-    const int64_t n = n_layer_ * batch * row_elements_;
-    if (precision == KVPrecision::F16) {
-        keys16_.reset(new uint16_t[size_t(n)]);
-        values16_.reset(new uint16_t[size_t(n)]);
-    } else {
-        keys_.reset(new float[size_t(n)]);
-        values_.reset(new float[size_t(n)]);
-    }
+      // new unsigned char[] leaves the memory untouched: pages are only mapped as tokens are written.
+      keys_(new unsigned char[size_t(nbytes() / 2)]),
+      values_(new unsigned char[size_t(nbytes() / 2)]),
+      length_(batch, 0) {}
+
+int64_t KVCache::nbytes() const { return 2 * n_layer_ * batch_ * row_elements_ * element_bytes(); }
+
+namespace {
+
+// A cache's element from a float32 key or value: copied, or rounded to float16 (nearest-even).
+void store(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, sizeof(float) * n); }
+void store(uint16_t* dst, const float* src, int64_t n) { kernels::f32_to_f16(dst, src, n); }
+
+// The attention kernel for a cache of float32 or float16 elements.
+void attend(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T, int64_t start,
+            int64_t H, int64_t dh, int64_t S) {
+    kernels::attention(out, q, k, v, scratch, T, start, H, dh, S);
+}
+void attend(float* out, const float* q, const uint16_t* k, const uint16_t* v, float* scratch, int64_t T,
+            int64_t start, int64_t H, int64_t dh, int64_t S) {
+    kernels::attention_f16kv(out, q, k, v, scratch, T, start, H, dh, S);
 }
 
-int64_t KVCache::nbytes() const {
-    return 2 * n_layer_ * batch_ * row_elements_ * (precision_ == KVPrecision::F16 ? 2 : 4);
-}
+}  // namespace
 
 Model::Model(const Config& config, Weights weights, int threads)
     : config_(config), weights_(std::move(weights)), threads_(threads < 1 ? 1 : threads) {}
@@ -54,31 +63,20 @@ void Model::attention_block(float* att, const float* q, const float* k, const fl
     int64_t first = 0;
     for (int64_t r = 0; r < cache.batch(); ++r) {
         const int64_t count = counts[r], start = cache.length(r);
-        if (cache.precision() == KVPrecision::F16) {
-            uint16_t* keys = cache.keys_f16(layer, r);
-            uint16_t* values = cache.values_f16(layer, r);
+        auto append_and_attend = [&](auto* keys, auto* values) {  // float* or uint16_t*, as the cache stores
             for (int64_t t = 0; t < count; ++t)
                 for (int64_t h = 0; h < H; ++h) {
                     const int64_t src = (first + t) * E + h * dh, dst = (h * S + start + t) * dh;
-                    kernels::f32_to_f16(keys + dst, k + src, dh);
-                    kernels::f32_to_f16(values + dst, v + src, dh);
+                    store(keys + dst, k + src, dh);
+                    store(values + dst, v + src, dh);
                 }
             if (count > 0)
-                kernels::attention_f16kv(att + first * E, q + first * E, keys, values, attention_scratch_, count,
-                                         start, H, dh, S);
-        } else {
-            float* keys = cache.keys(layer, r);
-            float* values = cache.values(layer, r);
-            for (int64_t t = 0; t < count; ++t)
-                for (int64_t h = 0; h < H; ++h) {
-                    const int64_t src = (first + t) * E + h * dh, dst = (h * S + start + t) * dh;
-                    std::memcpy(keys + dst, k + src, sizeof(float) * dh);
-                    std::memcpy(values + dst, v + src, sizeof(float) * dh);
-                }
-            if (count > 0)
-                kernels::attention(att + first * E, q + first * E, keys, values, attention_scratch_, count, start,
-                                   H, dh, S);
-        }
+                attend(att + first * E, q + first * E, keys, values, attention_scratch_, count, start, H, dh, S);
+        };
+        if (cache.precision() == KVPrecision::F16)
+            append_and_attend(cache.keys<uint16_t>(layer, r), cache.values<uint16_t>(layer, r));
+        else
+            append_and_attend(cache.keys<float>(layer, r), cache.values<float>(layer, r));
         first += count;
     }
 }

@@ -71,19 +71,20 @@ public:
     KVPrecision precision() const { return precision_; }
     // Bytes of keys and values together, all slots.
     int64_t nbytes() const;
-    // (n_head, max_tokens, head_dim) block of layer l, row r: float32 (F32) or float16 bits (F16).
-    float* keys(int64_t l, int64_t r) { return keys_.get() + offset(l, r); }
-    float* values(int64_t l, int64_t r) { return values_.get() + offset(l, r); }
-    uint16_t* keys_f16(int64_t l, int64_t r) { return keys16_.get() + offset(l, r); }
-    uint16_t* values_f16(int64_t l, int64_t r) { return values16_.get() + offset(l, r); }
+    // (n_head, max_tokens, head_dim) block of layer l, row r, as stored: KV = float for F32, uint16_t
+    // (float16 bits) for F16.
+    template <typename KV>
+    KV* keys(int64_t l, int64_t r) { return reinterpret_cast<KV*>(keys_.get()) + offset(l, r); }
+    template <typename KV>
+    KV* values(int64_t l, int64_t r) { return reinterpret_cast<KV*>(values_.get()) + offset(l, r); }
 
 private:
     int64_t offset(int64_t l, int64_t r) const { return (l * batch_ + r) * row_elements_; }
+    int64_t element_bytes() const { return precision_ == KVPrecision::F16 ? 2 : 4; }
 
     int64_t batch_, max_tokens_, row_elements_, n_layer_, n_head_, head_dim_;
     KVPrecision precision_;
-    std::unique_ptr<float[]> keys_, values_;        // F32
-    std::unique_ptr<uint16_t[]> keys16_, values16_;  // F16
+    std::unique_ptr<unsigned char[]> keys_, values_;  // element_bytes() per element
     std::vector<int64_t> length_;
 };
 
