@@ -17,6 +17,7 @@ from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .backend import DEFAULT_KV_DTYPE
 from .config import TINY, GPTJConfig
 from .errors import CheckpointError, InputError, SettingsError
 from .generate import BatchGeneration, GenerationSettings, cut_at_stop, stop_prefix_len
@@ -77,7 +78,7 @@ def _make_backend(backend: str, config: GPTJConfig, weights, threads: Optional[i
     if backend == "reference":
         from .reference import Reference
 
-        return Reference(config, weights, kv_dtype=kv_dtype or "float32")
+        return Reference(config, weights, kv_dtype=kv_dtype or DEFAULT_KV_DTYPE)
     from .runtime import CppModel
 
     return CppModel(config, weights, threads=threads or default_threads(), kv_dtype=kv_dtype)

@@ -240,7 +240,7 @@ def cmd_bench(args) -> int:
 def cmd_parity(args) -> int:
     from .parity import run_parity
 
-    return run_parity(args)
+    return run_parity(args.model, args.prompt, a=args.a, b=args.b, new_tokens=args.new_tokens, threads=args.threads)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -2,16 +2,19 @@
 
 Prints the max and mean |difference| of the residual stream after every block, after ln_f and of the
 logits, then where the greedy continuations diverge. Backends expose `hidden_states(ids)` returning
-[embeddings, block 0 .. block n-1, ln_f, logits]; a backend without it is compared on logits only.
+[embeddings, block 0 .. block n-1, ln_f, logits] (gptj_ref.backend.Backend); transformers' model is
+wrapped to do the same, with None where it does not expose a state.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, TextIO
 
 import numpy as np
 
+from .backend import Backend
 from .errors import SettingsError
 
 
@@ -52,41 +55,40 @@ class TransformersBackend:
         return out[0, len(ids):].tolist()
 
 
-def run_parity(args) -> int:
+def run_parity(model: Optional[str], prompt: str, a: str = "reference", b: str = "cpp", new_tokens: int = 16,
+               threads: Optional[int] = None, out: Optional[TextIO] = None) -> int:
+    """Compare backends `a` and `b` ("reference", "cpp"; b also "transformers") on `prompt`, loading
+    `model` (a path, or None for the built-in demo model) for each; write the report to `out` (stdout)."""
     from .api import load
 
-    if args.new_tokens < 1:
+    out = sys.stdout if out is None else out
+    if new_tokens < 1:
         raise SettingsError("--new-tokens must be >= 1")
-    model_a = load(args.model, backend=args.a, threads=args.threads)
-    ids = model_a.encode(args.prompt)
+    model_a = load(model, backend=a, threads=threads)
+    ids = model_a.encode(prompt)
     if not ids:
         raise SettingsError("the prompt is empty")
-    if args.b == "transformers":
-        if args.model is None or not __import__("os").path.isdir(args.model):
+    backend_a: Backend = model_a.backend
+    if b == "transformers":
+        if model is None or not os.path.isdir(model):
             raise SettingsError("--b transformers needs a Hugging Face checkpoint directory as MODEL")
-        backend_b = TransformersBackend(args.model, model_a.config)
-        greedy_b = backend_b.greedy(ids, args.new_tokens)
+        backend_b = TransformersBackend(model, model_a.config)
+        greedy_b = backend_b.greedy(ids, new_tokens)
     else:
-        model_b = load(args.model, backend=args.b, threads=args.threads)
+        model_b = load(model, backend=b, threads=threads)
         backend_b = model_b.backend
-        greedy_b = model_b.generate_ids(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
-    backend_a = model_a.backend
-    greedy_a = model_a.generate_ids(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+        greedy_b = model_b.generate_ids(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    greedy_a = model_a.generate_ids(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
 
-    def states(backend):
-        if hasattr(backend, "hidden_states"):
-            return backend.hidden_states(ids)
-        return [None] * (model_a.config.n_layer + 2) + [backend.forward(np.asarray(ids), backend.new_cache(len(ids)))]
-
-    out = sys.stdout
-    out.write(f"prompt: {args.prompt!r} ({len(ids)} tokens); A = {backend_a.name}, B = {backend_b.name}\n")
+    out.write(f"prompt: {prompt!r} ({len(ids)} tokens); A = {backend_a.name}, B = {backend_b.name}\n")
     out.write(f"{'after':<12} {'max |A-B|':>12} {'mean |A-B|':>12} {'max |A|':>12}\n")
-    for label, a, b in zip(_labels(model_a.config.n_layer), states(backend_a), states(backend_b)):
-        if a is None or b is None:
+    states = zip(_labels(model_a.config.n_layer), backend_a.hidden_states(ids), backend_b.hidden_states(ids))
+    for label, state_a, state_b in states:
+        if state_a is None or state_b is None:
             out.write(f"{label:<12} {'-':>12} {'-':>12} {'-':>12}\n")
             continue
-        d = np.abs(a.astype(np.float64) - b)
-        out.write(f"{label:<12} {d.max():12.3e} {d.mean():12.3e} {np.abs(a).max():12.3e}\n")
+        d = np.abs(state_a.astype(np.float64) - state_b)
+        out.write(f"{label:<12} {d.max():12.3e} {d.mean():12.3e} {np.abs(state_a).max():12.3e}\n")
     diverge = next((i for i, (x, y) in enumerate(zip(greedy_a, greedy_b)) if x != y), None)
     if diverge is None:
         out.write(f"greedy: the {len(greedy_a)} generated tokens agree\n")

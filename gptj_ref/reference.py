@@ -29,18 +29,10 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from .backend import DEFAULT_KV_DTYPE, check_cache_room, check_cache_size, check_inputs, check_kv_dtype
 from .config import GPTJConfig
-from .errors import InputError, SettingsError
 
 f32 = np.float32
-KV_DTYPES = ("float32", "float16")   # precisions a KV cache can store
-
-
-def check_kv_dtype(kv_dtype) -> str:
-    """kv_dtype itself when it is a precision a KV cache can store, else SettingsError."""
-    if kv_dtype not in KV_DTYPES:
-        raise SettingsError(f"kv_dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
-    return kv_dtype
 MASKED = np.finfo(np.float32).min  # transformers adds this to the scores of keys a query must not see
 
 
@@ -118,9 +110,9 @@ def attention(q, k, v, mask):
 class KVCache:
     """Keys (after rotary) and values of every layer for the tokens seen so far.
 
-    keys, values [n_layer, B, n_head, max_tokens, d_head]; `real` [B, max_tokens] marks slots that hold
-    real tokens (False for left padding); `length` slots are filled. keys and values are float32, or
-    float16 to emulate a half-precision cache (values rounded when stored, widened when read).
+    keys, values [n_layer, B, n_head, max_tokens, d_head]: float32, or float16 to reproduce the C++
+    runtime's half-precision cache (rounded when stored, widened when read). `real` [B, max_tokens]
+    marks the slots that hold real tokens rather than left padding; `length` slots are filled.
     """
 
     keys: np.ndarray
@@ -137,47 +129,58 @@ class KVCache:
         return self.keys.shape[1]
 
 
-def attn(x, sin, cos, mask, cache_k, cache_v, start, q_proj, k_proj, v_proj, out_proj, n_head, n_rot):
+@dataclass
+class Step:
+    """Where the T new tokens of one forward pass sit: what attention needs besides the activations."""
+
+    start: int        # the new tokens fill cache slots [start, start + T)
+    sin: np.ndarray   # [B, T, n_rot/2] rotary sin and cos at each new token's position
+    cos: np.ndarray
+    mask: np.ndarray  # [B, 1, T, start + T]: 0 where a query may see a key, MASKED where not
+
+
+def attn(x, w, cache_k, cache_v, step: Step, n_head, n_rot):
     """Causal self-attention with rotary positions.  x [B, T, n_embd] -> [B, T, n_embd].
 
-    GPT-J's q/k/v/out projections have no bias. New keys and values are written into the cache
-    slots [start, start + T); the queries then attend over slots [0, start + T).
+    w holds q_proj, k_proj, v_proj and out_proj; GPT-J's have no bias. cache_k, cache_v are this
+    layer's [B, n_head, max_tokens, d_head]: the new keys and values are written into slots
+    [step.start, step.start + T), then the queries attend over slots [0, step.start + T).
     """
     B, T, n_embd = x.shape
     d_head = n_embd // n_head
-    q = linear(x, q_proj["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
-    k = linear(x, k_proj["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
-    v = linear(x, v_proj["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
+    q = linear(x, w["q_proj"]["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
+    k = linear(x, w["k_proj"]["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
+    v = linear(x, w["v_proj"]["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
 
     # Rotary on the first n_rot dims of each head only; the other d_head - n_rot dims pass through.
-    q = np.concatenate([rotary(q[..., :n_rot], sin, cos), q[..., n_rot:]], axis=-1)
-    k = np.concatenate([rotary(k[..., :n_rot], sin, cos), k[..., n_rot:]], axis=-1)
+    q = np.concatenate([rotary(q[..., :n_rot], step.sin, step.cos), q[..., n_rot:]], axis=-1)
+    k = np.concatenate([rotary(k[..., :n_rot], step.sin, step.cos), k[..., n_rot:]], axis=-1)
 
-    end = start + T
-    cache_k[:, :, start:end] = k.transpose(0, 2, 1, 3)             # [B, n_head, T, d_head]
-    cache_v[:, :, start:end] = v.transpose(0, 2, 1, 3)              # (a float16 cache rounds them here)
-    keys = cache_k[:, :, :end].astype(f32, copy=False)              # attention in float32 either way
+    end = step.start + T
+    cache_k[:, :, step.start:end] = k.transpose(0, 2, 1, 3)        # [B, n_head, T, d_head]
+    cache_v[:, :, step.start:end] = v.transpose(0, 2, 1, 3)        # (a float16 cache rounds them here)
+    keys = cache_k[:, :, :end].astype(f32, copy=False)             # attention in float32 either way
     values = cache_v[:, :, :end].astype(f32, copy=False)
-    out = attention(q.transpose(0, 2, 1, 3), keys, values, mask)
-    out = out.transpose(0, 2, 1, 3).reshape(B, T, n_embd)           # merge heads: [B, T, n_embd]
-    return linear(out, out_proj["weight"])
+    out = attention(q.transpose(0, 2, 1, 3), keys, values, step.mask)
+    out = out.transpose(0, 2, 1, 3).reshape(B, T, n_embd)          # merge heads: [B, T, n_embd]
+    return linear(out, w["out_proj"]["weight"])
 
 
-def mlp(x, fc_in, fc_out):
-    """Feed-forward: [B, T, n_embd] -> [B, T, d_ff] -> gelu_new -> [B, T, n_embd]."""
-    return linear(gelu_new(linear(x, fc_in["weight"], fc_in["bias"])), fc_out["weight"], fc_out["bias"])
+def mlp(x, w):
+    """Feed-forward: [B, T, n_embd] -> fc_in -> [B, T, d_ff] -> gelu_new -> fc_out -> [B, T, n_embd]."""
+    return linear(gelu_new(linear(x, w["fc_in"]["weight"], w["fc_in"]["bias"])), w["fc_out"]["weight"],
+                  w["fc_out"]["bias"])
 
 
-def block(x, sin, cos, mask, cache_k, cache_v, start, ln_1, attn_weights, mlp_weights, config):
-    """One GPT-J block.  x [B, T, n_embd] -> [B, T, n_embd].
+def block(x, w, cache_k, cache_v, step: Step, config: GPTJConfig):
+    """One GPT-J block with weights w (ln_1, attn, mlp).  x [B, T, n_embd] -> [B, T, n_embd].
 
     GPT-J differs from GPT-2 here: ONE LayerNorm, and attention and MLP run *in parallel* on its
     output, both added to the residual: x + attn(ln_1(x)) + mlp(ln_1(x)). There is no ln_2.
     """
-    h = layer_norm(x, ln_1["weight"], ln_1["bias"], config.layer_norm_epsilon)     # [B, T, n_embd]
-    a = attn(h, sin, cos, mask, cache_k, cache_v, start, **attn_weights,
-             n_head=config.n_head, n_rot=config.rotary_dim)                          # [B, T, n_embd]
-    m = mlp(h, **mlp_weights)                                                        # [B, T, n_embd]
+    h = layer_norm(x, w["ln_1"]["weight"], w["ln_1"]["bias"], config.layer_norm_epsilon)   # [B, T, n_embd]
+    a = attn(h, w["attn"], cache_k, cache_v, step, config.n_head, config.rotary_dim)       # [B, T, n_embd]
+    m = mlp(h, w["mlp"])                                                                   # [B, T, n_embd]
     return (a + m) + x
 
 
@@ -194,7 +197,7 @@ def causal_mask(real, start, T):
 
 
 def nest(weights: Mapping[str, np.ndarray]) -> dict:
-    """{"a.b.c": w} -> {"a": {"b": {"c": w}}}, so checkpoint names become argument names."""
+    """{"a.b.c": w} -> {"a": {"b": {"c": w}}}, so checkpoint names become dictionary paths."""
     tree: dict = {}
     for name, value in weights.items():
         node = tree
@@ -206,13 +209,13 @@ def nest(weights: Mapping[str, np.ndarray]) -> dict:
 
 
 class Reference:
-    """The NumPy GPT-J behind the backend interface: `config`, `new_cache`, `forward`."""
+    """The NumPy GPT-J as a backend (gptj_ref.backend.Backend): `config`, `new_cache`, `forward`."""
 
     name = "reference"
 
-    def __init__(self, config: GPTJConfig, weights: Mapping[str, np.ndarray], kv_dtype: str = "float32"):
-        """kv_dtype: "float32" (GPT-J's own precision) or "float16" (to emulate a half-precision cache,
-        as the cpp backend keeps for int8 models)."""
+    def __init__(self, config: GPTJConfig, weights: Mapping[str, np.ndarray], kv_dtype: str = DEFAULT_KV_DTYPE):
+        """kv_dtype: "float32" (GPT-J's own precision) or "float16" (to reproduce the half-precision
+        cache the C++ runtime keeps for int8 models)."""
         self.config = config
         self.kv_dtype = check_kv_dtype(kv_dtype)
         tree = nest(weights)
@@ -224,9 +227,7 @@ class Reference:
 
     def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> KVCache:
         c = self.config
-        max_tokens = c.n_positions if max_tokens is None else max_tokens
-        if not 0 < max_tokens <= c.n_positions:
-            raise InputError(f"cache size must be in [1, {c.n_positions}] (the context length), got {max_tokens}")
+        max_tokens, batch = check_cache_size(c, max_tokens, batch)
         shape = (c.n_layer, batch, c.n_head, max_tokens, c.head_dim)
         dtype = np.dtype(self.kv_dtype)
         return KVCache(np.zeros(shape, dtype), np.zeros(shape, dtype), np.zeros((batch, max_tokens), bool))
@@ -235,94 +236,49 @@ class Reference:
                 last_only: bool = False) -> np.ndarray:
         """Logits for T new tokens: ids [T] -> [T, n_vocab], or [B, T] -> [B, T, n_vocab].
 
-        last_only=True returns only the last position's logits, [n_vocab] or [B, n_vocab] (equal to
-        `forward(...)[..., -1, :]`): all generation needs, without lm_head's work on the other tokens.
+        `attention_mask` [B, T] marks real tokens with 1 and left padding with 0. last_only=True returns
+        only the last position's logits, [n_vocab] or [B, n_vocab] (equal to `forward(...)[..., -1, :]`):
+        all generation needs, without lm_head's work on the other tokens.
         """
-        return self._run(token_ids, cache, attention_mask, last_only=last_only)[-1]
+        ids, mask, squeeze = check_inputs(self.config, token_ids, attention_mask)
+        if cache is None:
+            cache = self.new_cache(ids.shape[1], ids.shape[0])
+        logits = self._run(ids, mask, cache, last_only=last_only)
+        return logits[0] if squeeze else logits
 
     def hidden_states(self, token_ids) -> list:
         """For one sequence ids [T]: the residual stream [T, n_embd] entering block 0 (the embeddings),
         after each block, after ln_f, and finally the logits [T, n_vocab] (n_layer + 3 arrays)."""
-        return [h[0] for h in self._run(np.asarray(token_ids)[None], None, None, keep=True)]
+        ids, mask, _ = check_inputs(self.config, np.asarray(token_ids)[None])
+        states: list = []
+        self._run(ids, mask, self.new_cache(ids.shape[1]), states=states)
+        return [h[0] for h in states]
 
-    def _run(self, token_ids, cache, attention_mask, keep=False, last_only=False) -> list:
-        """Logits for T new tokens: ids [T] -> [T, n_vocab], or [B, T] -> [B, T, n_vocab]; with
-        last_only, the last position's only: [n_vocab] or [B, n_vocab].
-
-        `attention_mask` [B, T] marks real tokens with 1 and left padding with 0. A real token's
-        position is the number of real tokens before it in its row (pads get position 1, as in
-        transformers; their outputs are meaningless and never compared).
-        """
-        ids, mask, squeeze = check_inputs(self.config, token_ids, attention_mask)
+    def _run(self, ids, mask, cache: KVCache, last_only=False, states=None) -> np.ndarray:
+        """ids [B, T] with mask [B, T] -> logits [B, T, n_vocab] ([B, n_vocab] with last_only). A list
+        given as `states` receives the residual stream entering each block, then ln_f's input and output
+        and the logits."""
         B, T = ids.shape
-        if cache is None:
-            cache = self.new_cache(T, B)
-        start = check_cache_room(cache, B, T)
-
-        cache.real[:, start:start + T] = mask
-        real_before = cache.real[:, :start].sum(axis=1, keepdims=True)          # [B, 1]
-        positions = real_before + np.cumsum(mask, axis=1) - 1                     # [B, T]
-        positions = np.where(mask, positions, 1)
-        sin, cos = self.sin[positions], self.cos[positions]                        # [B, T, n_rot/2]
-        attn_mask = causal_mask(cache.real, start, T)                              # [B, 1, T, S]
-
+        step = self._place(cache, check_cache_room(cache, B, T), mask)
+        trace = states if states is not None else []
         x = self.wte[ids]                               # [B, T, n_embd]; no position embedding in GPT-J
-        states = [x]
-        for i, weights in enumerate(self.blocks):
-            x = block(x, sin, cos, attn_mask, cache.keys[i], cache.values[i], start,
-                      weights["ln_1"], weights["attn"], weights["mlp"], self.config)
-            states.append(x)
-        cache.length = start + T
+        for i, w in enumerate(self.blocks):
+            trace.append(x)
+            x = block(x, w, cache.keys[i], cache.values[i], step, self.config)
+        cache.length = step.start + T
+        trace.append(x)
         x = layer_norm(x, self.ln_f["weight"], self.ln_f["bias"], self.config.layer_norm_epsilon)
         if last_only:
             x = x[:, -1]                                # [B, n_embd]
-        logits = linear(x, self.lm_head["weight"], self.lm_head["bias"])         # [B, T, n_vocab]; GPT-J's lm_head has a bias
-        states += [x, logits]
-        if not keep:
-            states = [logits[0] if squeeze else logits]   # last_only: [n_vocab] or [B, n_vocab]
-        return states
+        logits = linear(x, self.lm_head["weight"], self.lm_head["bias"])  # GPT-J's lm_head has a bias
+        trace += [x, logits]
+        return logits
 
-
-# ---------------------------------------------------------------------------------------------------
-# Input checks shared by every backend
-# ---------------------------------------------------------------------------------------------------
-
-def check_inputs(config: GPTJConfig, token_ids, attention_mask=None):
-    """Validate ids (and mask); return ids [B, T] int64, mask [B, T] bool, and whether input was 1-D."""
-    ids = np.asarray(token_ids)
-    if ids.dtype == object or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
-        raise InputError(f"token ids must be integers, got an array of {ids.dtype}")
-    squeeze = ids.ndim == 1
-    if squeeze:
-        ids = ids[None]
-    if ids.ndim != 2:
-        raise InputError(f"token ids must have shape [T] or [B, T], got shape {ids.shape}")
-    if ids.shape[1] == 0:
-        raise InputError("no tokens given: token ids must contain at least one token")
-    bad = (ids < 0) | (ids >= config.vocab_size)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"token id {int(ids[where])} at index {where if not squeeze else where[1]} is outside "
-                         f"the vocabulary [0, {config.vocab_size})")
-    if attention_mask is None:
-        mask = np.ones(ids.shape, bool)
-    else:
-        mask = np.asarray(attention_mask)
-        if squeeze and mask.ndim == 1:
-            mask = mask[None]
-        if mask.shape != ids.shape:
-            raise InputError(f"attention_mask has shape {mask.shape}; it must match the token ids' shape {ids.shape}")
-        if not np.isin(mask, (0, 1)).all():
-            raise InputError("attention_mask must contain only 0 (padding) and 1 (real token)")
-        mask = mask.astype(bool)
-    return ids.astype(np.int64), mask, squeeze
-
-
-def check_cache_room(cache, batch: int, T: int) -> int:
-    """Check the cache fits T more tokens for `batch` rows; return the first free slot."""
-    if cache.batch != batch:
-        raise InputError(f"the cache holds {cache.batch} rows but {batch} were given")
-    if cache.length + T > cache.max_tokens:
-        raise InputError(f"{cache.length} cached + {T} new tokens exceed the cache size of {cache.max_tokens} "
-                         f"(the model's context is at most n_positions tokens); start a new cache or shorten the prompt")
-    return cache.length
+    def _place(self, cache: KVCache, start: int, mask) -> Step:
+        """Record which new slots are real, and give each new token its position, rotary angles and mask."""
+        T = mask.shape[1]
+        cache.real[:, start:start + T] = mask
+        # A token's position counts the real tokens before it in its row, so left padding shifts nothing.
+        positions = cache.real[:, :start].sum(axis=1, keepdims=True) + np.cumsum(mask, axis=1) - 1  # [B, T]
+        positions = np.where(mask, positions, 1)  # pads take position 1 as in transformers; never compared
+        return Step(start, self.sin[positions], self.cos[positions], causal_mask(cache.real, start, T))

@@ -20,7 +20,8 @@ import numpy as np
 from . import _core
 from .config import GPTJConfig
 from .errors import CheckpointError, InputError, SettingsError
-from .reference import check_cache_room, check_inputs, check_kv_dtype, rotary_tables
+from .backend import check_cache_room, check_cache_size, check_inputs, check_kv_dtype
+from .reference import rotary_tables
 
 ISAS = ("auto", "scalar", "avx2", "avxvnni", "amx")
 
@@ -52,8 +53,8 @@ if os.environ.get("GPTJ_FORCE_SCALAR", "") not in ("", "0"):
 
 
 class CppCache:
-    """A C++ KV cache for `batch` rows plus the bookkeeping the backend interface shares with the
-    reference: `length` is the number of token slots used (real or padding, equal for all rows)."""
+    """A C++ KV cache for `batch` rows plus the bookkeeping of the backend contract (gptj_ref.backend.Cache):
+    `length` is the number of token slots used (real or padding, equal for all rows)."""
 
     def __init__(self, core_cache, max_tokens: int, batch: int):
         self.core = core_cache
@@ -68,7 +69,7 @@ class CppCache:
 
 
 class CppModel:
-    """GPT-J on the C++ core: fp32 weights on the fp32 kernels, int8 blocks (q8 files) on the int8 kernels.
+    """GPT-J on the C++ core as a backend (gptj_ref.backend.Backend): fp32 weights on the fp32 kernels, int8 blocks (q8 files) on the int8 kernels.
 
     A weight `name` comes with `name + "_scale"` (float16 viewed as uint16) when it is int8; the model then
     runs that linear with kernels/q8 (activations quantized per token and block of 32, see quant.py).
@@ -144,14 +145,8 @@ class CppModel:
         self._core.threads = value
 
     def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> CppCache:
-        c = self.config
-        max_tokens = c.n_positions if max_tokens is None else max_tokens
-        if not 0 < max_tokens <= c.n_positions:
-            raise InputError(f"cache size must be in [1, {c.n_positions}] (the context length), got {max_tokens}")
-        if not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise InputError(f"cache batch must be a positive integer, got {batch!r}")
-        core_cache = _core.KVCache(self._core, int(batch), int(max_tokens), self.kv_dtype)
-        return CppCache(core_cache, int(max_tokens), int(batch))
+        max_tokens, batch = check_cache_size(self.config, max_tokens, batch)
+        return CppCache(_core.KVCache(self._core, batch, max_tokens, self.kv_dtype), max_tokens, batch)
 
     def forward(self, token_ids, cache: Optional[CppCache] = None, attention_mask=None,
                 last_only: bool = False) -> np.ndarray:
