@@ -43,7 +43,7 @@ class Backend(Protocol):
     kv_dtype: str        # one of KV_DTYPES: the precision new_cache() stores keys and values in
 
     def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> Cache:
-        """An empty cache for `batch` rows of `max_tokens` slots (default: the context, config.n_positions)."""
+        """An empty cache for `batch` rows of `max_tokens` slots (default: the context, config.n_ctx)."""
         ...
 
     def forward(self, token_ids, cache: Optional[Cache] = None, attention_mask=None,
@@ -74,9 +74,9 @@ def check_kv_dtype(kv_dtype) -> str:
 
 def check_cache_size(config: GPTJConfig, max_tokens: Optional[int], batch) -> Tuple[int, int]:
     """The (max_tokens, batch) of a new cache, max_tokens defaulting to the context length."""
-    max_tokens = config.n_positions if max_tokens is None else max_tokens
-    if not isinstance(max_tokens, (int, np.integer)) or not 0 < max_tokens <= config.n_positions:
-        raise InputError(f"cache size must be in [1, {config.n_positions}] (the context length), got {max_tokens}")
+    max_tokens = config.n_ctx if max_tokens is None else max_tokens
+    if not isinstance(max_tokens, (int, np.integer)) or not 0 < max_tokens <= config.n_ctx:
+        raise InputError(f"cache size must be in [1, {config.n_ctx}] (the context length), got {max_tokens}")
     if not isinstance(batch, (int, np.integer)) or batch < 1:
         raise InputError(f"cache batch must be a positive integer, got {batch!r}")
     return int(max_tokens), int(batch)
@@ -94,11 +94,11 @@ def check_inputs(config: GPTJConfig, token_ids, attention_mask=None):
         raise InputError(f"token ids must have shape [T] or [B, T], got shape {ids.shape}")
     if ids.shape[1] == 0:
         raise InputError("no tokens given: token ids must contain at least one token")
-    bad = (ids < 0) | (ids >= config.vocab_size)
+    bad = (ids < 0) | (ids >= config.n_vocab)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise InputError(f"token id {int(ids[where])} at index {where if not squeeze else where[1]} is outside "
-                         f"the vocabulary [0, {config.vocab_size})")
+                         f"the vocabulary [0, {config.n_vocab})")
     if attention_mask is None:
         mask = np.ones(ids.shape, bool)
     else:

@@ -39,9 +39,9 @@ class GPTJConfig:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): each head gets n_embd/n_head dims"
             )
-        if self.rotary_dim > self.head_dim:
+        if self.rotary_dim > self.d_head:
             raise ConfigError(
-                f"rotary_dim ({self.rotary_dim}) must be <= head_dim ({self.head_dim} = n_embd/n_head); "
+                f"rotary_dim ({self.rotary_dim}) must be <= n_embd/n_head ({self.d_head}, the width of a head); "
                 "rotary acts on the first rotary_dim dims of each head"
             )
         if self.rotary_dim % 2 != 0:
@@ -53,10 +53,25 @@ class GPTJConfig:
             if not isinstance(value, int) or not 0 <= value < self.vocab_size:
                 raise ConfigError(f"config.{name} must be a token id in [0, {self.vocab_size}), got {value!r}")
 
-    # Derived sizes ---------------------------------------------------------------------------------
+    # The short names used inside gptj_ref (docs/design.md, "Names"); the fields above keep the names of
+    # Hugging Face's config.json, which is where users meet them -------------------------------------
     @property
-    def head_dim(self) -> int:
+    def n_vocab(self) -> int:
+        return self.vocab_size
+
+    @property
+    def n_ctx(self) -> int:
+        return self.n_positions
+
+    @property
+    def n_rot(self) -> int:
+        return self.rotary_dim
+
+    @property
+    def d_head(self) -> int:
         return self.n_embd // self.n_head
+
+    head_dim = d_head  # transformers' name for it in other models
 
     @property
     def d_ff(self) -> int:
@@ -64,7 +79,7 @@ class GPTJConfig:
 
     def n_params(self) -> int:
         """Parameter count of the Hugging Face model (6,050,882,784 for GPT-J 6B)."""
-        d, f, v = self.n_embd, self.d_ff, self.vocab_size
+        d, f, v = self.n_embd, self.d_ff, self.n_vocab
         per_layer = 2 * d + 4 * d * d + (d * f + f) + (f * d + d)
         return v * d + self.n_layer * per_layer + 2 * d + (v * d + v)
 

@@ -16,7 +16,7 @@ LEGACY_BUFFER = re.compile(r"^transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
 
 def weight_shapes(config: GPTJConfig) -> Dict[str, Tuple[int, ...]]:
     """Every parameter of GPTJForCausalLM with its shape, linear weights [out, in], in model order."""
-    d, f, v = config.n_embd, config.d_ff, config.vocab_size
+    d, f, v = config.n_embd, config.d_ff, config.n_vocab
     shapes: Dict[str, Tuple[int, ...]] = {"transformer.wte.weight": (v, d)}
     for i in range(config.n_layer):
         p = f"transformer.h.{i}."

@@ -18,6 +18,9 @@ Shapes use these names (the GPT-J 6B value in brackets):
     n_ctx    longest sequence, rows of the rotary table    [2048]
     n_layer  blocks                                        [28]
 
+(GPTJConfig's fields keep Hugging Face's names, vocab_size, n_positions, rotary_dim, n_inner; the config
+also answers to these short ones. docs/design.md lists both.)
+
 Weights are a dict keyed exactly like the Hugging Face checkpoint (`transformer.h.3.attn.q_proj.weight`),
 every linear weight stored [out, in] as in torch's nn.Linear, so `y = x @ W.T + b`.
 """
@@ -179,7 +182,7 @@ def block(x, w, cache_k, cache_v, step: Step, config: GPTJConfig):
     output, both added to the residual: x + attn(ln_1(x)) + mlp(ln_1(x)). There is no ln_2.
     """
     h = layer_norm(x, w["ln_1"]["weight"], w["ln_1"]["bias"], config.layer_norm_epsilon)   # [B, T, n_embd]
-    a = attn(h, w["attn"], cache_k, cache_v, step, config.n_head, config.rotary_dim)       # [B, T, n_embd]
+    a = attn(h, w["attn"], cache_k, cache_v, step, config.n_head, config.n_rot)       # [B, T, n_embd]
     m = mlp(h, w["mlp"])                                                                   # [B, T, n_embd]
     return (a + m) + x
 
@@ -223,12 +226,12 @@ class Reference:
         self.blocks = [tree["transformer"]["h"][str(i)] for i in range(config.n_layer)]
         self.ln_f = tree["transformer"]["ln_f"]
         self.lm_head = tree["lm_head"]
-        self.sin, self.cos = rotary_tables(config.n_positions, config.rotary_dim)  # [n_ctx, n_rot/2] each
+        self.sin, self.cos = rotary_tables(config.n_ctx, config.n_rot)  # [n_ctx, n_rot/2] each
 
     def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> KVCache:
         c = self.config
         max_tokens, batch = check_cache_size(c, max_tokens, batch)
-        shape = (c.n_layer, batch, c.n_head, max_tokens, c.head_dim)
+        shape = (c.n_layer, batch, c.n_head, max_tokens, c.d_head)
         dtype = np.dtype(self.kv_dtype)
         return KVCache(np.zeros(shape, dtype), np.zeros(shape, dtype), np.zeros((batch, max_tokens), bool))
 

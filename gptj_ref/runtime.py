@@ -95,7 +95,7 @@ class CppModel:
         if int8:
             self.name = "cpp-q8"
         self.kv_dtype = check_kv_dtype(("float16" if int8 else "float32") if kv_dtype is None else kv_dtype)
-        self._sin, self._cos = rotary_tables(config.n_positions, config.rotary_dim)  # [n_ctx, n_rot/2]
+        self._sin, self._cos = rotary_tables(config.n_ctx, config.n_rot)  # [n_ctx, n_rot/2]
         threads = (os.cpu_count() or 1) if threads is None else threads
         if not isinstance(threads, int) or threads < 1:
             raise SettingsError(f"threads must be a positive integer, got {threads!r}")
@@ -165,7 +165,7 @@ class CppModel:
             raise InputError(f"the cpp backend needs a cache from its own new_cache(), got {type(cache).__name__}")
         start = check_cache_room(cache, B, T)
 
-        V = self.config.vocab_size
+        V = self.config.n_vocab
         logits = np.zeros((B, V) if last_only else (B, T, V), np.float32)
         for c0 in range(0, T, self.prefill_chunk):
             c1 = min(T, c0 + self.prefill_chunk)
