@@ -19,7 +19,7 @@ import numpy as np
 
 from .backend import DEFAULT_KV_DTYPE
 from .config import TINY, GPTJConfig
-from .errors import CheckpointError, InputError, SettingsError
+from .errors import InputError, SettingsError
 from .generate import BatchGeneration, GenerationSettings, cut_at_stop, stop_prefix_len
 from .layout import random_weights
 from .tokenizer import Tokenizer, default_tokenizer
@@ -111,14 +111,9 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
         return Model(_make_backend(backend, TINY, weights, threads, kv_dtype), default_tokenizer(), BUILTIN_DESCRIPTION)
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"no model at {path!r}: give a Hugging Face GPT-J directory or a native .gptj file")
-    if os.path.isfile(path):
-        from .native import is_native_file, open_native
+    from .native import model_kind, open_native
 
-        if not is_native_file(path):
-            raise CheckpointError(f"{path} is not a gptj_ref native model file; for a Hugging Face checkpoint, "
-                                  "pass the directory that holds config.json")
+    if model_kind(path) == "native":
         native = open_native(path)
         tokenizer = Tokenizer.from_json(native.tokenizer_json) if native.tokenizer_json else default_tokenizer()
         if backend == "reference":

@@ -11,7 +11,7 @@ A Hugging Face model directory holds `config.json` and the weights in one of fou
 one at a time, as float32 views of a memory-mapped file (or converted copies for fp16/bf16), so GPT-J 6B's
 24 GB can be walked on a machine with far less RAM.
 
-The torch.save zip format (PyTorch >= 1.6), as §4.4 of the spec describes it:
+The torch.save zip format (PyTorch >= 1.6; docs/gptj.md, "Checkpoints"):
 
     <prefix>/data.pkl       a pickle of the state dict; each tensor is
                             _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, hooks[, metadata])
@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Protocol, Tuple
 import numpy as np
 
 from .config import GPTJConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, is_int
 from .layout import LEGACY_BUFFER, weight_shapes
 from .safetensors_file import DTYPES, SafetensorsFile, bf16_to_f32, release_mapped_pages
 
@@ -308,10 +308,10 @@ def _rebuild_tensor(storage, storage_offset, size, stride) -> _TensorRef:
     """Stand-in for torch._utils._rebuild_tensor; checks the arguments, builds nothing."""
     if not isinstance(storage, _Storage):
         raise pickle.UnpicklingError(f"a tensor's storage must be a persistent storage id, got {type(storage).__name__}")
-    if not _is_int(storage_offset) or storage_offset < 0:
+    if not is_int(storage_offset) or storage_offset < 0:
         raise pickle.UnpicklingError(f"storage offset must be a non-negative int, got {storage_offset!r}")
     for what, dims in (("size", size), ("stride", stride)):
-        if not isinstance(dims, tuple) or not all(_is_int(d) and d >= 0 for d in dims):
+        if not isinstance(dims, tuple) or not all(is_int(d) and d >= 0 for d in dims):
             raise pickle.UnpicklingError(f"tensor {what} must be a tuple of non-negative ints, got {dims!r}")
     if len(size) != len(stride):
         raise pickle.UnpicklingError(f"tensor size {size} and stride {stride} have different lengths")
@@ -329,10 +329,6 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None) -> _Tenso
     if not isinstance(data, _TensorRef):
         raise pickle.UnpicklingError(f"a parameter must wrap a tensor, got {type(data).__name__}")
     return data
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class _SealedFunction(_Sealed):
@@ -384,7 +380,7 @@ class _StateDictUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         """('storage', storage type, key, location, numel) -> _Storage; the same key gives the same storage."""
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and _is_int(pid[4]) and pid[4] >= 0):
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and is_int(pid[4]) and pid[4] >= 0):
             raise CheckpointError(f"{self._where}: unexpected persistent id {pid!r}; "
                                   "expected ('storage', torch.<Type>Storage, key, location, numel)")
         _, storage_type, key, _location, numel = pid

@@ -170,20 +170,19 @@ def cmd_convert(args) -> int:
 def cmd_info(args) -> int:
     from .api import BUILTIN_DESCRIPTION
     from .config import TINY
+    from .native import model_kind, open_native
 
     path = args.model
     lines: List[str] = []
     if path is None:
         config, dtype, size, tokenizer = TINY, "f32 (in memory)", None, "built-in GPT-2 BPE + 143 GPT-J extra tokens"
         lines.append(f"model: {BUILTIN_DESCRIPTION}")
-    elif os.path.isfile(path):
-        from .native import open_native
-
+    elif model_kind(path) == "native":
         native = open_native(path)
         config, dtype, size = native.config, native.dtype, os.path.getsize(path)
         tokenizer = "embedded in the file" if native.tokenizer_json else "none embedded (the built-in GPT-2 BPE is used)"
         lines.append(f"model: {path} (gptj_ref native file)")
-    elif os.path.isdir(path):
+    else:
         from .checkpoint import open_checkpoint
 
         with open_checkpoint(path) as ckpt:
@@ -193,8 +192,6 @@ def cmd_info(args) -> int:
             lines.append(f"model: {path} (Hugging Face checkpoint, {ckpt.format})")
         has = [f for f in ("tokenizer.json", "vocab.json", "merges.txt") if os.path.exists(os.path.join(path, f))]
         tokenizer = ", ".join(has) if has else "none in the directory (the built-in GPT-2 BPE is used)"
-    else:
-        raise SettingsError(f"no model at {path!r}")
     lines += [
         f"parameters: {config.n_params():,}",
         f"dtype: {dtype}",

@@ -147,9 +147,3 @@ GPTJ_6B = GPTJConfig()
 # context, with a toy width and depth. Its weights are random (seed 0), so its text is nonsense; it
 # exists so that every command works on a fresh machine.
 TINY = GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8)
-
-# The real head geometry (head_dim 256, rotary 64) at a width and depth that tests can afford.
-SMALL_REAL_HEADS = GPTJConfig(vocab_size=1000, n_positions=256, n_embd=512, n_layer=2, n_head=2,
-                              rotary_dim=64, bos_token_id=999, eos_token_id=999)
-
-PRESETS = {"gptj-6b": GPTJ_6B, "tiny": TINY, "small-real-heads": SMALL_REAL_HEADS}

@@ -31,7 +31,7 @@ import numpy as np
 
 from .config import GPTJConfig
 from .errors import CheckpointError, ConfigError, GPTJError, SettingsError
-from .native import NATIVE_DTYPES, is_native_file, native_size, open_native, write_native
+from .native import NATIVE_DTYPES, model_kind, native_size, open_native, write_native
 from .quant import QK
 from .safetensors_file import release_mapped_pages
 
@@ -156,10 +156,7 @@ class _NativeSource:
 
 
 def _open_source(path: str):
-    if os.path.isfile(path):
-        if not is_native_file(path):
-            raise CheckpointError(f"{path} is a file but not a gptj_ref native model file; for a Hugging Face "
-                                  "checkpoint, give the directory that holds config.json")
+    if model_kind(path) == "native":
         return _NativeSource(path)
     try:
         return _CheckpointSource(path)

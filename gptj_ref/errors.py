@@ -4,6 +4,8 @@ Every message says what was found, what was expected and, where it helps, what t
 Catch `GPTJError` to handle all of them; the subclasses say which part of the input was wrong.
 """
 
+import numpy as np
+
 
 class GPTJError(Exception):
     """Base class for every error gptj_ref raises on bad input."""
@@ -23,3 +25,8 @@ class InputError(GPTJError, ValueError):
 
 class SettingsError(GPTJError, ValueError):
     """A generation or runtime setting is out of its valid range."""
+
+
+def is_int(x) -> bool:
+    """True for a Python or NumPy integer, False for bool (a common slip: True is an int in Python)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)

@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import SettingsError
+from .errors import SettingsError, is_int
 
 NEG_INF = -np.inf
 
@@ -41,26 +41,22 @@ class GenerationSettings:
             if not ok:
                 raise SettingsError(message)
 
-        need(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
+        need(is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
              f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         need(_is_number(self.temperature) and self.temperature > 0,
              f"temperature must be > 0, got {self.temperature!r} (use do_sample=False for greedy decoding)")
-        need(_is_int(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
+        need(is_int(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
         need(_is_number(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
         need(_is_number(self.repetition_penalty) and self.repetition_penalty > 0,
              f"repetition_penalty must be > 0 (1.0 disables it), got {self.repetition_penalty!r}")
-        need(_is_int(self.min_new_tokens) and self.min_new_tokens >= 0,
+        need(is_int(self.min_new_tokens) and self.min_new_tokens >= 0,
              f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
-        need(_is_int(self.min_length) and self.min_length >= 0, f"min_length must be an integer >= 0, got {self.min_length!r}")
-        need(self.seed is None or _is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+        need(is_int(self.min_length) and self.min_length >= 0, f"min_length must be an integer >= 0, got {self.min_length!r}")
+        need(self.seed is None or is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
         need(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _is_number(x) -> bool:

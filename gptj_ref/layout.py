@@ -9,6 +9,11 @@ import numpy as np
 
 from .config import GPTJConfig
 
+BLOCK = "transformer.h.{}."   # the prefix of every tensor of block i
+# The linear layers of a block, in the order they run; GPT-J's attention projections have no bias.
+BLOCK_LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out")
+_LINEAR_WEIGHT = re.compile(r"^(transformer\.h\.\d+\.(" + "|".join(map(re.escape, BLOCK_LINEARS)) + r")|lm_head)\.weight$")
+
 # Buffers that old GPT-J checkpoints carry (a causal mask and its fill value). They are not
 # parameters; every reader skips them.
 LEGACY_BUFFER = re.compile(r"^transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
@@ -19,11 +24,11 @@ def weight_shapes(config: GPTJConfig) -> Dict[str, Tuple[int, ...]]:
     d, f, v = config.n_embd, config.d_ff, config.n_vocab
     shapes: Dict[str, Tuple[int, ...]] = {"transformer.wte.weight": (v, d)}
     for i in range(config.n_layer):
-        p = f"transformer.h.{i}."
+        p = BLOCK.format(i)
         shapes[p + "ln_1.weight"] = (d,)
         shapes[p + "ln_1.bias"] = (d,)
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes[p + f"attn.{proj}.weight"] = (d, d)       # no bias in GPT-J attention
+        for proj in BLOCK_LINEARS[:4]:
+            shapes[p + f"{proj}.weight"] = (d, d)           # no bias in GPT-J attention
         shapes[p + "mlp.fc_in.weight"] = (f, d)
         shapes[p + "mlp.fc_in.bias"] = (f,)
         shapes[p + "mlp.fc_out.weight"] = (d, f)
@@ -33,6 +38,11 @@ def weight_shapes(config: GPTJConfig) -> Dict[str, Tuple[int, ...]]:
     shapes["lm_head.weight"] = (v, d)
     shapes["lm_head.bias"] = (v,)
     return shapes
+
+
+def is_linear_weight(name: str) -> bool:
+    """True for the weight matrix of a linear layer: the six of every block (BLOCK_LINEARS) and lm_head."""
+    return _LINEAR_WEIGHT.match(name) is not None
 
 
 def random_weights(config: GPTJConfig, seed: int = 0, std: float = 0.02) -> Dict[str, np.ndarray]:

@@ -313,3 +313,17 @@ class NativeFile:
 def open_native(path: "str | os.PathLike[str]") -> NativeFile:
     """Open and validate a native model file."""
     return NativeFile(path)
+
+
+def model_kind(path: "str | os.PathLike[str]") -> str:
+    """What a model path holds: "native" (a gptj_ref native file) or "checkpoint" (a directory, taken to
+    be a Hugging Face checkpoint and checked when opened). Anything else raises CheckpointError."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return "checkpoint"
+    if not os.path.exists(path):
+        raise CheckpointError(f"no model at {path!r}: give a Hugging Face GPT-J directory or a native .gptj file")
+    if not is_native_file(path):
+        raise CheckpointError(f"{path} is a file but not a gptj_ref native model file; for a Hugging Face "
+                              "checkpoint, give the directory that holds config.json")
+    return "native"

@@ -49,12 +49,12 @@ Which tensors are quantized: see `is_quantized` (the six linear layers of every 
 
 from __future__ import annotations
 
-import re
 from typing import Optional, Tuple
 
 import numpy as np
 
 from .errors import InputError
+from .layout import is_linear_weight
 
 QK = 32            # elements per block along the input dimension; one scale per block
 QMAX = 127         # int8 range used: [-127, 127], never -128
@@ -65,10 +65,6 @@ F16_MAX = float(np.finfo(np.float16).max)  # 65504: the largest finite float16 s
 # temporary.
 CHUNK_ELEMENTS = 1 << 20
 
-_QUANTIZED = re.compile(
-    r"^(transformer\.h\.\d+\.(attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc_in|fc_out))|lm_head)\.weight$")
-
-
 def is_quantized(name: str) -> bool:
     """True for the tensors a q8 file stores as int8 blocks: the six linear weights of every block
     (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, mlp.fc_in, mlp.fc_out) and lm_head.weight.
@@ -76,7 +72,7 @@ def is_quantized(name: str) -> bool:
     Everything else stays float: LayerNorm weights and biases, linear biases, and the embedding table
     transformer.wte.weight (it is a row lookup, never a matmul, so int8 would save no bandwidth per token).
     """
-    return _QUANTIZED.match(name) is not None
+    return is_linear_weight(name)
 
 
 # -------------------------------------------------------------------------------------------------
