@@ -1,7 +1,7 @@
 """int8 block size 32 vs 64: how far the logits move from the float32 reference.
 
-DESIGN.md asks to measure before choosing the block size. For each test model and block size this runs
-the NumPy reference twice on the same token ids:
+docs/design.md ("int8 scheme") says the block size is chosen by measurement. For each test model and block
+size this runs the NumPy reference twice on the same token ids:
 
     weights-only  the reference on dequantized int8 weights (what backend="reference" runs on a q8 file)
     w8a8          every quantized linear layer replaced by the exact int8 emulation `quant.q8_linear`

@@ -152,7 +152,7 @@ def test_greedy_generation_matches_transformers(hf_models):
 # ----------------------------------------------------------------------------------------------------
 
 def test_rotary_table_golden_values():
-    """GPTJ_SPEC.md §5.5."""
+    """docs/gptj.md, "Golden values": the rotary table."""
     sin, cos = rotary_tables(2048, 64)
     inv_freq_0_to_3 = np.array([1.0, 0.7498942, 0.56234133, 0.4216965], np.float32)
     np.testing.assert_allclose(np.arctan2(sin[1, :4], cos[1, :4]), inv_freq_0_to_3, rtol=1e-6)
@@ -246,7 +246,7 @@ def test_prompt_longer_than_context_is_refused(hf_models):
 @pytest.mark.skipif(not os.environ.get("GPTJ_CHECKPOINT"),
                     reason="set GPTJ_CHECKPOINT to a GPT-J 6B checkpoint directory or native file to run")
 def test_real_gptj_6b_golden_greedy_continuation():
-    """GPTJ_SPEC.md §5.1: transformers' and TF's fp32 golden ids for 'The dog', greedy, 18 new tokens."""
+    """docs/gptj.md, "Golden values": transformers' and TF's fp32 golden ids for 'The dog', greedy, 18 new tokens."""
     import gptj_ref
 
     model = gptj_ref.load(os.environ["GPTJ_CHECKPOINT"], backend=os.environ.get("GPTJ_BACKEND", "auto"))

