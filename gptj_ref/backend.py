@@ -119,5 +119,5 @@ def check_cache_room(cache: Cache, batch: int, T: int) -> int:
         raise InputError(f"the cache holds {cache.batch} rows but {batch} were given")
     if cache.length + T > cache.max_tokens:
         raise InputError(f"{cache.length} cached + {T} new tokens exceed the cache size of {cache.max_tokens} "
-                         f"(the model's context is at most n_positions tokens); start a new cache or shorten the prompt")
+                         "(the model's context is at most n_positions tokens); start a new cache or shorten the prompt")
     return cache.length

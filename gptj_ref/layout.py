@@ -12,7 +12,8 @@ from .config import GPTJConfig
 BLOCK = "transformer.h.{}."   # the prefix of every tensor of block i
 # The linear layers of a block, in the order they run; GPT-J's attention projections have no bias.
 BLOCK_LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out")
-_LINEAR_WEIGHT = re.compile(r"^(transformer\.h\.\d+\.(" + "|".join(map(re.escape, BLOCK_LINEARS)) + r")|lm_head)\.weight$")
+_BLOCK_LINEAR = "|".join(map(re.escape, BLOCK_LINEARS))
+_LINEAR_WEIGHT = re.compile(rf"^(transformer\.h\.\d+\.({_BLOCK_LINEAR})|lm_head)\.weight$")
 
 # Buffers that old GPT-J checkpoints carry (a causal mask and its fill value). They are not
 # parameters; every reader skips them.

@@ -18,9 +18,9 @@ from typing import Mapping, Optional
 import numpy as np
 
 from . import _core
+from .backend import check_cache_room, check_cache_size, check_inputs, check_kv_dtype
 from .config import GPTJConfig
 from .errors import CheckpointError, InputError, SettingsError
-from .backend import check_cache_room, check_cache_size, check_inputs, check_kv_dtype
 from .reference import rotary_tables
 
 ISAS = ("auto", "scalar", "avx2", "avxvnni", "amx")
@@ -69,7 +69,8 @@ class CppCache:
 
 
 class CppModel:
-    """GPT-J on the C++ core as a backend (gptj_ref.backend.Backend): fp32 weights on the fp32 kernels, int8 blocks (q8 files) on the int8 kernels.
+    """GPT-J on the C++ core as a backend (gptj_ref.backend.Backend): fp32 weights on the fp32 kernels,
+    int8 blocks (q8 files) on the int8 kernels.
 
     A weight `name` comes with `name + "_scale"` (float16 viewed as uint16) when it is int8; the model then
     runs that linear with kernels/q8 (activations quantized per token and block of 32, see quant.py).

@@ -72,7 +72,8 @@ def test_a_prompt_of_the_whole_context(hf_models, name):
         got = backend.forward(ids)
         # Tolerance: the reference's and runtime's documented parity with transformers, 2e-5 of the
         # logits' scale (tests/test_reference.py, tests/test_runtime.py).
-        assert np.abs(got - expected).max() <= 2e-5 * np.abs(expected).max(), f"{backend.name}: " + report_diff(got, expected)
+        scale = np.abs(expected).max()
+        assert np.abs(got - expected).max() <= 2e-5 * scale, f"{backend.name}: " + report_diff(got, expected)
 
 
 @pytest.mark.parametrize("top_p,survivors", [(0.75, 3), (0.5, 2), (0.25, 1), (0.8, 4)])

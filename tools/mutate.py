@@ -77,7 +77,8 @@ MUTANTS: List[Mutant] = [
       'linear(x, self.lm_head["weight"])', ("tests/test_reference.py",), "lm_head's bias dropped"),
     m("ref-scale-by-d", "gptj_ref/reference.py", "/ f32(np.sqrt(d_head))", "/ f32(d_head)",
       ("tests/test_reference.py",), "scores scaled by 1/d_head instead of 1/sqrt(d_head)"),
-    m("ref-mask-one-future", "gptj_ref/reference.py", "(key_slot <= query_slot)[None]", "(key_slot <= query_slot + 1)[None]",
+    m("ref-mask-one-future", "gptj_ref/reference.py", "(key_slot <= query_slot)[None]",
+      "(key_slot <= query_slot + 1)[None]",
       ("tests/test_reference.py",), "the causal mask lets a query see the next token"),
     m("ref-erf-gelu", "gptj_ref/reference.py",
       "f32(0.5) * x * (f32(1.0) + np.tanh(f32(np.sqrt(2.0 / np.pi)) * (x + f32(0.044715) * (x * x * x))))",
@@ -107,10 +108,13 @@ MUTANTS: List[Mutant] = [
     m("cpp-softmax-no-max", "cpp/kernels/simd_avx2.h",
       "exp_f32x8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mx8))", "exp_f32x8(_mm256_loadu_ps(x + i))",
       KERNEL_TESTS, "softmax without subtracting the row maximum (exp clamps at 88)",
-      ("exp_f32x8(_mm256_sub_ps(_mm256_maskload_ps(x + n8, tail), mx8))", "exp_f32x8(_mm256_maskload_ps(x + n8, tail))")),
-    m("cpp-gelu-constant-avx2", "cpp/kernels/activation_avx2.cpp", "_mm256_set1_ps(0.044715f)", "_mm256_set1_ps(0.0447f)",
+      ("exp_f32x8(_mm256_sub_ps(_mm256_maskload_ps(x + n8, tail), mx8))",
+       "exp_f32x8(_mm256_maskload_ps(x + n8, tail))")),
+    m("cpp-gelu-constant-avx2", "cpp/kernels/activation_avx2.cpp", "_mm256_set1_ps(0.044715f)",
+      "_mm256_set1_ps(0.0447f)",
       KERNEL_TESTS, "GELU's cubic constant mistyped in the AVX2 kernel"),
-    m("cpp-positions-from-1", "cpp/runtime/model.cpp", "positions_.push_back(start + t)", "positions_.push_back(start + t + 1)",
+    m("cpp-positions-from-1", "cpp/runtime/model.cpp", "positions_.push_back(start + t)",
+      "positions_.push_back(start + t + 1)",
       MODEL_TESTS, "the runtime's rotary positions start at 1"),
     m("cpp-rotary-sign-scalar", "cpp/kernels/rotary_scalar.cpp", "xh[2 * i + 1] = x1 * c[i] + x0 * s[i];",
       "xh[2 * i + 1] = x1 * c[i] - x0 * s[i];", KERNEL_TESTS, "a rotary sign error in the scalar kernel"),
@@ -254,8 +258,9 @@ def main(argv=None) -> int:
 
     counted = [(mu, r) for mu, r in results if r.startswith(("killed", "survived"))]
     killed = sum(r.startswith("killed") for _, r in counted)
+    uncounted = len(results) - len(counted)
     print(f"\nmutation score: {killed} of {len(counted)} killed"
-          + (f" ({len(results) - len(counted)} not counted: stillborn or errors)" if len(counted) < len(results) else ""))
+          + (f" ({uncounted} not counted: stillborn or errors)" if uncounted else ""))
     survivors = [mu.name for mu, r in counted if r == "survived"]
     if survivors:
         print("survived: " + ", ".join(survivors))
