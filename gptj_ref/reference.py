@@ -182,7 +182,7 @@ def block(x, w, cache_k, cache_v, step: Step, config: GPTJConfig):
     output, both added to the residual: x + attn(ln_1(x)) + mlp(ln_1(x)). There is no ln_2.
     """
     h = layer_norm(x, w["ln_1"]["weight"], w["ln_1"]["bias"], config.layer_norm_epsilon)   # [B, T, n_embd]
-    a = attn(h, w["attn"], cache_k, cache_v, step, config.n_head, config.n_rot)       # [B, T, n_embd]
+    a = attn(h, w["attn"], cache_k, cache_v, step, config.n_head, config.n_rot)            # [B, T, n_embd]
     m = mlp(h, w["mlp"])                                                                   # [B, T, n_embd]
     return (a + m) + x
 
@@ -263,18 +263,19 @@ class Reference:
         and the logits."""
         B, T = ids.shape
         step = self._place(cache, check_cache_room(cache, B, T), mask)
-        trace = states if states is not None else []
+        keep = states.append if states is not None else (lambda state: None)
         x = self.wte[ids]                               # [B, T, n_embd]; no position embedding in GPT-J
         for i, w in enumerate(self.blocks):
-            trace.append(x)
+            keep(x)
             x = block(x, w, cache.keys[i], cache.values[i], step, self.config)
         cache.length = step.start + T
-        trace.append(x)
+        keep(x)
         x = layer_norm(x, self.ln_f["weight"], self.ln_f["bias"], self.config.layer_norm_epsilon)
         if last_only:
             x = x[:, -1]                                # [B, n_embd]
         logits = linear(x, self.lm_head["weight"], self.lm_head["bias"])  # GPT-J's lm_head has a bias
-        trace += [x, logits]
+        keep(x)
+        keep(logits)
         return logits
 
     def _place(self, cache: KVCache, start: int, mask) -> Step:
