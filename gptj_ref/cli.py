@@ -204,7 +204,7 @@ def cmd_info(args) -> int:
         from . import runtime
 
         lines.append(f"kernels: {runtime.kernel_isa()} (this CPU and build can run: "
-                     f"{', '.join(runtime._core.available_isas())})")
+                     f"{', '.join(runtime.available_kernel_isas())})")
     except ImportError:
         lines.append("kernels: none (the C++ extension is not built; only backend='reference' runs)")
     print("\n".join(lines))

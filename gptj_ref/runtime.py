@@ -33,7 +33,7 @@ def set_kernel_isa(isa: str = "auto") -> None:
     avxvnni and amx agree bitwise."""
     if isa not in ISAS:
         raise SettingsError(f"unknown kernel ISA {isa!r}; choose one of {', '.join(ISAS)}")
-    available = _core.available_isas()
+    available = available_kernel_isas()
     if isa == "auto":
         isa = available[-1]
     if isa not in available:
@@ -46,6 +46,11 @@ def set_kernel_isa(isa: str = "auto") -> None:
 def kernel_isa() -> str:
     """The kernels in use: "scalar", "avx2", "avxvnni" or "amx"."""
     return _core.isa()
+
+
+def available_kernel_isas() -> list:
+    """The kernels this CPU, OS and build can run, from "scalar" up to the best."""
+    return list(_core.available_isas())
 
 
 if os.environ.get("GPTJ_FORCE_SCALAR", "") not in ("", "0"):
