@@ -100,7 +100,7 @@ MUTANTS: List[Mutant] = [
       "pass", Q8_TESTS, "the float16 scale rounded to nearest, so values clip"),
     # --- C++ kernels ----------------------------------------------------------------------------
     m("cpp-linear-prompt-drops-w-block", "cpp/kernels/linear_avx2.cpp",
-      "for (int64_t nb = 0; nb < N; nb += kNb) {", "for (int64_t nb = 0; nb + kNb <= N; nb += kNb) {",
+      "for (int64_t nb = 0; nb < N; nb += kNb) {", "for (int64_t nb = 0; nb < N - N % kNb; nb += kNb) {",
       KERNEL_TESTS, "the prompt path (M > 64) drops its last partial block of output rows"),
     m("cpp-linear-prompt-drops-row-tile", "cpp/kernels/linear_avx2.cpp",
       "for (int64_t m = 0; m < M; m += kRm)\n                        for (int64_t j = 0;",
