@@ -468,7 +468,36 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("which"), py::arg("layer"), py::arg("row") = 0,
             "A copy of the keys or values row `row` holds in layer `layer`: (n_head, length, head_dim), float32 or "
-            "float16 as stored (keys after rotary)");
+            "float16 as stored (keys after rotary)")
+        .def(
+            "copy_row",
+            [](PyCache& pc, int64_t src, int64_t dst, int64_t n) {
+                rt::KVCache& c = *pc.cache;
+                if (src < 0 || src >= c.batch() || dst < 0 || dst >= c.batch())
+                    throw py::index_error("rows " + std::to_string(src) + ", " + std::to_string(dst) +
+                                          " are not both in the cache's " + std::to_string(c.batch()) + " rows");
+                if (n < 0 || n > c.length(src))
+                    throw py::value_error("row " + std::to_string(src) + " holds " + std::to_string(c.length(src)) +
+                                          " tokens; cannot copy " + std::to_string(n));
+                const int64_t H = c.n_head(), dh = c.head_dim(), S = c.max_tokens();
+                auto copy = [&](auto* from, auto* to) {  // one (n_head, max_tokens, head_dim) block per row
+                    for (int64_t h = 0; h < H; ++h) std::copy(from + h * S * dh, from + (h * S + n) * dh, to + h * S * dh);
+                };
+                if (src != dst)
+                    for (int64_t l = 0; l < c.n_layer(); ++l) {
+                        if (c.precision() == rt::KVPrecision::F16) {
+                            copy(c.keys<uint16_t>(l, src), c.keys<uint16_t>(l, dst));
+                            copy(c.values<uint16_t>(l, src), c.values<uint16_t>(l, dst));
+                        } else {
+                            copy(c.keys<float>(l, src), c.keys<float>(l, dst));
+                            copy(c.values<float>(l, src), c.values<float>(l, dst));
+                        }
+                    }
+                c.set_length(dst, n);
+            },
+            py::arg("src"), py::arg("dst"), py::arg("n"),
+            "Row dst becomes the first n tokens of row src (n <= src's length): a shared prefix is computed once "
+            "and each row then continues it. src == dst keeps the first n tokens (rewinds the row)");
 
     py::class_<PyModel>(m, "Model", "GPT-J in fp32 over views of the given weight arrays")
         .def(py::init(&make_model), py::arg("weights"), py::arg("sin").noconvert(), py::arg("cos").noconvert(),

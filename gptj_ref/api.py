@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from .errors import InputError, SettingsError
 from .generate import BatchGeneration, GenerationSettings, cut_at_stop, stop_prefix_len
 from .layout import random_weights
 from .tokenizer import Tokenizer, default_tokenizer
+
+if TYPE_CHECKING:
+    from .scoring import TokenScores
 
 BACKENDS = ("auto", "reference", "cpp")
 BUILTIN_DESCRIPTION = ("the built-in demo GPT-J (2 layers, width 64, random weights from seed 0, real GPT-2 "
@@ -154,6 +157,36 @@ class Model:
         """fp32 logits [T, vocab], one row per position of the prompt (text or token ids)."""
         ids = self._prompt_ids(prompt)
         return self.backend.forward(np.asarray(ids, dtype=np.int64), self.backend.new_cache(len(ids)))
+
+    def score(self, text: Union[str, Sequence[int]], stride: Optional[int] = None) -> "TokenScores":
+        """Log-probability of each token of a text (or token ids) given the tokens before it.
+
+        Every token but the first is scored (the first has nothing before it). Texts longer than the
+        context are scored in windows that start every `stride` tokens (default: half the context), as in
+        transformers' perplexity guide. Returns `TokenScores`: token_ids, logprobs (float64), greedy,
+        total and perplexity.
+        """
+        from .scoring import score_tokens, text_ids
+
+        return score_tokens(self.backend, text_ids(self.tokenizer, text), stride)
+
+    def loglikelihood(self, context: Union[str, Sequence[int]],
+                      continuation: Union[str, Sequence[int]]) -> Tuple[float, bool]:
+        """(log-probability of the continuation after the context, whether greedy decoding produces it).
+
+        Text pairs are tokenized as lm-evaluation-harness does (see gptj_ref.scoring); an empty context
+        stands for <|endoftext|>. Token id lists are used as given.
+        """
+        return self.loglikelihoods([(context, continuation)])[0]
+
+    def loglikelihoods(self, pairs: Sequence[Tuple[Union[str, Sequence[int]], Union[str, Sequence[int]]]],
+                       progress: Optional[Callable[[int], None]] = None) -> List[Tuple[float, bool]]:
+        """`loglikelihood` of many (context, continuation) pairs; pairs that share a context (multiple
+        choice) run it once. progress(k) is called as k more pairs are done."""
+        from .scoring import pair_ids, score_pairs, sum_scores
+
+        ids = [pair_ids(self.tokenizer, c, t) for c, t in pairs]
+        return sum_scores(score_pairs(self.backend, ids, progress))
 
     def generate(self, prompt: Union[str, Sequence[str]], **settings) -> Union[str, List[str]]:
         """The continuation of one prompt (a str) or of each of several prompts generated together."""
