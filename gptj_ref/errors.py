@@ -23,3 +23,7 @@ class InputError(GPTJError, ValueError):
 
 class SettingsError(GPTJError, ValueError):
     """A generation or runtime setting is out of its valid range."""
+
+
+class NumericalError(GPTJError, ArithmeticError):
+    """A computation produced NaN or infinity where a finite number is needed (e.g. next-token logits)."""
