@@ -1,4 +1,4 @@
-"""The `gptj` command line: generate | convert | info | bench | parity."""
+"""The `gptj` command line: generate | convert | info | bench | parity | serve."""
 
 from __future__ import annotations
 
@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--new-tokens", type=int, default=16, help="greedy tokens to compare (default 16)")
     q.add_argument("--threads", "-t", type=int, default=None, help="threads for the cpp backend")
     q.set_defaults(run=cmd_parity)
+
+    from .serve.cli import add_parser as add_serve_parser  # imports nothing from the serve extra
+
+    add_serve_parser(sub)
     return parser
 
 
