@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import threading
@@ -85,6 +86,9 @@ def run(args) -> int:
           f"http://{url_host}:{port}/v1  (Ctrl-C or SIGTERM to stop)", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=int(args.grace) + 10,
                             lifespan="on")
+    # uvicorn re-raises the signal that stopped it once it has shut down, under the handler found before
+    # it started; for SIGTERM that is this no-op, so a drained shutdown exits 0 (Ctrl-C still exits 130).
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     draining_server(config, app.state.gptj).run(sockets=[sock])
     print("gptj serve: stopped", file=sys.stderr, flush=True)
     return 0
