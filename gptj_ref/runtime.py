@@ -212,7 +212,8 @@ class CppModel:
             logit_tokens = [(r, int(counts[r]) - 1) for r in range(cache.batch) if counts[r] > 0]
         for r, i in logit_tokens:
             if not (0 <= r < cache.batch and 0 <= i < counts[r]):
-                raise InputError(f"logits asked for token {i} of row {r}, which has {counts[min(max(r, 0), cache.batch - 1)]} new tokens")
+                have = f"{counts[r]} new tokens" if 0 <= r < cache.batch else "no such row"
+                raise InputError(f"logits asked for token {i} of row {r} ({have})")
         ids = np.concatenate([np.asarray(t, np.int64).reshape(-1) for t in row_tokens])
         check_inputs(self.config, ids[None] if ids.size else np.zeros((1, 1), np.int64))
         if ids.size == 0:
