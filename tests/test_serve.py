@@ -17,22 +17,21 @@ import sys
 import threading
 import time
 
+import httpx  # the serve extra and httpx/openai are part of the test extra: these tests always run
 import numpy as np
+import openai
 import pytest
+import uvicorn
 
-httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai")
-uvicorn = pytest.importorskip("uvicorn")
-
-from gptj_ref.api import Model, load  # noqa: E402
-from gptj_ref.config import GPTJConfig  # noqa: E402
-from gptj_ref.generate import log_softmax  # noqa: E402
-from gptj_ref.layout import random_weights  # noqa: E402
-from gptj_ref.reference import Reference  # noqa: E402
-from gptj_ref.runtime import CppModel  # noqa: E402
-from gptj_ref.serve import create_app  # noqa: E402
-from gptj_ref.serve.chat import ChatTemplate  # noqa: E402
-from gptj_ref.tokenizer import default_tokenizer  # noqa: E402
+from gptj_ref.api import Model, load
+from gptj_ref.config import GPTJConfig
+from gptj_ref.generate import log_softmax
+from gptj_ref.layout import random_weights
+from gptj_ref.reference import Reference
+from gptj_ref.runtime import CppModel
+from gptj_ref.serve import create_app
+from gptj_ref.serve.chat import ChatTemplate
+from gptj_ref.tokenizer import default_tokenizer
 
 CONFIG = GPTJConfig(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=2048)
 NAME = "tiny-test"
@@ -116,21 +115,28 @@ def test_completions_equal_generate(client, model, stream, temperature, seed):
         kwargs["seed"] = seed
     texts, reasons = {}, {}
     if stream:
-        for chunk in client.completions.create(**kwargs):
+        chunks = list(client.completions.create(**kwargs, stream_options={"include_usage": True}))
+        for chunk in chunks:
             for c in chunk.choices:
                 texts[c.index] = texts.get(c.index, "") + c.text
                 reasons[c.index] = c.finish_reason or reasons.get(c.index)
+        assert chunks[-1].choices == []
+        usage = chunks[-1].usage
     else:
         response = client.completions.create(**kwargs)
         texts = {c.index: c.text for c in response.choices}
         reasons = {c.index: c.finish_reason for c in response.choices}
-        assert response.usage.prompt_tokens == sum(len(model.encode(p)) for p in prompts)
+        usage = response.usage
     assert sorted(texts) == [0, 1, 2, 3]
+    new_tokens = 0
     for i, prompt in enumerate(prompts):
         for j in range(2):   # choice j of a prompt is seeded with seed + j
-            expected = model.generate(prompt, **settings_for(temperature, 12, None if seed is None else seed + j))
-            assert texts[2 * i + j] == expected
+            settings = settings_for(temperature, 12, None if seed is None else seed + j)
+            assert texts[2 * i + j] == model.generate(prompt, **settings)
+            new_tokens += len(model.generate_ids(model.encode(prompt), **settings))
             assert reasons[2 * i + j] in ("length", "stop")
+    assert usage.prompt_tokens == sum(len(model.encode(p)) for p in prompts)
+    assert usage.completion_tokens == new_tokens
     if temperature == 0:
         assert texts[0] == texts[1]          # greedy: both choices alike
     else:
@@ -271,7 +277,8 @@ def test_full_queue_answers_429(model):
                     assert third.json()["error"]["code"] == "queue_full"
         # Both streams were abandoned: the slot and the queue empty again, and requests succeed.
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (metric(url, "gptj_batch_rows_active") or metric(url, "gptj_queue_depth")):
+        while time.monotonic() < deadline and (metric(url, "gptj_batch_rows_active")
+                                               or metric(url, "gptj_queue_depth")):
             time.sleep(0.02)
         ok = httpx.post(url + "/v1/completions", json={"prompt": "A", "max_tokens": 2, "temperature": 0}, timeout=30)
         assert ok.status_code == 200

@@ -28,8 +28,17 @@ from typing import Callable, Dict, List, Optional
 from ..errors import GPTJError
 from .chat import ROLES, ChatTemplate
 from .metrics import Metrics
-from .protocol import (MAX_LOGPROBS, SAMPLING_FIELDS, ApiError, bad, finish_reason, get_bool, get_int,
-                       parse_sampling, refuse_unsupported)
+from .protocol import (
+    MAX_LOGPROBS,
+    SAMPLING_FIELDS,
+    ApiError,
+    bad,
+    finish_reason,
+    get_bool,
+    get_int,
+    parse_sampling,
+    refuse_unsupported,
+)
 from .scheduler import DEFAULT_PREFILL_CHUNK, NotAccepting, QueueFull, Scheduler, Sequence, ShuttingDown
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20   # 1 MiB: a full 2048-token prompt is ~10 KB of text
@@ -310,8 +319,8 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
         job = Job(server)
         for p in prompts:
             for j in range(sampling.n):
-                job.add(p, sampling.for_choice(j, max(max_tokens, 1)), logprobs=logprobs, generate=max_tokens > 0,
-                        prompt_logprobs=logprobs if echo and logprobs is not None else None)
+                job.add(p, sampling.for_choice(j, max(max_tokens, 1)), logprobs=logprobs,
+                        generate=max_tokens > 0, prompt_logprobs=logprobs if echo and logprobs is not None else None)
         job.submit()
         prefixes = [(r if isinstance(r, str) else server.model.tokenizer.decode(p)) if echo else ""
                     for r, p in zip(raw, prompts) for _ in range(sampling.n)]
@@ -319,7 +328,8 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
                 "model": server.model_name}
         usage_prompt = sum(len(p) for p in prompts)
         if sampling.stream:
-            return sse(job, stream_completions(job, meta, prefixes, echo, logprobs, sampling.include_usage, usage_prompt))
+            events = stream_completions(job, meta, prefixes, echo, logprobs, sampling.include_usage, usage_prompt)
+            return sse(job, events)
         choices = await collect(job, request)
         out = []
         for i, c in enumerate(choices):
@@ -398,7 +408,8 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
         refuse_unsupported(body, SAMPLING_FIELDS + ("model", "messages", "logprobs", "top_logprobs",
                                                     "max_completion_tokens"),
                            {"response_format": {"type": "text"}, "tools": None, "tool_choice": "none",
-                            "functions": None, "function_call": "none", "logit_bias": None, "parallel_tool_calls": None})
+                            "functions": None, "function_call": "none", "logit_bias": None,
+                            "parallel_tool_calls": None})
         server.check_model_name(body)
         messages = parse_messages(body.get("messages"))
         try:

@@ -33,11 +33,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="reference = NumPy (slow), cpp = C++ runtime, auto = cpp when built (default)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--threads", "-t", type=int, default=None, help="threads for the cpp backend (default: physical cores)")
+    p.add_argument("--threads", "-t", type=int, default=None,
+                   help="threads for the cpp backend (default: physical cores)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences generated at once (default 8)")
     p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait; beyond, 429 (default 64)")
     p.add_argument("--prefill-chunk", type=int, default=64,
-                   help="prompt tokens per scheduler step, bounding the delay a long prompt adds for others (default 64)")
+                   help="prompt tokens per scheduler step: bounds the delay a long prompt adds for others (default 64)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* "
                                                    "(default: the GPTJ_API_KEY environment variable, else none)")
     p.add_argument("--chat-template", default=None, metavar="FILE", help="Jinja chat template (default: a plain "
