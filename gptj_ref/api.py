@@ -12,38 +12,19 @@ With no path, `load()` returns the built-in demo model (random weights, real tok
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from .config import TINY, GPTJConfig
 from .errors import CheckpointError, InputError, SettingsError
-from .generate import BatchGeneration, GenerationSettings
+from .generate import BatchGeneration, GenerationSettings, GenerationStats
 from .layout import random_weights
 from .tokenizer import Tokenizer, default_tokenizer
 
 BACKENDS = ("auto", "reference", "cpp")
 BUILTIN_DESCRIPTION = ("the built-in demo GPT-J (2 layers, width 64, random weights from seed 0, real GPT-2 "
                        "tokenizer): its text is nonsense; pass --model with a real checkpoint for real text")
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    prompt_seconds: float = 0.0
-    decode_seconds: float = 0.0
-
-    @property
-    def decode_tokens_per_second(self) -> float:
-        # The first new token comes from the prompt pass; the others each cost one decode step.
-        steps = max(self.new_tokens - 1, 0)
-        return steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
-
-    @property
-    def prompt_tokens_per_second(self) -> float:
-        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else float("nan")
 
 
 def cpp_available() -> bool:
@@ -216,9 +197,7 @@ class Model:
         return BatchGeneration(self.backend, prompts, settings, self.config.eos_token_id, self.tokenizer)
 
     def _record(self, run: BatchGeneration) -> None:
-        self.last_stats = GenerationStats(
-            prompt_tokens=sum(len(r.prompt) for r in run.rows), new_tokens=sum(len(r.new) for r in run.rows),
-            prompt_seconds=run.prompt_seconds, decode_seconds=run.decode_seconds)
+        self.last_stats = run.stats()
 
 
 # transformers' pipeline defaults for GPT-J come from its config's task_specific_params["text-generation"].

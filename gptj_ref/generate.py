@@ -277,6 +277,26 @@ class RowState:
 # A left-padded batch
 # ---------------------------------------------------------------------------------------------------
 
+@dataclass
+class GenerationStats:
+    """Tokens and seconds of one generation run (`Model.last_stats`)."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prompt_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        # The first new token comes from the prompt pass; the others each cost one decode step.
+        steps = max(self.new_tokens - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else float("nan")
+
+
 class BatchGeneration:
     """Generation for a batch of token-id prompts, advanced one step at a time by `steps()`.
 
@@ -327,6 +347,11 @@ class BatchGeneration:
             started = time.perf_counter()
             logits = self.backend.forward(next_ids, cache, attention_mask=np.ones((B, 1), np.int64), last_only=True)
             self.decode_seconds += time.perf_counter() - started
+
+    def stats(self) -> GenerationStats:
+        return GenerationStats(prompt_tokens=sum(len(r.prompt) for r in self.rows),
+                               new_tokens=sum(len(r.new) for r in self.rows),
+                               prompt_seconds=self.prompt_seconds, decode_seconds=self.decode_seconds)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -8,8 +8,13 @@ import pytest
 from gptj_ref.api import Model
 from gptj_ref.config import GPTJConfig
 from gptj_ref.errors import InputError, NumericalError, SettingsError
-from gptj_ref.generate import GenerationSettings, RowState, apply_presence_frequency_penalty, log_softmax, \
-    process_logits
+from gptj_ref.generate import (
+    GenerationSettings,
+    RowState,
+    apply_presence_frequency_penalty,
+    log_softmax,
+    process_logits,
+)
 from gptj_ref.layout import random_weights
 from gptj_ref.runtime import CppModel
 from gptj_ref.tokenizer import default_tokenizer

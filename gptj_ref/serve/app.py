@@ -515,8 +515,11 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
         goes away Starlette stops this generator, and the job's sequences are cancelled."""
         async def body():
             try:
-                async for event in events:
-                    yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+                try:
+                    async for event in events:
+                        yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+                except Exception as e:  # noqa: BLE001 - a fault here still ends the stream with an error object
+                    yield f"data: {json.dumps(generation_error(e).body())}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
                 job.cancel()
