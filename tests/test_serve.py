@@ -199,6 +199,14 @@ def test_logprobs_and_echo(client, model):
         assert lp.token_logprobs[t] == pytest.approx(max(lp.top_logprobs[t].values()), abs=1e-12)
     assert lp.text_offset[:3] == [0, 3, 7]
 
+    # Streamed, the same text and log-probs arrive chunk by chunk (the prompt's in the first chunk).
+    chunks = [c.choices[0] for c in client.completions.create(model=NAME, prompt=prompt, max_tokens=6, temperature=0,
+                                                              logprobs=3, echo=True, stream=True)]
+    assert "".join(c.text for c in chunks) == choice.text
+    streamed = [x for c in chunks if c.logprobs for x in c.logprobs.token_logprobs]
+    assert streamed == lp.token_logprobs
+    assert [x for c in chunks if c.logprobs for x in c.logprobs.text_offset] == lp.text_offset
+
     # max_tokens=0 with echo scores the prompt alone (what evaluation harnesses ask).
     scored = client.completions.create(model=NAME, prompt=prompt, max_tokens=0, echo=True, logprobs=0)
     assert scored.choices[0].text == prompt and scored.usage.completion_tokens == 0

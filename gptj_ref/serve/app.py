@@ -343,6 +343,7 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
         return server.model.tokenizer.decode([token])
 
     def completion_logprobs(c: Choice, seq: Sequence, echo: bool, offset: int = 0) -> dict:
+        """OpenAI's completion log-probs; text_offset counts the characters of the tokens' own texts."""
         tokens, token_logprobs, tops, offsets = [], [], [], []
 
         def add(token, logprob, top):
@@ -389,7 +390,7 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
                     c = Choice()
                     c.steps = [value]
                     lp = completion_logprobs(c, seq, False, offsets[i])
-                    offsets[i] += len(value.text)
+                    offsets[i] += len(lp["tokens"][0])
                     yield chunk(i, value.text, lp)
                 elif value.text:
                     yield chunk(i, value.text)
