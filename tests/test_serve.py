@@ -488,3 +488,25 @@ def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, weights):
         log = proc.stderr.read()
         proc.stderr.close()
     assert f"on http://127.0.0.1:{port}/v1" in log and "gptj serve: stopped" in log
+
+
+def test_token_id_prompts(client, model):
+    ids = model.encode("The dog")
+    response = client.completions.create(model=NAME, prompt=[ids, ids[:1]], max_tokens=5, temperature=0)
+    for choice, prompt in zip(response.choices, [ids, ids[:1]]):
+        assert choice.text == model.tokenizer.decode(model.generate_ids(prompt, **settings_for(0, 5)))
+
+
+def test_custom_chat_template(model):
+    from gptj_ref.errors import SettingsError
+
+    source = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    template = ChatTemplate(source)
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert template.render(messages) == "<system>Be brief.<user>Hi<assistant>" and template.stop == ()
+    with pytest.raises(SettingsError, match="not valid Jinja"):
+        ChatTemplate("{% for %}")
+    with running(create_app(model, model_name=NAME, chat_template=source)) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        reply = c.chat.completions.create(model=NAME, messages=messages, max_tokens=8, temperature=0)
+        assert reply.choices[0].message.content == model.generate(template.render(messages), **settings_for(0, 8))
