@@ -119,10 +119,16 @@ class Scheduler:
             self._cond.notify()
 
     def cancel(self, sequences: List[Sequence]) -> None:
-        """The client is gone: the sequences' slots are freed at the start of the next step."""
+        """The client is gone: waiting sequences leave the queue now, running ones free their slot at the
+        start of the next step."""
         with self._cond:
             for s in sequences:
                 s.cancelled = True
+            waiting = len(self._queue)
+            self._queue = deque(s for s in self._queue if not s.cancelled)
+            if waiting > len(self._queue):
+                self.metrics.inc("gptj_sequences_finished_total", waiting - len(self._queue), reason="cancelled")
+            self.metrics.set("gptj_queue_depth", len(self._queue))
             self._cond.notify()
 
     def stop(self, grace: float = 30.0) -> None:
@@ -173,11 +179,7 @@ class Scheduler:
         free = sum(1 for s in self.slots if s is None)
         admitted = []
         while self._queue and len(admitted) < free:
-            s = self._queue.popleft()
-            if s.cancelled:
-                self.metrics.inc("gptj_sequences_finished_total", reason="cancelled")
-                continue
-            admitted.append(s)
+            admitted.append(self._queue.popleft())
         self.metrics.set("gptj_queue_depth", len(self._queue))
         return admitted
 
@@ -186,6 +188,9 @@ class Scheduler:
             if s is not None and s.cancelled:
                 self._end(slot, "cancelled")
         for s in admitted:
+            if s.cancelled:   # between admission and now
+                self.metrics.inc("gptj_sequences_finished_total", reason="cancelled")
+                continue
             slot = self.slots.index(None)
             self.slots[slot] = s
             self.rows.reset(slot, len(s.prompt) + s.state.settings.max_new_tokens)
