@@ -445,6 +445,15 @@ PYBIND11_MODULE(_core, m) {
             return out;
         }, "Tokens held by each row")
         .def(
+            "reset_row",
+            [](PyCache& pc, int64_t row) {
+                if (row < 0 || row >= pc.cache->batch())
+                    throw py::index_error("row " + std::to_string(row) + " is outside the cache's " +
+                                          std::to_string(pc.cache->batch()) + " rows");
+                pc.cache->set_length(row, 0);
+            },
+            py::arg("row"), "Empty row `row` (its length becomes 0) so a new sequence can start there")
+        .def(
             "stored",
             [](PyCache& pc, const std::string& which, int64_t layer, int64_t row) {
                 rt::KVCache& c = *pc.cache;

@@ -12,7 +12,6 @@ With no path, `load()` returns the built-in demo model (random weights, real tok
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -20,7 +19,7 @@ import numpy as np
 from .backend import DEFAULT_KV_DTYPE
 from .config import TINY, GPTJConfig
 from .errors import InputError, SettingsError
-from .generate import BatchGeneration, GenerationSettings, cut_at_stop, stop_prefix_len
+from .generate import BatchGeneration, GenerationSettings, GenerationStats
 from .layout import random_weights
 from .tokenizer import Tokenizer, default_tokenizer
 
@@ -30,24 +29,6 @@ if TYPE_CHECKING:
 BACKENDS = ("auto", "reference", "cpp")
 BUILTIN_DESCRIPTION = ("the built-in demo GPT-J (2 layers, width 64, random weights from seed 0, real GPT-2 "
                        "tokenizer): its text is nonsense; pass --model with a real checkpoint for real text")
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    prompt_seconds: float = 0.0
-    decode_seconds: float = 0.0
-
-    @property
-    def decode_tokens_per_second(self) -> float:
-        # The first new token comes from the prompt pass; the others each cost one decode step.
-        steps = max(self.new_tokens - 1, 0)
-        return steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
-
-    @property
-    def prompt_tokens_per_second(self) -> float:
-        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else float("nan")
 
 
 def cpp_available() -> bool:
@@ -189,21 +170,21 @@ class Model:
         return sum_scores(score_pairs(self.backend, ids, progress))
 
     def generate(self, prompt: Union[str, Sequence[str]], **settings) -> Union[str, List[str]]:
-        """The continuation of one prompt (a str) or of each of several prompts generated together."""
+        """The continuation of one prompt (a str) or of each of several prompts generated together.
+        With a seed, every prompt of a list is generated with that seed: each equals its run alone."""
         if isinstance(prompt, str):
             return "".join(self.stream(prompt, **settings))
         prompts = list(prompt)
         if not prompts:
             raise InputError("no prompts given")
-        s = GenerationSettings(**settings)
-        run = self._start([self._prompt_ids(p) for p in prompts], s)
+        run = self._start([self._prompt_ids(p) for p in prompts], GenerationSettings(**settings))
         for _ in run.steps():
             pass
         self._record(run)
-        return [cut_at_stop(self.tokenizer.decode(row.new), s.stop) for row in run.rows]
+        return [row.text for row in run.rows]
 
     def generate_ids(self, prompt_ids: Sequence[int], **settings) -> List[int]:
-        """Token ids in, the new token ids out (no text, no stop strings)."""
+        """Token ids in, the new token ids out."""
         run = self._start([self._prompt_ids(prompt_ids)], GenerationSettings(**settings))
         for _ in run.steps():
             pass
@@ -216,27 +197,12 @@ class Model:
         Characters split across tokens are held back until complete, and text that might be the start
         of a stop string is held back until it is known not to be; joined, the pieces equal `generate`.
         """
-        s = GenerationSettings(**settings)
-        run = self._start([self._prompt_ids(prompt)], s)
-        decoder = self.tokenizer.stream_decoder()
-        pending = ""  # decoded but not yet yielded (may be the start of a stop string)
+        run = self._start([self._prompt_ids(prompt)], GenerationSettings(**settings))
         for produced in run.steps():
-            for _, token in produced:
-                pending += decoder.push(token)
-            if s.stop:
-                if run.rows[0].reason == "stop":
-                    break
-                keep = stop_prefix_len(pending, s.stop)
-                ready, pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
-            else:
-                ready, pending = pending, ""
-            if ready:
-                yield ready
-        pending += decoder.flush()
+            for _, step in produced:
+                if step.text:
+                    yield step.text
         self._record(run)
-        tail = cut_at_stop(pending, s.stop) if s.stop else pending
-        if tail:
-            yield tail
 
     # ---------------------------------------------------------------------------------------------
     def _prompt_ids(self, prompt) -> List[int]:
@@ -257,12 +223,10 @@ class Model:
         return ids
 
     def _start(self, prompts: List[List[int]], settings: GenerationSettings) -> BatchGeneration:
-        return BatchGeneration(self.backend, prompts, settings, self.config.eos_token_id, self.tokenizer.decode)
+        return BatchGeneration(self.backend, prompts, settings, self.config.eos_token_id, self.tokenizer)
 
     def _record(self, run: BatchGeneration) -> None:
-        self.last_stats = GenerationStats(
-            prompt_tokens=sum(len(r.prompt) for r in run.rows), new_tokens=sum(len(r.new) for r in run.rows),
-            prompt_seconds=run.prompt_seconds, decode_seconds=run.decode_seconds)
+        self.last_stats = run.stats()
 
 
 # transformers' pipeline defaults for GPT-J come from its config's task_specific_params["text-generation"].

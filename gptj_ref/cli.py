@@ -1,4 +1,4 @@
-"""The `gptj` command line: generate | convert | info | bench | parity | eval."""
+"""The `gptj` command line: generate | convert | info | bench | parity | eval | serve."""
 
 from __future__ import annotations
 
@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_eval_parser
 
     add_eval_parser(sub)
+
+    from .serve.cli import add_parser as add_serve_parser  # imports nothing from the serve extra
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -30,3 +30,7 @@ class SettingsError(GPTJError, ValueError):
 def is_int(x) -> bool:
     """True for a Python or NumPy integer, False for bool (a common slip: True is an int in Python)."""
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+class NumericalError(GPTJError, ArithmeticError):
+    """A computation produced NaN or infinity where a finite number is needed (e.g. next-token logits)."""

@@ -2,22 +2,30 @@
 
 The logits processors follow transformers' `generate()` exactly, in its order:
 
-    repetition penalty -> min length / min new tokens (end-of-text suppressed) ->
-    temperature -> top-k -> top-p -> sample (or argmax when not sampling)
+    repetition penalty -> presence/frequency penalty -> min length / min new tokens (end-of-text
+    suppressed) -> temperature -> top-k -> top-p -> sample (or argmax when not sampling)
 
-so the same settings give the same next-token distribution. Randomness comes from one
-`numpy.random.Generator` seeded by `seed`, so a seeded run is reproducible.
+so the same settings give the same next-token distribution (presence and frequency penalties are
+OpenAI's, which transformers lacks; both 0 by default).
+
+One sequence being generated is a `RowState`: its prompt ids, the tokens sampled so far, its own
+`numpy.random.Generator` seeded by `seed`, the text released so far (characters split across tokens and
+text that may start a stop string are held back), stop strings and the finish reason. `Model.generate`,
+`Model.stream` (through `BatchGeneration`, a left-padded batch) and the server's continuous-batching
+scheduler (`gptj_ref.serve`) all advance rows with `RowState.step(logits)`. Each row owns its generator,
+so a seeded row gives the same tokens alone or beside any other rows; in a batch every row uses the
+same `seed`, so `generate([a, b], seed=s)` equals `[generate(a, seed=s), generate(b, seed=s)]`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import SettingsError, is_int
+from .errors import NumericalError, SettingsError, is_int
 
 NEG_INF = -np.inf
 
@@ -35,6 +43,8 @@ class GenerationSettings:
     stop: Tuple[str, ...] = ()    # generation of a sequence ends when its text contains one of these
     stop_at_eos: bool = True
     seed: Optional[int] = None
+    presence_penalty: float = 0.0   # OpenAI's: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted once per time a token was generated
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -53,6 +63,10 @@ class GenerationSettings:
              f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
         need(is_int(self.min_length) and self.min_length >= 0, f"min_length must be an integer >= 0, got {self.min_length!r}")
         need(self.seed is None or is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            need(_is_number(value) and -2 <= value <= 2, f"{name} must be a number in [-2, 2] (0 disables it), "
+                                                          f"got {value!r}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -76,6 +90,17 @@ def apply_repetition_penalty(scores, previous_ids, penalty):
     seen = scores[ids]
     scores = scores.copy()
     scores[ids] = np.where(seen < 0, seen * np.float32(penalty), seen / np.float32(penalty))
+    return scores
+
+
+def apply_presence_frequency_penalty(scores, generated_ids, presence, frequency):
+    """OpenAI's penalties: score[j] -= count[j] * frequency + (count[j] > 0) * presence, where count[j]
+    is how many times token j was generated so far (the prompt does not count)."""
+    if (presence == 0 and frequency == 0) or len(generated_ids) == 0:
+        return scores
+    ids, counts = np.unique(np.asarray(generated_ids), return_counts=True)
+    scores = scores.copy()
+    scores[ids] -= (counts * np.float32(frequency) + np.float32(presence)).astype(np.float32)
     return scores
 
 
@@ -118,6 +143,8 @@ def process_logits(scores, previous_ids, n_new: int, settings: GenerationSetting
     """The processed next-token scores [V] for one sequence: what is sampled from (or argmaxed)."""
     scores = np.asarray(scores, dtype=np.float32)
     scores = apply_repetition_penalty(scores, previous_ids, settings.repetition_penalty)
+    generated = previous_ids[len(previous_ids) - n_new:] if n_new else ()
+    scores = apply_presence_frequency_penalty(scores, generated, settings.presence_penalty, settings.frequency_penalty)
     if len(previous_ids) < settings.min_length or n_new < settings.min_new_tokens:
         scores = suppress_eos(scores, eos_id)
     if settings.do_sample:
@@ -134,46 +161,162 @@ def choose(scores, settings: GenerationSettings, rng: np.random.Generator) -> in
     return int(rng.choice(len(probs), p=probs))
 
 
+def log_softmax(logits) -> np.ndarray:
+    """log p over the vocabulary, in float64."""
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - x.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def top_logprobs(logprobs: np.ndarray, k: int) -> List[Tuple[int, float]]:
+    """The k most likely (token id, log-probability) pairs, most likely first (ties: lower id first)."""
+    if k <= 0:
+        return []
+    top = np.argpartition(-logprobs, k - 1)[:k] if k < logprobs.size else np.arange(logprobs.size)
+    top = sorted(top.tolist(), key=lambda i: (-logprobs[i], i))
+    return [(int(i), float(logprobs[i])) for i in top]
+
+
 # ---------------------------------------------------------------------------------------------------
-# The loop
+# One row: token ids -> sampled token -> text -> stop strings -> finish reason
 # ---------------------------------------------------------------------------------------------------
 
 @dataclass
-class Row:
-    """One row being generated."""
+class TokenStep:
+    """What one step of one row produced."""
 
-    prompt: List[int]
-    new: List[int] = field(default_factory=list)
-    text: str = ""           # decoded text of `new`, for stop strings
-    done: bool = False
-    reason: str = ""         # "length" | "eos" | "stop"
+    token: int
+    text: str = ""          # text released by this step ("" while characters or a stop string are pending)
+    logprob: Optional[float] = None                        # log p(token) under the model (raw logits)
+    top_logprobs: Optional[List[Tuple[int, float]]] = None  # the most likely alternatives, when asked
+
+
+class RowState:
+    """One sequence being generated, advanced by `step(logits)` with the next-token logits of its last token.
+
+    prompt       the prompt's token ids
+    new          the tokens generated so far (end-of-text that stopped the row is not included)
+    text         the text released so far; when the row is done, the whole continuation (cut at a stop string)
+    finish_reason  None while running, then "length" (max_new_tokens), "eos" (end-of-text) or "stop"
+    tokenizer    turns tokens into text (None: ids only, no text and no stop strings)
+    logprobs     None, or k >= 0: every step also reports log p of the chosen token and of the k most
+                 likely tokens, from the model's raw logits (before penalties, temperature and filtering)
+    """
+
+    def __init__(self, prompt: Sequence[int], settings: GenerationSettings, eos_id: int, tokenizer=None,
+                 logprobs: Optional[int] = None):
+        self.prompt = list(prompt)
+        self.settings, self.eos_id, self.logprobs = settings, eos_id, logprobs
+        self.rng = np.random.default_rng(settings.seed)
+        self.new: List[int] = []
+        self.text = ""
+        self.finish_reason: Optional[str] = None
+        self._decoder = tokenizer.stream_decoder() if tokenizer is not None else None
+        self._pending = ""  # decoded but not yet released: may be the start of a stop string
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def step(self, logits) -> TokenStep:
+        """Choose the next token from `logits` [vocab] and advance the text."""
+        if self.done:
+            raise RuntimeError("step() on a finished row")
+        logits = np.asarray(logits, dtype=np.float32)
+        if not np.isfinite(logits).all():
+            bad = np.flatnonzero(~np.isfinite(logits))
+            raise NumericalError(
+                f"the model produced non-finite logits ({logits[bad[0]]} for token {bad[0]}, {bad.size} in all) at "
+                f"generation step {len(self.new) + 1}, after {len(self.prompt) + len(self.new)} tokens; the weights "
+                "or the computation overflowed: check the model file (NaN/Inf weights) and the backend")
+        s = self.settings
+        scores = process_logits(logits, self.prompt + self.new, len(self.new), s, self.eos_id)
+        token = choose(scores, s, self.rng)
+        result = TokenStep(token)
+        if self.logprobs is not None:
+            logp = log_softmax(logits)
+            result.logprob = float(logp[token])
+            result.top_logprobs = top_logprobs(logp, self.logprobs)
+        if token == self.eos_id and s.stop_at_eos:
+            result.text = self._finish("eos")
+            return result
+        self.new.append(token)
+        if self._decoder is not None:
+            result.text = self._push(token)
+        if not self.done and len(self.new) >= s.max_new_tokens:
+            result.text += self._finish("length")
+        return result
+
+    def _push(self, token: int) -> str:
+        """Decode one token; release the text that can no longer be part of a stop string."""
+        stop = self.settings.stop
+        self._pending += self._decoder.push(token)
+        if stop and any(x in self._pending for x in stop):
+            return self._finish("stop")
+        keep = stop_prefix_len(self._pending, stop) if stop else 0
+        ready, self._pending = self._pending[:len(self._pending) - keep], self._pending[len(self._pending) - keep:]
+        self.text += ready
+        return ready
+
+    def _finish(self, reason: str) -> str:
+        """End the row; release what is pending (up to the earliest stop string)."""
+        self.finish_reason = reason
+        if self._decoder is None:
+            return ""
+        tail = cut_at_stop(self._pending + self._decoder.flush(), self.settings.stop)
+        self._pending = ""
+        self.text += tail
+        return tail
+
+
+# ---------------------------------------------------------------------------------------------------
+# A left-padded batch
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class GenerationStats:
+    """Tokens and seconds of one generation run (`Model.last_stats`)."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prompt_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        # The first new token comes from the prompt pass; the others each cost one decode step.
+        steps = max(self.new_tokens - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else float("nan")
 
 
 class BatchGeneration:
     """Generation for a batch of token-id prompts, advanced one step at a time by `steps()`.
 
     The prompts are left-padded into one batch and all rows advance together: one forward call per
-    step for the whole batch. A row stops at end-of-text, at a stop string (needs `decode`) or at
-    max_new_tokens; stopped rows are fed end-of-text until all are done and that output is ignored.
+    step for the whole batch. Each row is a `RowState`; stopped rows are fed end-of-text until all are
+    done and that output is ignored. `tokenizer` (optional) gives the rows text and stop strings.
     """
 
     def __init__(self, backend, prompts: Sequence[Sequence[int]], settings: GenerationSettings, eos_id: int,
-                 decode=None):
+                 tokenizer=None):
         n_ctx = backend.config.n_positions
         longest = max(len(p) for p in prompts)
         if longest + settings.max_new_tokens > n_ctx:
             raise SettingsError(f"the prompt ({longest} tokens) plus max_new_tokens ({settings.max_new_tokens}) "
                                 f"exceed the model's context of {n_ctx} tokens; shorten the prompt or lower "
                                 "max_new_tokens")
-        self.backend, self.settings, self.eos_id, self.decode = backend, settings, eos_id, decode
-        self.rows = [Row(list(p)) for p in prompts]
+        self.backend, self.settings, self.eos_id = backend, settings, eos_id
+        self.rows = [RowState(p, settings, eos_id, tokenizer) for p in prompts]
         self.prompt_seconds = 0.0   # time of the forward pass over the prompts
         self.decode_seconds = 0.0   # time of the forward passes over generated tokens
 
-    def steps(self) -> Iterator[List[Tuple[int, int]]]:
-        """Yields, after every step, the (row index, token id) pairs produced in that step."""
-        settings, eos_id, rows = self.settings, self.eos_id, self.rows
-        rng = np.random.default_rng(settings.seed)
+    def steps(self) -> Iterator[List[Tuple[int, TokenStep]]]:
+        """Yields, after every step, the (row index, TokenStep) pairs of the rows that advanced."""
+        eos_id, rows = self.eos_id, self.rows
         B, longest = len(rows), max(len(r.prompt) for r in rows)
         ids = np.full((B, longest), eos_id, dtype=np.int64)
         mask = np.zeros((B, longest), dtype=np.int64)
@@ -181,7 +324,7 @@ class BatchGeneration:
             ids[b, longest - len(row.prompt):] = row.prompt
             mask[b, longest - len(row.prompt):] = 1
 
-        cache = self.backend.new_cache(longest + settings.max_new_tokens, batch=B)
+        cache = self.backend.new_cache(longest + self.settings.max_new_tokens, batch=B)
         started = time.perf_counter()
         logits = self.backend.forward(ids, cache, attention_mask=mask, last_only=True)  # [B, V]
         self.prompt_seconds = time.perf_counter() - started
@@ -191,26 +334,20 @@ class BatchGeneration:
             for b, row in enumerate(rows):
                 if row.done:
                     continue
-                scores = process_logits(logits[b], row.prompt + row.new, len(row.new), settings, eos_id)
-                token = choose(scores, settings, rng)
-                next_ids[b, 0] = token
-                if token == eos_id and settings.stop_at_eos:
-                    row.done, row.reason = True, "eos"
-                    continue
-                row.new.append(token)
-                produced.append((b, token))
-                if settings.stop and self.decode is not None:
-                    row.text = self.decode(row.new)
-                    if any(s in row.text for s in settings.stop):
-                        row.done, row.reason = True, "stop"
-                if len(row.new) >= settings.max_new_tokens and not row.done:
-                    row.done, row.reason = True, "length"
+                step = row.step(logits[b])
+                next_ids[b, 0] = step.token
+                produced.append((b, step))
             yield produced
             if all(row.done for row in rows):
                 return
             started = time.perf_counter()
             logits = self.backend.forward(next_ids, cache, attention_mask=np.ones((B, 1), np.int64), last_only=True)
             self.decode_seconds += time.perf_counter() - started
+
+    def stats(self) -> GenerationStats:
+        return GenerationStats(prompt_tokens=sum(len(r.prompt) for r in self.rows),
+                               new_tokens=sum(len(r.new) for r in self.rows),
+                               prompt_seconds=self.prompt_seconds, decode_seconds=self.decode_seconds)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

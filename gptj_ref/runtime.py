@@ -195,6 +195,38 @@ class CppModel:
             cache.length = start + c1
         return logits[0] if squeeze else logits
 
+    def forward_rows(self, row_tokens, cache: CppCache, logit_tokens=None) -> np.ndarray:
+        """Continuous batching: append row_tokens[r] (a possibly empty sequence of ids) to row r of the
+        cache, each row at its own length, in one forward; rows are independent sequences that start and
+        end at different times (`reset_row` empties one). Returns float32 logits [m, n_vocab] for the
+        tokens in `logit_tokens`, (row, index into row_tokens[row]) pairs in that order; default: the last
+        new token of every row that has one, in row order. `cache.length` is not used: use a cache either
+        with forward() or with forward_rows(), not both. Each token's values are bitwise those of the same
+        sequence run alone (the kernels compute every row independently of the others)."""
+        if not isinstance(cache, CppCache):
+            raise InputError(f"the cpp backend needs a cache from its own new_cache(), got {type(cache).__name__}")
+        if len(row_tokens) != cache.batch:
+            raise InputError(f"the cache holds {cache.batch} rows but tokens for {len(row_tokens)} were given")
+        counts = np.array([len(t) for t in row_tokens], np.int64)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        if logit_tokens is None:
+            logit_tokens = [(r, int(counts[r]) - 1) for r in range(cache.batch) if counts[r] > 0]
+        for r, i in logit_tokens:
+            if not (0 <= r < cache.batch and 0 <= i < counts[r]):
+                have = f"{counts[r]} new tokens" if 0 <= r < cache.batch else "no such row"
+                raise InputError(f"logits asked for token {i} of row {r} ({have})")
+        ids = np.concatenate([np.asarray(t, np.int64).reshape(-1) for t in row_tokens])
+        check_inputs(self.config, ids[None] if ids.size else np.zeros((1, 1), np.int64))
+        if ids.size == 0:
+            return np.zeros((0, self.config.vocab_size), np.float32)
+        rows = np.array([first[r] + i for r, i in logit_tokens], np.int64)
+        return self._core.forward(np.ascontiguousarray(ids), counts, cache.core, rows)
+
+    @staticmethod
+    def reset_row(cache: CppCache, row: int) -> None:
+        """Empty one row of a cache used with forward_rows, for a new sequence."""
+        cache.core.reset_row(int(row))
+
     def hidden_states(self, token_ids) -> list:
         """For one sequence ids [T]: the embeddings [T, n_embd], the output of each block, the output of
         ln_f, and the logits [T, n_vocab] (n_layer + 3 arrays), as `Reference.hidden_states`."""
