@@ -1,4 +1,4 @@
-"""The `gptj` command line: generate | convert | info | bench | parity."""
+"""The `gptj` command line: generate | convert | info | bench | parity | batch."""
 
 from __future__ import annotations
 
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--new-tokens", type=int, default=16, help="greedy tokens to compare (default 16)")
     q.add_argument("--threads", "-t", type=int, default=None, help="threads for the cpp backend")
     q.set_defaults(run=cmd_parity)
+
+    from .batch import add_parser as add_batch_parser
+    add_batch_parser(sub, _add_model_args)
     return parser
 
 
