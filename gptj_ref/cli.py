@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .batch import add_parser as add_batch_parser
     add_batch_parser(sub, _add_model_args)
+    if "serve" in sub.choices:
+        from .ray_serve import add_ray_options
+        add_ray_options(sub.choices["serve"])
     return parser
 
 

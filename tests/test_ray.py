@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -116,3 +118,77 @@ def test_an_actor_killed_mid_job_loses_no_id_and_repeats_none(ray_instance, demo
     assert sorted(ids) == list(range(n))                       # every id exactly once
     expected = demo.generate([r["prompt"] for r in rows], max_new_tokens=40)
     assert {r["id"]: r["text"] for r in read_jsonl(out)} == dict(enumerate(expected))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ray Serve
+# ---------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SingleProcessServer:
+    """`gptj_ref.serve.create_app` on uvicorn in a thread of this process, as `gptj serve` runs it."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started and time.monotonic() < deadline and self.thread.is_alive():
+            time.sleep(0.05)
+        assert self.server.started, "the single-process server did not start"
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+REQUESTS = ([{"prompt": f"Request {i} says", "max_tokens": 12, "temperature": 0} for i in range(4)]
+            + [{"prompt": f"Seeded {i}:", "max_tokens": 12, "temperature": 0.8, "top_p": 0.9, "seed": 10 + i}
+               for i in range(4)])
+
+
+def complete_concurrently(base_url):
+    """Every request of REQUESTS at once through the openai client; the texts in request order."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+    model = client.models.list().data[0].id
+    with ThreadPoolExecutor(len(REQUESTS)) as pool:
+        responses = list(pool.map(lambda r: client.completions.create(model=model, **r), REQUESTS))
+    return [r.choices[0].text for r in responses]
+
+
+def test_serve_deployment_with_two_replicas_answers_like_the_single_process_server(ray_instance, demo):
+    from ray import serve
+
+    from gptj_ref.ray_serve import DEPLOYMENT_NAME, deployment
+    from gptj_ref.serve import create_app
+
+    with SingleProcessServer(create_app(demo)) as url:
+        expected = complete_concurrently(url)
+    assert len(set(expected)) == len(REQUESTS)   # distinct prompts and seeds: a mix-up would show
+
+    deadline = time.monotonic() + 60   # the batch tests' actors release their CPUs when their jobs end
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) >= 2, "CPUs still held: two 1-CPU replicas would never start"
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(deployment(None, num_replicas=2, threads=1), name=DEPLOYMENT_NAME, route_prefix="/")
+        replicas = serve.status().applications[DEPLOYMENT_NAME].deployments[DEPLOYMENT_NAME].replica_states
+        assert replicas.get("RUNNING") == 2, replicas
+        assert complete_concurrently(f"http://127.0.0.1:{port}/v1") == expected
+    finally:
+        serve.shutdown()
