@@ -192,3 +192,38 @@ def test_serve_deployment_with_two_replicas_answers_like_the_single_process_serv
         assert complete_concurrently(f"http://127.0.0.1:{port}/v1") == expected
     finally:
         serve.shutdown()
+
+
+def test_gptj_serve_gets_ray_options_that_switch_to_ray_serve(monkeypatch):
+    """cli.build_parser gives a `serve` subcommand --ray; without --ray it runs the single-process server."""
+    import argparse
+
+    from gptj_ref import ray_serve
+
+    parser = argparse.ArgumentParser()
+    serve_parser = parser.add_subparsers(dest="command").add_parser("serve")
+    serve_parser.add_argument("--port", type=int, default=8000)
+    calls = []
+    serve_parser.set_defaults(run=lambda args: calls.append(("single", args.port)) or 0)
+    ray_serve.add_ray_options(serve_parser)
+    monkeypatch.setattr(ray_serve, "cmd_serve_ray", lambda args: calls.append(("ray", args.replicas)) or 0)
+    for argv in (["serve", "--port", "9000"], ["serve", "--ray", "--replicas", "3"]):
+        args = parser.parse_args(argv)
+        args.run(args)
+    assert calls == [("single", 9000), ("ray", 3)]
+
+
+def test_the_documented_serve_config_builds_the_application():
+    """deploy/ray-serve.yaml names an import path and arguments that build a Ray Serve application."""
+    import importlib
+
+    import yaml
+    from ray.serve import Application
+
+    path = os.path.join(os.path.dirname(__file__), "..", "deploy", "ray-serve.yaml")
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    (app,) = config["applications"]
+    module, name = app["import_path"].split(":")
+    built = getattr(importlib.import_module(module), name)(app["args"])
+    assert isinstance(built, Application)
