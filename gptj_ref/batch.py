@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .errors import GPTJError, InputError, SettingsError
-from .generate import BatchGeneration, GenerationSettings, cut_at_stop
+from .generate import GenerationSettings, cut_at_stop
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(GenerationSettings))
 ALIASES = {"max_tokens": "max_new_tokens"}  # OpenAI's name -> the Python API's
@@ -269,14 +269,16 @@ def generate_group(model, jobs: List[Job]) -> List[dict]:
             runnable.append((i, ids))
     if runnable:
         settings = GenerationSettings(**jobs[runnable[0][0]].settings)
-        run = BatchGeneration(model.backend, [ids for _, ids in runnable], settings, model.config.eos_token_id,
-                              model.tokenizer.decode)
+        run = model._start([ids for _, ids in runnable], settings)   # the batch loop Model.generate runs
         for _ in run.steps():
             pass
         for (i, ids), row in zip(runnable, run.rows):
-            text = model.tokenizer.decode(row.new)
-            records[i] = {"id": jobs[i].id, "text": cut_at_stop(text, settings.stop) if settings.stop else text,
-                          "tokens": len(row.new), "prompt_tokens": len(ids), "finish_reason": row.reason}
+            text = cut_at_stop(model.tokenizer.decode(row.new), settings.stop)
+            # a row's finish reason: RowState.finish_reason once the per-row generation state of the
+            # server branch is merged, Row.reason before it
+            reason = getattr(row, "finish_reason", None) or row.reason
+            records[i] = {"id": jobs[i].id, "text": text, "tokens": len(row.new), "prompt_tokens": len(ids),
+                          "finish_reason": reason}
     return [records[i] for i in range(len(jobs))]
 
 

@@ -41,7 +41,7 @@ def read_jsonl(path):
 
 @pytest.fixture(scope="module")
 def demo():
-    return gptj_ref.load()
+    return gptj_ref.load(threads=1)   # one thread: a loaded 2-core machine makes OpenMP threads wait on each other
 
 
 MIXED = [
@@ -146,7 +146,7 @@ def test_sigkill_mid_job_then_rerun_gives_every_id_exactly_once(demo, tmp_path):
     rows = [{"id": f"r{i}", "prompt": f"Item {i}: the", "max_new_tokens": 24 + i % 3} for i in range(n)]
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(inp, rows)
-    proc = subprocess.Popen(command("batch", str(inp), str(out), "--max-batch", "1"),
+    proc = subprocess.Popen(command("batch", str(inp), str(out), "--max-batch", "1", "--threads", "1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     deadline = time.monotonic() + 120
@@ -162,7 +162,7 @@ def test_sigkill_mid_job_then_rerun_gives_every_id_exactly_once(demo, tmp_path):
     first_run = written[:written.rfind(b"\n") + 1]
     assert 5 <= first_run.count(b"\n") < n
 
-    result = run("batch", str(inp), str(out))
+    result = run("batch", str(inp), str(out), "--threads", "1")
     assert result.returncode == 0, result.stderr
     data = out.read_bytes()
     assert data.startswith(first_run) and data.endswith(b"\n")
