@@ -1,4 +1,4 @@
-"""The `gptj` command line: generate | convert | info | bench | parity | batch."""
+"""The `gptj` command line: generate | convert | info | bench | parity."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def deployment(model: Optional[str] = None, *, num_replicas: int = 1, max_replic
         serve.ingress()(GPTJServer), name=DEPLOYMENT_NAME,
         ray_actor_options={"num_cpus": threads},
         max_ongoing_requests=max_batch + max_queue,
-        graceful_shutdown_timeout_s=60, **scaling)
+        graceful_shutdown_timeout_s=float(app_options.get("grace_seconds", 30.0)) + 30, **scaling)
     return ingress.bind(model=model, backend=backend, threads=threads, kv_dtype=kv_dtype,
                         max_batch=max_batch, max_queue=max_queue, **app_options)
 
@@ -109,22 +109,39 @@ def add_ray_options(serve_parser) -> None:
 
 
 def cmd_serve_ray(args) -> int:
+    """`gptj serve --ray ...`: the options of `gptj serve` mean the same per replica."""
     try:
         import ray
         from ray import serve
     except ImportError:
         raise SettingsError("--ray needs Ray: pip install 'gptj-ref[ray]' (ray[data,serve])") from None
-    app_options = {name: getattr(args, name) for name in ("model_name", "api_key", "chat_template")
-                   if getattr(args, name, None) is not None}
-    app = deployment(getattr(args, "model", None), num_replicas=args.replicas, max_replicas=args.max_replicas,
-                     threads=getattr(args, "threads", None) or 1, backend=getattr(args, "backend", "auto"),
+    from .api import default_threads
+
+    model = getattr(args, "model", None)
+    app_options: Dict[str, Any] = {
+        "model_name": getattr(args, "model_name", None)
+        or (os.path.basename(os.path.normpath(model)) if model else "gptj-builtin"),
+        "api_key": getattr(args, "api_key", None) or os.environ.get("GPTJ_API_KEY") or None,
+    }
+    if getattr(args, "chat_template", None) is not None:   # a file on this machine, sent to the replicas
+        try:
+            with open(args.chat_template, encoding="utf-8") as f:
+                app_options["chat_template"] = f.read()
+        except OSError as e:
+            raise SettingsError(f"cannot read the chat template {args.chat_template}: {e}") from None
+    for name, option in (("prefill_chunk", "prefill_chunk"), ("grace", "grace_seconds")):
+        if getattr(args, name, None) is not None:
+            app_options[option] = getattr(args, name)
+    app = deployment(model, num_replicas=args.replicas, max_replicas=args.max_replicas,
+                     threads=getattr(args, "threads", None) or default_threads(), backend=getattr(args, "backend", "auto"),
                      kv_dtype=getattr(args, "kv_dtype", None), max_batch=getattr(args, "max_batch", 8),
                      max_queue=getattr(args, "max_queue", 64), **app_options)
     host, port = getattr(args, "host", "127.0.0.1"), getattr(args, "port", 8000)
     ray.init(address=args.address, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
-    print(f"gptj serve: Ray Serve is starting {args.replicas} replica(s); OpenAI-compatible API at "
-          f"http://{host}:{port}/v1 once they are up (Ctrl-C stops)", file=sys.stderr)
+    print(f"gptj serve: Ray Serve is starting {args.replicas} replica(s) of {model or 'the built-in model'} "
+          f"({app_options['model_name']}); OpenAI-compatible API at http://{host}:{port}/v1 once they are up "
+          "(Ctrl-C stops)", file=sys.stderr)
     try:
         serve.run(app, name=DEPLOYMENT_NAME, route_prefix="/", blocking=True)
     finally:
