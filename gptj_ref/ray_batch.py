@@ -26,7 +26,7 @@ import os
 from typing import Dict, List, Optional
 
 from .batch import BatchJob, Job, generate_group
-from .errors import SettingsError
+from .errors import CheckpointError, SettingsError
 
 
 class GroupGenerator:
@@ -69,6 +69,9 @@ def run_ray(job: BatchJob, model_path: Optional[str], *, backend: str = "auto", 
         return
     if model_path is not None:
         model_path = os.path.abspath(model_path)   # the actors resolve it on their own node
+        if not os.path.exists(model_path):         # else every actor would fail to start, far from here
+            raise CheckpointError(f"no model at {model_path} on this machine; with --ray the path must hold the "
+                                  "model here and on every node (a shared file system, or a copy at that path)")
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:

@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Any, Dict, Optional
 
-from .errors import SettingsError
+from .errors import CheckpointError, SettingsError
 
 DEPLOYMENT_NAME = "gptj"
 
@@ -118,6 +118,9 @@ def cmd_serve_ray(args) -> int:
     from .api import default_threads
 
     model = getattr(args, "model", None)
+    if model is not None and not os.path.exists(model):   # else every replica would fail to start, far from here
+        raise CheckpointError(f"no model at {os.path.abspath(model)} on this machine; with --ray the path must hold "
+                              "the model here and on every node (a shared file system, or a copy at that path)")
     app_options: Dict[str, Any] = {
         "model_name": getattr(args, "model_name", None)
         or (os.path.basename(os.path.normpath(model)) if model else "gptj-builtin"),
