@@ -101,11 +101,12 @@ def parse_line(line_no: int, text: str) -> Job:
     if unknown:
         raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; the settings are "
                             f"{', '.join(SETTING_NAMES)} (and max_tokens)")
-    if isinstance(obj.get("stop"), list):
-        obj["stop"] = tuple(obj["stop"])
-    GenerationSettings(**obj)  # validates; raises SettingsError
-    if isinstance(obj.get("stop"), tuple):
-        obj["stop"] = list(obj["stop"])
+    try:
+        GenerationSettings(**obj)  # validates
+    except GPTJError:
+        raise
+    except (TypeError, ValueError) as e:   # a value of the wrong JSON type, e.g. "stop": 5
+        raise SettingsError(f"invalid settings: {e}") from None
     return Job(line_no, job_id, prompt, obj)
 
 

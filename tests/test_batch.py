@@ -96,18 +96,19 @@ def test_bad_lines_are_reported_with_their_line_number_and_the_rest_runs(tmp_pat
         {"id": "n", "prompt": "x", "max_new_tokens": 0},
         {"id": "e", "prompt": ""},
         {"id": "long", "prompt": "x", "max_new_tokens": 5000},
+        {"id": "stop-type", "prompt": "x", "stop": 5},
         {"id": "ok2", "prompt": "The cat", "max_new_tokens": 3},
     ])
     result = run("batch", str(inp), str(out), "--backend", "reference")
     assert result.returncode == 1, result.stderr    # finished, but with bad lines
     assert [r["id"] for r in read_jsonl(out)] == ["ok", "ok2"]
     errors = read_jsonl(tmp_path / "out.errors.jsonl")
-    assert [e["line"] for e in errors] == [2, 3, 4, 5, 6, 7, 8]
+    assert [e["line"] for e in errors] == [2, 3, 4, 5, 6, 7, 9, 8]   # input errors first, then generation's
     messages = [e["error"] for e in errors]
     assert "not valid JSON" in messages[0] and 'no "id"' in messages[1] and "duplicate id" in messages[2]
     assert "temprature" in messages[3] and "max_new_tokens must be" in messages[4] and "prompt" in messages[5]
-    assert "context" in messages[6]
-    assert "7 bad lines" in result.stderr
+    assert "invalid settings" in messages[6] and "context" in messages[7]
+    assert "8 bad lines" in result.stderr
 
 
 def test_a_partial_last_line_is_dropped_and_redone(demo, tmp_path):
