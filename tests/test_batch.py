@@ -172,3 +172,8 @@ def test_sigkill_mid_job_then_rerun_gives_every_id_exactly_once(demo, tmp_path):
     # and each result is the one an uninterrupted run gives
     expected = {r["id"]: demo.generate(r["prompt"], max_new_tokens=r["max_new_tokens"]) for r in rows}
     assert {r["id"]: r["text"] for r in read_jsonl(out)} == expected
+
+
+def test_help_shows_the_line_formats_and_examples():
+    out = run("batch", "--help").stdout
+    assert "examples:" in out and "gptj batch" in out and '"finish_reason"' in out and "--ray" in out
