@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve.cli import add_parser as add_serve_parser  # imports nothing from the serve extra
 
     add_serve_parser(sub)
+
+    from .batch import add_parser as add_batch_parser
+    add_batch_parser(sub, _add_model_args)
+    if "serve" in sub.choices:
+        from .ray_serve import add_ray_options
+        add_ray_options(sub.choices["serve"])
     return parser
 
 
