@@ -330,7 +330,7 @@ def main(argv=None) -> int:
             optimizer.step()
             step += 1
             heldout = ""
-            if step % args.eval_every == 0 or step == stop_at:
+            if step % args.eval_every == 0 or step == args.steps:
                 heldout = f"{mean_loss(model, head, heldout_ids, args, args.eval_windows):.4f}"
             elapsed = elapsed_before + time.monotonic() - started
             log.write(f"{step - 1}\t{step * tokens_per_step}\t{float(loss.detach()):.4f}\t{heldout}\t{elapsed:.1f}\n")
