@@ -2,7 +2,7 @@
 
     apt-get install bible-kjv                   # Debian's KJV text (bible-kjv-text) and its reader
     pip install ".[train]"                      # torch (CPU) and transformers, training only
-    python training/train_demo.py --out runs/demo --minutes 50
+    python training/train_demo.py --out runs/demo --threads 1     # 41 min here; see gptj_ref/demo/README.md
     gptj convert runs/demo/hf gptj_ref/demo/demo.gptj
 
 The model is transformers' GPTJForCausalLM (GPT-J's exact architecture) at a small width and depth, with
@@ -246,20 +246,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="run directory (created; a rerun resumes from its state.pt)")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--steps", type=int, default=3000, help="length of the learning-rate schedule")
+    p.add_argument("--steps", type=int, default=1000, help="length of the learning-rate schedule")
     p.add_argument("--stop-at", type=int, default=None, help="stop at this step (default: --steps)")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much wall time in this process")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=DEFAULT_SIZES["n_positions"], help="also the model's n_positions")
     for name in ("n_embd", "n_layer", "n_head", "rotary_dim"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=DEFAULT_SIZES[name])
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AMX on Sapphire Rapids)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--eval-windows", type=int, default=64, help="held-out windows scored at each evaluation")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-windows", type=int, default=32, help="held-out windows scored at each evaluation")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
