@@ -167,7 +167,16 @@ PyModel make_model(const py::dict& weights, const py::array& sin, const py::arra
     auto& keep = pm.keep_alive;
     rt::Weights w;
     const int64_t E = n_embd, F = d_ff, V = vocab_size;
-    w.wte = vector_view(weights, "transformer.wte.weight", {V, E}, keep);
+    if (weights.contains("transformer.wte.weight_scale")) {   // a q8 file's int8 embedding rows
+        if (E % k::kQ8Block != 0) throw py::value_error("an int8 embedding needs n_embd to be a multiple of 32");
+        for (const char* name : {"transformer.wte.weight", "transformer.wte.weight_scale"})
+            keep.push_back(weights[name]);
+        w.wte_q8 = in_ptr<int8_t>(weights["transformer.wte.weight"].cast<py::array>(), "int8 embedding", {V, E});
+        w.wte_q8_scale = in_ptr<uint16_t>(weights["transformer.wte.weight_scale"].cast<py::array>(),
+                                          "embedding scales (float16 viewed as uint16)", {V, E / k::kQ8Block});
+    } else {
+        w.wte = vector_view(weights, "transformer.wte.weight", {V, E}, keep);
+    }
     for (int64_t l = 0; l < n_layer; ++l) {
         const std::string p = "transformer.h." + std::to_string(l) + ".";
         rt::LayerWeights L;

@@ -6,7 +6,9 @@
     for piece in model.stream("Once upon a time", do_sample=True, seed=1):
         print(piece, end="", flush=True)
 
-With no path, `load()` returns the built-in demo model (random weights, real tokenizer).
+With no path, `load()` returns the built-in demo model: a small GPT-J this project trained on the King James
+and World English Bibles, shipped as an int8 file (gptj_ref/demo/README.md is its model card).
+`load("tiny-random")` gives the random tiny model (2 layers, width 64, random weights).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from .backend import DEFAULT_KV_DTYPE
 from .config import TINY, GPTJConfig
+from .demo import DEMO_DESCRIPTION, DEMO_PATH, TINY_RANDOM, TINY_RANDOM_DESCRIPTION
 from .errors import InputError, SettingsError
 from .generate import BatchGeneration, GenerationSettings, GenerationStats
 from .layout import random_weights
@@ -27,8 +30,7 @@ if TYPE_CHECKING:
     from .scoring import TokenScores
 
 BACKENDS = ("auto", "reference", "cpp")
-BUILTIN_DESCRIPTION = ("the built-in demo GPT-J (2 layers, width 64, random weights from seed 0, real GPT-2 "
-                       "tokenizer): its text is nonsense; pass --model with a real checkpoint for real text")
+BUILTIN_DESCRIPTION = DEMO_DESCRIPTION
 
 
 def cpp_available() -> bool:
@@ -73,7 +75,8 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
     """Load a model.
 
     path      a Hugging Face GPT-J directory (config.json + safetensors or pytorch_model.bin, sharded or
-              not), a native model file written by `gptj convert`, or None for the built-in demo model.
+              not), a native model file written by `gptj convert`, None for the built-in demo model, or
+              "tiny-random" for the random tiny model.
     backend   "reference" (NumPy, the oracle), "cpp" (the C++ runtime) or "auto" (cpp when built).
     threads   threads for the cpp backend (default: physical cores).
     kv_dtype  precision of the KV cache, "float32" or "float16". Default: float16 for int8 (q8) models on
@@ -90,11 +93,12 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
         raise SettingsError("the cpp backend is not available: the compiled extension gptj_ref._core is missing; "
                             "reinstall with `pip install .` or use backend='reference'")
 
-    if path is None:
+    if path == TINY_RANDOM:
         weights = random_weights(TINY, seed=0)
-        return Model(_make_backend(backend, TINY, weights, threads, kv_dtype), default_tokenizer(), BUILTIN_DESCRIPTION)
-
-    path = os.fspath(path)
+        return Model(_make_backend(backend, TINY, weights, threads, kv_dtype), default_tokenizer(),
+                     TINY_RANDOM_DESCRIPTION)
+    builtin = path is None
+    path = DEMO_PATH if builtin else os.fspath(path)
     from .native import model_kind, open_native
 
     if model_kind(path) == "native":
@@ -106,7 +110,7 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
             from .runtime import CppModel
 
             model_backend = CppModel.from_native(native, threads=threads or default_threads(), kv_dtype=kv_dtype)
-        return Model(model_backend, tokenizer, f"{path} ({native.dtype})")
+        return Model(model_backend, tokenizer, BUILTIN_DESCRIPTION if builtin else f"{path} ({native.dtype})")
 
     from .checkpoint import open_checkpoint
 

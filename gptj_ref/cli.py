@@ -12,14 +12,15 @@ from .errors import GPTJError, SettingsError
 
 EXAMPLES = {
     "generate": """examples:
-  gptj generate "The dog"                               # built-in demo model (random weights)
+  gptj generate "The dog"                               # the built-in demo model (trained, int8)
+  gptj generate --model tiny-random "The dog"           # the random tiny model
   gptj generate --model gpt-j-6B.gptj "The dog" -n 64   # the real model, converted with `gptj convert`
   gptj generate --model ./gpt-j-6B --backend reference "The dog"
   echo "Once upon a time" | gptj generate --model m.gptj --sample --temperature 0.8 --top-p 0.9 --seed 1
   gptj generate --model m.gptj "Q: What is 2+2?\\nA:" --stop "\\n"
 """,
     "convert": """examples:
-  gptj convert ./gpt-j-6B gpt-j-6B.gptj                 # int8 (q8): a 7.0 GB file
+  gptj convert ./gpt-j-6B gpt-j-6B.gptj                 # int8 (q8): a 6.4 GB file
   gptj convert ./gpt-j-6B gpt-j-6B-f16.gptj --dtype f16
 """,
     "info": """examples:
@@ -42,10 +43,10 @@ EXAMPLES = {
 def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
     if positional:
         p.add_argument("model", nargs="?", default=None,
-                       help="Hugging Face GPT-J directory or native .gptj file (default: the built-in demo model)")
+                       help="Hugging Face GPT-J directory, native .gptj file or tiny-random (default: the built-in demo model)")
     else:
         p.add_argument("--model", "-m", default=None,
-                       help="Hugging Face GPT-J directory or native .gptj file (default: the built-in demo model)")
+                       help="Hugging Face GPT-J directory, native .gptj file or tiny-random (default: the built-in demo model)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "cpp"],
                    help="reference = NumPy oracle, cpp = C++ runtime, auto = cpp when built (default)")
     p.add_argument("--threads", "-t", type=int, default=None, help="threads for the cpp backend (default: physical cores)")
@@ -183,18 +184,20 @@ def cmd_convert(args) -> int:
 def cmd_info(args) -> int:
     from .api import BUILTIN_DESCRIPTION
     from .config import TINY
+    from .demo import DEMO_PATH, TINY_RANDOM, TINY_RANDOM_DESCRIPTION
     from .native import model_kind, open_native
 
     path = args.model
     lines: List[str] = []
-    if path is None:
+    if path == TINY_RANDOM:
         config, dtype, size, tokenizer = TINY, "f32 (in memory)", None, "built-in GPT-2 BPE + 143 GPT-J extra tokens"
-        lines.append(f"model: {BUILTIN_DESCRIPTION}")
-    elif model_kind(path) == "native":
-        native = open_native(path)
-        config, dtype, size = native.config, native.dtype, os.path.getsize(path)
+        lines.append(f"model: {TINY_RANDOM_DESCRIPTION}")
+    elif path is None or model_kind(path) == "native":
+        native = open_native(DEMO_PATH if path is None else path)
+        config, dtype, size = native.config, native.dtype, os.path.getsize(native.path)
         tokenizer = "embedded in the file" if native.tokenizer_json else "none embedded (the built-in GPT-2 BPE is used)"
-        lines.append(f"model: {path} (gptj_ref native file)")
+        lines.append(f"model: {BUILTIN_DESCRIPTION}" if path is None else f"model: {path} (gptj_ref native file)")
+        lines.append(f"file: {native.path} (format version {native.format_version})")
     else:
         from .checkpoint import open_checkpoint
 

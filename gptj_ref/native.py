@@ -3,7 +3,7 @@
 Any safetensors tool can read it. Its `__metadata__` (all strings):
 
     format          "gptj_ref"
-    format_version  "1"
+    format_version  "2" (files of version 1 are read too: they differ only in the q8 embedding, below)
     dtype           "q8" | "f16" | "f32"
     config          GPTJConfig.to_hf() as JSON
     tokenizer       the tokenizer as `tokenizers` JSON ("" when none was available: the built-in GPT-2
@@ -20,6 +20,10 @@ Tensors keep the Hugging Face names, linear weights [out, in]:
               transformer.h.0.attn.q_proj.weight         I8  [out, in]       the int8 values q
               transformer.h.0.attn.q_proj.weight_scale   F16 [out, in/32]    one scale per block of 32
           meaning weight = q * scale blockwise (see quant.py); everything else is F32, as in f32 files.
+          The embedding transformer.wte.weight is stored the same way (I8 rows + F16 scales, each row cut
+          into blocks of 32) from format version 2 on: a lookup dequantizes the rows it gathers. It is
+          the largest tensor of a small-width model (the demo model's would be 26 MB in F32, 6.8 MB as
+          q8 rows) and 0.8 GB of GPT-J 6B's 7 GB. Version 1 q8 files keep it F32.
 
 Order: the F32 tensors first, then the F16 tensors, then for q8 each I8 weight followed by its F16
 scales, every group in model order. The writer starts the data 64-byte aligned; F32 sizes are multiples
@@ -49,7 +53,8 @@ from .quant import QK, dequantize_blocks, is_quantized, quantize_blocks
 from .safetensors_file import DTYPES, MAX_HEADER_BYTES, SafetensorsFile, write_safetensors
 
 FORMAT = "gptj_ref"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+EMBEDDING = "transformer.wte.weight"
 NATIVE_DTYPES = ("q8", "f16", "f32")
 
 Spec = Tuple[str, str, Tuple[int, ...]]  # (stored name, safetensors dtype, shape)
@@ -63,8 +68,15 @@ def scale_name(name: str) -> str:
     return name + "_scale"
 
 
-def native_specs(config: GPTJConfig, dtype: str) -> List[Spec]:
-    """Every tensor of a native file of this config and dtype, in file order (see the module docstring)."""
+def stored_as_q8(name: str, dtype: str, version: int = FORMAT_VERSION) -> bool:
+    """True when a native file of this dtype and format version stores tensor `name` as int8 blocks:
+    the linear weights `quant.is_quantized` names, and from version 2 on the embedding."""
+    return dtype == "q8" and (is_quantized(name) or (name == EMBEDDING and version >= 2))
+
+
+def native_specs(config: GPTJConfig, dtype: str, version: int = FORMAT_VERSION) -> List[Spec]:
+    """Every tensor of a native file of this config, dtype and format version, in file order (see the
+    module docstring)."""
     if dtype not in NATIVE_DTYPES:
         raise InputError(f"unknown native dtype {dtype!r}; choose one of {', '.join(NATIVE_DTYPES)}")
     f32: List[Spec] = []
@@ -75,7 +87,7 @@ def native_specs(config: GPTJConfig, dtype: str) -> List[Spec]:
             f32.append((name, "F32", shape))
         elif dtype == "f16":
             f16.append((name, "F16", shape))
-        elif is_quantized(name):
+        elif stored_as_q8(name, dtype, version):
             out, n_in = shape
             if n_in % QK != 0:
                 raise ConfigError(f"{name} has {n_in} inputs, not a multiple of the int8 block size {QK}; "
@@ -83,7 +95,7 @@ def native_specs(config: GPTJConfig, dtype: str) -> List[Spec]:
             q8.append((name, "I8", shape))
             q8.append((scale_name(name), "F16", (out, n_in // QK)))
         else:
-            f32.append((name, "F32", shape))                # the embedding of a q8 file
+            f32.append((name, "F32", shape))                # the embedding of a version 1 q8 file
     return f32 + f16 + q8
 
 
@@ -123,7 +135,7 @@ def write_native(path: "str | os.PathLike[str]", config: GPTJConfig,
             raise CheckpointError(f"tensor {stored!r} has shape {list(w.shape)} but the config implies "
                                   f"{list(expected[stored])}")
         try:
-            if dtype == "q8" and is_quantized(stored):
+            if stored_as_q8(stored, dtype):
                 q, scales = quantize_blocks(w)
                 scales_due[scale_name(stored)] = scales
                 return q
@@ -212,6 +224,7 @@ class NativeFile:
                               f"({FORMAT_VERSION}); upgrade gptj_ref")
         if self.format_version < 1:
             raise self._error(f"file format version {self.format_version} does not exist (versions start at 1)")
+        version = self.format_version
         self.dtype = meta.get("dtype")
         if self.dtype not in NATIVE_DTYPES:
             raise self._error(f"dtype {self.dtype!r} is unknown; expected one of {', '.join(NATIVE_DTYPES)}")
@@ -219,7 +232,7 @@ class NativeFile:
             raise self._error(f"int8 block size qk = {meta.get('qk')!r}; this gptj_ref reads only {QK}")
         try:
             self.config = GPTJConfig.from_hf(json.loads(meta.get("config", "")))
-            specs = native_specs(self.config, self.dtype)
+            specs = native_specs(self.config, self.dtype, version)
         except (ValueError, GPTJError) as e:
             raise self._error(f"the config in the file is not valid: {e}") from None
         self.tokenizer_json = meta.get("tokenizer", "")
@@ -245,7 +258,7 @@ class NativeFile:
         self._names = [name for name, _, _ in specs]
         if self.dtype == "q8":
             for name in self._names:
-                if is_quantized(name):
+                if stored_as_q8(name, self.dtype, version):
                     self._check_scales(scale_name(name))
 
     def _check_scales(self, name: str) -> None:
@@ -276,7 +289,7 @@ class NativeFile:
     def weight(self, name: str) -> np.ndarray:
         """One weight by Hugging Face name as float32 (dequantized for q8; mapped, not copied, when F32)."""
         stored = self.tensor(name)
-        if self.dtype == "q8" and is_quantized(name):
+        if stored_as_q8(name, self.dtype, self.format_version):
             return dequantize_blocks(stored, self.tensor(scale_name(name)))
         if stored.dtype == np.float32:
             return stored

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional, TextIO
+from typing import List, Optional, TextIO, Tuple
 
 import numpy as np
 
@@ -20,6 +20,29 @@ from .errors import SettingsError
 
 def _labels(n_layer: int) -> List[str]:
     return ["embeddings"] + [f"block {i}" for i in range(n_layer)] + ["ln_f", "logits"]
+
+
+def state_differences(states_a, states_b, n_layer: int) -> List[Tuple[str, Optional[float], Optional[float]]]:
+    """(label, max |A-B|, mean |A-B|) after the embeddings, every block, ln_f and the logits, from two
+    `hidden_states` lists; None where a backend does not expose that state."""
+    rows = []
+    for label, a, b in zip(_labels(n_layer), states_a, states_b):
+        if a is None or b is None:
+            rows.append((label, None, None))
+            continue
+        d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+        rows.append((label, float(d.max()), float(d.mean())))
+    return rows
+
+
+def compare(backend_a, backend_b, ids) -> List[Tuple[str, Optional[float], Optional[float]]]:
+    """`state_differences` of two backends (anything with `hidden_states(ids)` and `config`) on token ids."""
+    return state_differences(backend_a.hidden_states(ids), backend_b.hidden_states(ids), backend_a.config.n_layer)
+
+
+def first_departure(rows, atol: float = 0.0) -> Optional[Tuple[str, float]]:
+    """The first (label, max |A-B|) of `compare`'s rows whose difference exceeds atol, or None."""
+    return next(((label, mx) for label, mx, _ in rows if mx is not None and mx > atol), None)
 
 
 class TransformersBackend:

@@ -76,7 +76,7 @@ def test_processed_distribution_equals_transformers(seed, do_sample, temperature
 
 @pytest.fixture(scope="module")
 def demo():
-    return load(backend="reference")
+    return load("tiny-random", backend="reference")   # the random tiny model, named explicitly
 
 
 def test_seeded_sampling_is_reproducible(demo):

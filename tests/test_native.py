@@ -12,7 +12,7 @@ import pytest
 from gptj_ref.config import GPTJ_6B, GPTJConfig
 from gptj_ref.errors import CheckpointError, ConfigError, GPTJError
 from gptj_ref.layout import random_weights, weight_shapes
-from gptj_ref.native import (FORMAT_VERSION, NativeFile, is_native_file, native_size, native_specs, open_native,
+from gptj_ref.native import (EMBEDDING, FORMAT_VERSION, NativeFile, is_native_file, native_size, native_specs, open_native,
                              scale_name, write_native)
 from gptj_ref.quant import QK, dequantize_blocks, is_quantized, quantize_blocks
 from gptj_ref.safetensors_file import DTYPES, save_tensors, write_safetensors
@@ -70,7 +70,7 @@ def test_q8_round_trip_is_the_quantizer(files, weights):
     with open_native(files["q8"]) as native:
         restored = native.dequantized_weights()
         for name, w in weights.items():
-            if is_quantized(name):
+            if is_quantized(name) or name == EMBEDDING:
                 q, scales = quantize_blocks(w)
                 np.testing.assert_array_equal(native.tensor(name), q, err_msg=name)
                 np.testing.assert_array_equal(native.tensor(scale_name(name)), scales, err_msg=name)
@@ -81,7 +81,8 @@ def test_q8_round_trip_is_the_quantizer(files, weights):
         assert runtime["lm_head.weight"].dtype == np.int8
         assert runtime["lm_head.weight_scale"].dtype == np.float16
         assert runtime["lm_head.weight_scale"].shape == (CONFIG.vocab_size, CONFIG.n_embd // QK)
-        assert runtime["transformer.wte.weight"].dtype == np.float32
+        assert runtime["transformer.wte.weight"].dtype == np.int8          # q8 rows from format version 2 on
+        assert runtime["transformer.wte.weight_scale"].shape == (CONFIG.vocab_size, CONFIG.n_embd // QK)
         assert runtime["transformer.h.1.ln_1.bias"].dtype == np.float32
         native.check()
 
@@ -125,7 +126,10 @@ def test_the_layout_aligns_every_tensor(config, dtype):
 
 
 def test_6b_file_sizes():
-    assert abs(native_size(GPTJ_6B, "q8") / 1e9 - 7.03) < 0.01      # int8 blocks + F32 embedding
+    assert abs(native_size(GPTJ_6B, "q8") / 1e9 - 6.43) < 0.01      # int8 blocks, embedding included
+    # format version 1 kept the embedding F32: 50400 x 4096 x (4 - 1 - 2/32) bytes = 0.61 GB more
+    v1 = sum(int(np.prod(shape)) * DTYPES[st].itemsize for _, st, shape in native_specs(GPTJ_6B, "q8", version=1))
+    assert abs(v1 / 1e9 - 7.03) < 0.01
     assert abs(native_size(GPTJ_6B, "f32") / 1e9 - 24.2) < 0.05
     assert abs(native_size(GPTJ_6B, "f16") / 1e9 - 12.1) < 0.05
 
@@ -212,8 +216,8 @@ def drop_metadata(header, data):
 
 
 BAD_FILES = {
-    "newer version": (set_meta("format_version", "2"),
-                      r"file format version 2 is newer than this gptj_ref supports \(1\); upgrade gptj_ref"),
+    "newer version": (set_meta("format_version", "3"),
+                      r"file format version 3 is newer than this gptj_ref supports \(2\); upgrade gptj_ref"),
     "version zero": (set_meta("format_version", "0"), "version 0 does not exist"),
     "version not a number": (set_meta("format_version", "1.5"), "not a version number"),
     "wrong format marker": (set_meta("format", "ggml"), "not a gptj_ref native model file.*'ggml'"),
@@ -222,14 +226,14 @@ BAD_FILES = {
     "other block size": (set_meta("qk", "64"), "block size qk = '64'"),
     "config not json": (set_meta("config", "{n_embd: 64"), "config in the file is not valid"),
     "config inconsistent": (set_config(n_head=5), "config in the file is not valid.*divisible"),
-    "config disagrees with shapes": (set_config(n_embd=96, n_head=4), "is F32 \\[101, 64\\] but .* needs F32 \\[101, 96\\]"),
+    "config disagrees with shapes": (set_config(n_embd=96, n_head=4), "is F32 \\[64\\] but .* needs F32 \\[96\\]"),
     "more layers than tensors": (set_config(n_layer=3), "missing, e.g. 'transformer.h.2"),
     "missing tensor": (remove("transformer.h.1.mlp.fc_out.bias"), "missing, e.g. 'transformer.h.1.mlp.fc_out.bias'"),
     "missing scales": (remove("lm_head.weight_scale"), "missing, e.g. 'lm_head.weight_scale'"),
     "unexpected tensor": (add_empty_tensor, "unexpected tensor 'transformer.h.0.attn.bias'"),
     "wrong dtype": (set_entry("transformer.ln_f.weight", dtype="I32"), "'transformer.ln_f.weight' is I32 \\[64\\] but"),
     "wrong scale dtype": (set_entry("lm_head.weight_scale", dtype="BF16"), "'lm_head.weight_scale' is BF16"),
-    "wrong shape": (set_entry("transformer.wte.weight", shape=[64, 101]), "'transformer.wte.weight' is F32 \\[64, 101\\]"),
+    "wrong shape": (set_entry("transformer.wte.weight", shape=[64, 101]), "'transformer.wte.weight' is I8 \\[64, 101\\]"),
     "truncated data": (truncate, "truncated"),
     "offsets outside the file": (set_entry("lm_head.weight", data_offsets=[10 ** 9, 10 ** 9 + 101 * 64]), "truncated"),
     "offsets that disagree with the shape": (set_entry("transformer.ln_f.bias", data_offsets=[0, 4]), "needs 256 bytes"),
@@ -292,6 +296,25 @@ def test_misaligned_tensors_are_rejected(tmp_path):
         write_safetensors(bad, reordered, native.tensor, read_header(good)[0]["__metadata__"])
     with pytest.raises(CheckpointError, match="not a multiple of its element size 4"):
         open_native(bad)
+
+
+def test_version_1_q8_files_with_a_float32_embedding_still_load(tmp_path, weights):
+    """Format version 1 stored the embedding of a q8 file as F32; such files open and run unchanged."""
+    from gptj_ref.native import native_metadata
+
+    specs = native_specs(CONFIG, "q8", version=1)
+    assert ("transformer.wte.weight", "F32", (CONFIG.vocab_size, CONFIG.n_embd)) in specs
+    quantized = {}
+    for name in weight_shapes(CONFIG):
+        if is_quantized(name):
+            quantized[name], quantized[scale_name(name)] = quantize_blocks(weights[name])
+    meta = dict(native_metadata(CONFIG, "q8", ""), format_version="1")
+    path = tmp_path / "v1.gptj"
+    write_safetensors(path, specs, lambda n: quantized[n] if n in quantized else weights[n], meta)
+    with open_native(path) as native:
+        assert native.format_version == 1
+        assert native.tensor("transformer.wte.weight").dtype == np.float32
+        np.testing.assert_array_equal(native.weight("transformer.wte.weight"), weights["transformer.wte.weight"])
 
 
 def test_missing_file():

@@ -5,7 +5,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/half.h"
 #include "kernels/kernels.h"
+#include "kernels/q8.h"
 
 namespace gptj::runtime {
 
@@ -124,7 +126,17 @@ void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KV
     };
 
     // Embedding: each token's row of wte; GPT-J has no position embedding table.
-    for (int64_t i = 0; i < n; ++i) std::memcpy(x + i * E, weights_.wte + ids[i] * E, sizeof(float) * E);
+    if (weights_.wte_q8) {
+        // int8 rows: element j of row r is q[r, j] * scale[r, j / 32], exact in float32 (as quant.py).
+        for (int64_t i = 0; i < n; ++i) {
+            const int8_t* q = weights_.wte_q8 + ids[i] * E;
+            const uint16_t* d = weights_.wte_q8_scale + ids[i] * (E / kernels::kQ8Block);
+            for (int64_t j = 0; j < E; ++j)
+                x[i * E + j] = static_cast<float>(q[j]) * kernels::f16_to_f32(d[j / kernels::kQ8Block]);
+        }
+    } else {
+        for (int64_t i = 0; i < n; ++i) std::memcpy(x + i * E, weights_.wte + ids[i] * E, sizeof(float) * E);
+    }
     keep(0, x);
 
     for (int64_t l = 0; l < c.n_layer; ++l) {

@@ -37,7 +37,9 @@ struct LayerWeights {
 };
 
 struct Weights {
-    const float* wte = nullptr;     // transformer.wte.weight (vocab_size, n_embd)
+    const float* wte = nullptr;     // transformer.wte.weight (vocab_size, n_embd), or, in a q8 file:
+    const int8_t* wte_q8 = nullptr;         //   its int8 rows (vocab_size, n_embd) and
+    const uint16_t* wte_q8_scale = nullptr; //   float16 scales (vocab_size, n_embd / 32), dequantized on lookup
     std::vector<LayerWeights> layers;
     const float* ln_f_g = nullptr;  // transformer.ln_f.weight (n_embd)
     const float* ln_f_b = nullptr;  // transformer.ln_f.bias (n_embd)
