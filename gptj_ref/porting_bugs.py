@@ -112,9 +112,9 @@ def buggy_reference(bug: str, config: GPTJConfig, weights: Mapping[str, np.ndarr
     calls = itertools.count()
     biases = random_qkv_biases(config) if bug == "qkv_bias" else None
 
-    def block(x, sin, cos, mask, cache_k, cache_v, start, ln_1, attn_weights, mlp_weights, config):
+    def block(x, w, cache_k, cache_v, step, config):
         index = next(calls) % config.n_layer          # blocks run in order 0 .. n_layer - 1 in every pass
-        args = (x, sin, cos, mask, cache_k, cache_v, start, ln_1, attn_weights, mlp_weights, config)
+        args = (x, w, cache_k, cache_v, step, config)
         if index not in buggy_blocks:
             return correct_block(*args)
         if bug == "rotate_half":
@@ -124,9 +124,10 @@ def buggy_reference(bug: str, config: GPTJConfig, weights: Mapping[str, np.ndarr
             with _swapped(ref, gelu_new=gelu_erf):
                 return correct_block(*args)
         if bug == "mask_off_by_one":
-            return correct_block(x, sin, cos, mask_one_ahead(mask), *args[4:])
+            leaky = ref.Step(step.start, step.sin, step.cos, mask_one_ahead(step.mask))
+            return correct_block(x, w, cache_k, cache_v, leaky, config)
         if bug == "qkv_bias":
-            bias_of = {id(attn_weights[name]["weight"]): b
+            bias_of = {id(w["attn"][name]["weight"]): b
                        for name, b in zip(("q_proj", "k_proj", "v_proj"), biases[index])}
 
             def linear(x, weight, bias=None):
@@ -136,12 +137,11 @@ def buggy_reference(bug: str, config: GPTJConfig, weights: Mapping[str, np.ndarr
                 return correct_block(*args)
         # ln_2: attention as in GPT-J, then the MLP on a second LayerNorm of (x + attention), GPT-2 style
         # (the port has no ln_2 weights of its own and reuses ln_1's).
-        eps = config.layer_norm_epsilon
+        eps, ln_1 = config.layer_norm_epsilon, w["ln_1"]
         h = ref.layer_norm(x, ln_1["weight"], ln_1["bias"], eps)
-        a = ref.attn(h, sin, cos, mask, cache_k, cache_v, start, **attn_weights,
-                     n_head=config.n_head, n_rot=config.rotary_dim)
+        a = ref.attn(h, w["attn"], cache_k, cache_v, step, config.n_head, config.n_rot)
         h2 = ref.layer_norm(x + a, ln_1["weight"], ln_1["bias"], eps)
-        return (a + ref.mlp(h2, **mlp_weights)) + x
+        return (a + ref.mlp(h2, w["mlp"])) + x
 
     ref.block = block
     return ref.Reference(config, weights)
