@@ -23,3 +23,7 @@ class InputError(GPTJError, ValueError):
 
 class SettingsError(GPTJError, ValueError):
     """A generation or runtime setting is out of its valid range."""
+
+
+class MemoryLimitError(GPTJError, MemoryError):
+    """A model would need more memory than is available; the message gives the estimate and the limit."""

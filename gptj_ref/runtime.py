@@ -21,6 +21,7 @@ from . import _core
 from .config import GPTJConfig
 from .errors import CheckpointError, InputError, SettingsError
 from .reference import check_cache_room, check_inputs, check_kv_dtype, rotary_tables
+from .threads import check_threads
 
 ISAS = ("auto", "scalar", "avx2", "avxvnni", "amx")
 
@@ -40,6 +41,11 @@ def set_kernel_isa(isa: str = "auto") -> None:
         raise SettingsError(f"the {isa} kernels are unavailable: this CPU lacks {needs} or the build left them out; "
                             f"available: {', '.join(available)}")
     _core.set_isa(isa)
+
+
+def available_isas() -> list:
+    """The kernel levels this CPU, OS and build can run, best last (e.g. ["scalar", "avx2", "avxvnni", "amx"])."""
+    return list(_core.available_isas())
 
 
 def kernel_isa() -> str:
@@ -95,9 +101,7 @@ class CppModel:
             self.name = "cpp-q8"
         self.kv_dtype = check_kv_dtype(("float16" if int8 else "float32") if kv_dtype is None else kv_dtype)
         self._sin, self._cos = rotary_tables(config.n_positions, config.rotary_dim)  # [n_ctx, n_rot/2]
-        threads = (os.cpu_count() or 1) if threads is None else threads
-        if not isinstance(threads, int) or threads < 1:
-            raise SettingsError(f"threads must be a positive integer, got {threads!r}")
+        threads = check_threads(threads)
         c = config
         try:
             self._core = _core.Model(self._weights, self._sin, self._cos, vocab_size=c.vocab_size,
@@ -139,9 +143,7 @@ class CppModel:
 
     @threads.setter
     def threads(self, value: int) -> None:
-        if not isinstance(value, int) or value < 1:
-            raise SettingsError(f"threads must be a positive integer, got {value!r}")
-        self._core.threads = value
+        self._core.threads = check_threads(value)
 
     def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> CppCache:
         c = self.config
