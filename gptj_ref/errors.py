@@ -23,3 +23,8 @@ class InputError(GPTJError, ValueError):
 
 class SettingsError(GPTJError, ValueError):
     """A generation or runtime setting is out of its valid range."""
+
+
+class OutputError(SettingsError):
+    """An output cannot be written: the destination is not writable, the disk is full, or it would
+    overwrite an input."""

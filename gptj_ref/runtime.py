@@ -13,7 +13,9 @@ variable GPTJ_FORCE_SCALAR=1 selects the scalar kernels at import.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
+import threading
+from contextlib import contextmanager
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -51,15 +53,31 @@ if os.environ.get("GPTJ_FORCE_SCALAR", "") not in ("", "0"):
     set_kernel_isa("scalar")
 
 
+def _is_integer(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM, or a very large number when the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62
+
+
 class CppCache:
     """A C++ KV cache for `batch` rows plus the bookkeeping the backend interface shares with the
     reference: `length` is the number of token slots used (real or padding, equal for all rows)."""
 
-    def __init__(self, core_cache, max_tokens: int, batch: int):
+    def __init__(self, core_cache, max_tokens: int, batch: int, geometry: Tuple = ()):
         self.core = core_cache
         self.max_tokens = max_tokens
         self.batch = batch
         self.length = 0
+        # (n_layer, n_head, head_dim, kv dtype) of the model that made it: only a model of the same
+        # geometry may use it (see CppModel._check_cache).
+        self.geometry = geometry
+        self._in_use = threading.Lock()   # held by the forward pass writing to it
 
     @property
     def row_lengths(self) -> list:
@@ -146,12 +164,52 @@ class CppModel:
     def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> CppCache:
         c = self.config
         max_tokens = c.n_positions if max_tokens is None else max_tokens
-        if not 0 < max_tokens <= c.n_positions:
-            raise InputError(f"cache size must be in [1, {c.n_positions}] (the context length), got {max_tokens}")
-        if not isinstance(batch, (int, np.integer)) or batch < 1:
+        if not _is_integer(max_tokens) or not 0 < max_tokens <= c.n_positions:
+            raise InputError(f"cache size must be an integer in [1, {c.n_positions}] (the context length), "
+                             f"got {max_tokens!r}")
+        if not _is_integer(batch) or batch < 1:
             raise InputError(f"cache batch must be a positive integer, got {batch!r}")
-        core_cache = _core.KVCache(self._core, int(batch), int(max_tokens), self.kv_dtype)
-        return CppCache(core_cache, int(max_tokens), int(batch))
+        max_tokens, batch = int(max_tokens), int(batch)
+        nbytes = 2 * c.n_layer * batch * max_tokens * c.n_embd * np.dtype(self.kv_dtype).itemsize  # Python ints
+        if nbytes > _physical_memory():
+            raise InputError(f"a KV cache of {batch} rows x {max_tokens} tokens needs {nbytes / 2**30:.1f} GiB, more "
+                             f"than this machine's {_physical_memory() / 2**30:.1f} GiB of memory; use fewer rows "
+                             "or tokens")
+        try:
+            core_cache = _core.KVCache(self._core, batch, max_tokens, self.kv_dtype)
+        except MemoryError:
+            raise InputError(f"cannot allocate a KV cache of {nbytes / 2**30:.2f} GiB ({batch} rows x {max_tokens} "
+                             "tokens): out of memory or over this process's memory limit") from None
+        return CppCache(core_cache, max_tokens, batch, self._cache_geometry())
+
+    def _cache_geometry(self) -> Tuple:
+        c = self.config
+        return (c.n_layer, c.n_head, c.head_dim, self.kv_dtype)
+
+    def _check_cache(self, cache) -> None:
+        """A cache made by a model of another geometry would be read and written out of bounds by the C++
+        core: refuse it, and any cache with more slots than this model's rotary table."""
+        if not isinstance(cache, CppCache):
+            raise InputError(f"the cpp backend needs a cache from its own new_cache(), got {type(cache).__name__}")
+        core = cache.core
+        actual = (core.n_layer, core.n_head, core.head_dim, core.dtype)
+        if cache.geometry != self._cache_geometry() or actual != self._cache_geometry():
+            raise InputError(f"this cache was made for a model with n_layer, n_head, head_dim, kv dtype = {actual}; "
+                             f"this model needs {self._cache_geometry()}: make the cache with this model's new_cache()")
+        if core.max_tokens > self.config.n_positions or cache.max_tokens != core.max_tokens:
+            raise InputError(f"this cache has {core.max_tokens} slots but the model's context is "
+                             f"{self.config.n_positions}: make the cache with this model's new_cache()")
+
+    @contextmanager
+    def _claim(self, cache: CppCache):
+        """Hold the cache for one forward pass; a cache already in use by another call is refused."""
+        if not cache._in_use.acquire(blocking=False):
+            raise InputError("this cache is in use by another forward pass (another thread); a cache holds one "
+                             "sequence per row, so give each concurrent call its own new_cache()")
+        try:
+            yield
+        finally:
+            cache._in_use.release()
 
     def forward(self, token_ids, cache: Optional[CppCache] = None, attention_mask=None,
                 last_only: bool = False) -> np.ndarray:
@@ -166,8 +224,12 @@ class CppModel:
         B, T = ids.shape
         if cache is None:
             cache = self.new_cache(T, B)
-        if not isinstance(cache, CppCache):
-            raise InputError(f"the cpp backend needs a cache from its own new_cache(), got {type(cache).__name__}")
+        self._check_cache(cache)
+        with self._claim(cache):
+            return self._forward(ids, mask, squeeze, cache, last_only)
+
+    def _forward(self, ids, mask, squeeze, cache: CppCache, last_only: bool) -> np.ndarray:
+        B, T = ids.shape
         start = check_cache_room(cache, B, T)
 
         V = self.config.vocab_size
