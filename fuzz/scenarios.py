@@ -28,6 +28,8 @@ import textwrap
 from typing import List, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The gptj_ref under test: this checkout, or another tree (GPTJ_SCENARIO_CODE=/path) to compare before/after.
+CODE = os.environ.get("GPTJ_SCENARIO_CODE", REPO)
 TIME_LIMIT = 20
 MEMORY_LIMIT = 4 << 30
 
@@ -202,6 +204,12 @@ refused(lambda: gptj_ref.checkpoint.open_checkpoint(bin_with_pickle(pkl)))""")
 api(PKL, "shared tuples 40 deep in a frozenset", """
 pkl = b"\\x80\\x04\\x8f(" + shared_nest(40)[2:] + b"\\x91."
 refused(lambda: gptj_ref.checkpoint.open_checkpoint(bin_with_pickle(pkl)))""")
+api(PKL, "shared tuples 20 deep, 4 wide, as a dict key (4**20 to hash)", """
+level = b"K\\x01\\x940"                       # 1, memoized, popped
+for i in range(20):                              # a tuple of 4 references to the one below, memoized, popped
+    level += b"(" + (b"h" + bytes([i])) * 4 + b"t\\x940"
+pkl = b"\\x80\\x02}" + level + b"h\\x14K\\x01s."
+refused(lambda: gptj_ref.checkpoint.open_checkpoint(bin_with_pickle(pkl)))""")
 api(PKL, "100000 nested tuples as a dict key", """
 pkl = b"\\x80\\x02}" + b"K\\x01" + b"\\x85" * 100000 + b"K\\x01s."
 refused(lambda: gptj_ref.checkpoint.open_checkpoint(bin_with_pickle(pkl)))""")
@@ -298,7 +306,7 @@ refused(lambda: convert(W + "/ck3", W + "/ck3/config.json", progress=False))""")
 cli(CONV, "unwritable destination directory", """
 python3 -m gptj_ref.cli convert {work}/ck /proc/self/out.gptj --no-progress""")
 cli(CONV, "destination ''", """python3 -m gptj_ref.cli convert {work}/ck '' --no-progress""")
-cli(CONV, "destination 'newdir/'", """cd {work} && PYTHONPATH={repo} python3 -m gptj_ref.cli convert {work}/ck newdir/ --no-progress""")
+cli(CONV, "destination 'newdir/'", """cd {work} && PYTHONPATH={code} python3 -m gptj_ref.cli convert {work}/ck newdir/ --no-progress""")
 cli(CONV, "write fails (file size limit, as a full disk)", """
 (ulimit -f 100; python3 -c 'import signal,sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); sys.argv=["gptj","convert","{work}/ck","{work}/big.gptj","--dtype","f32","--no-progress"]; from gptj_ref.cli import main; sys.exit(main())')""")
 api(CONV, "SIGTERM mid-convert leaves no temp file", """
@@ -414,15 +422,15 @@ def limit():
 
 
 def run(s: Scenario, work: str) -> Tuple[bool, str]:
-    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": CODE, "OMP_NUM_THREADS": "1"}
     if s.kind == "api":
         cmd = [sys.executable, "-c", PRELUDE.format(work=work) + "\n" + s.body]
     else:
-        body = s.body.replace("{prelude}", PRELUDE.format(work=work)).replace("{work}", work).replace("{repo}", REPO)
+        body = s.body.replace("{prelude}", PRELUDE.format(work=work)).replace("{work}", work).replace("{code}", CODE)
         cmd = ["bash", "-c", body]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=TIME_LIMIT, env=env,
-                           cwd=REPO, preexec_fn=limit)
+                           cwd=work, preexec_fn=limit)   # not the checkout: gptj_ref must come from CODE
     except subprocess.TimeoutExpired:
         return False, f"hang (> {TIME_LIMIT} s)"
     out = (p.stdout.strip() + "\n" + p.stderr.strip()).strip()
@@ -445,8 +453,8 @@ def main() -> int:
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="gptj-scenarios-")
     try:
-        subprocess.run([sys.executable, "-c", SETUP.format(work=work)], check=True, cwd=REPO,
-                       env={**os.environ, "PYTHONPATH": REPO})
+        subprocess.run([sys.executable, "-c", SETUP.format(work=work)], check=True, cwd=work,
+                       env={**os.environ, "PYTHONPATH": CODE})
         table = {}
         for s in S:
             if args.k and args.k not in s.cls and args.k not in s.name:

@@ -641,7 +641,10 @@ class _TorchZipWeights:
         if info.file_size > limit or info.compress_size > limit:
             raise CheckpointError(f"{self.path}: member {member!r} holds {info.file_size} bytes, more than the "
                                   f"{limit} it may have")
-        return self._zip.read(member)
+        try:
+            return self._zip.read(member)   # checks the CRC
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
+            raise CheckpointError(f"{self.path}: cannot read {member!r} ({e}); the file is truncated or corrupted") from None
 
     # _TensorFile ------------------------------------------------------------------------------------
     def names(self) -> List[str]:
