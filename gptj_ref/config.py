@@ -107,6 +107,8 @@ class GPTJConfig:
                 kwargs[name] = value
         eos = kwargs.get("eos_token_id")
         if isinstance(eos, list):  # some configs list several end ids; GPT-J has one
+            if not eos:
+                raise ConfigError("eos_token_id is an empty list in config.json; give the end-of-text token id")
             kwargs["eos_token_id"] = eos[0]
         for name in ("bos_token_id", "eos_token_id"):
             if kwargs.get(name, 0) is None:

@@ -396,3 +396,9 @@ def test_load_of_a_valid_fixture_still_works(q8_file, checkpoint_dir):
         assert native.config == CONFIG
     with open_checkpoint(checkpoint_dir) as ckpt:
         assert np.isfinite(ckpt.load_weights()["lm_head.weight"]).all()
+
+
+def test_found_by_fuzzing_an_empty_eos_list(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**CONFIG.to_hf(), "eos_token_id": []}))
+    with pytest.raises(ConfigError, match="eos_token_id is an empty list"):
+        GPTJConfig.from_json_file(tmp_path / "config.json")
