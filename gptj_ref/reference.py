@@ -245,6 +245,18 @@ class Reference:
         after each block, after ln_f, and finally the logits [T, n_vocab] (n_layer + 3 arrays)."""
         return [h[0] for h in self._run(np.asarray(token_ids)[None], None, None, keep=True)]
 
+    def _check_cache(self, cache) -> None:
+        """Only a KVCache of this model's geometry and precision, at most n_positions long, fits."""
+        c = self.config
+        if not isinstance(cache, KVCache):
+            raise InputError(f"the reference backend needs a cache from its own new_cache(), got {type(cache).__name__}")
+        n_layer, _, n_head, slots, d_head = cache.keys.shape
+        if ((n_layer, n_head, d_head) != (c.n_layer, c.n_head, c.head_dim) or slots > c.n_positions
+                or cache.keys.dtype != np.dtype(self.kv_dtype) or cache.values.shape != cache.keys.shape):
+            raise InputError(f"this cache (keys {cache.keys.shape} {cache.keys.dtype}) was made for another model; "
+                             f"this one needs [{c.n_layer}, batch, {c.n_head}, <= {c.n_positions}, {c.head_dim}] "
+                             f"{self.kv_dtype}: make the cache with this model's new_cache()")
+
     def _run(self, token_ids, cache, attention_mask, keep=False, last_only=False) -> list:
         """Logits for T new tokens: ids [T] -> [T, n_vocab], or [B, T] -> [B, T, n_vocab]; with
         last_only, the last position's only: [n_vocab] or [B, n_vocab].
@@ -257,6 +269,7 @@ class Reference:
         B, T = ids.shape
         if cache is None:
             cache = self.new_cache(T, B)
+        self._check_cache(cache)
         start = check_cache_room(cache, B, T)
 
         cache.real[:, start:start + T] = mask

@@ -317,3 +317,17 @@ def test_a_source_truncated_mid_convert_is_an_error_not_sigbus(tmp_path, checkpo
 def test_every_refusal_is_a_gptj_error():
     """The classes callers catch: all of the above derive from GPTJError."""
     assert issubclass(OutputError, GPTJError) and issubclass(InputError, GPTJError)
+
+
+def test_the_reference_refuses_a_cache_of_another_geometry():
+    from gptj_ref.reference import Reference
+
+    def reference(**changes):
+        config = GPTJConfig(**{**BASE, **changes})
+        return Reference(config, random_weights(config))
+
+    model, stranger = reference(), reference(n_layer=3, n_embd=64)
+    with pytest.raises(InputError, match="was made for another model"):
+        model.forward(np.arange(5), stranger.new_cache(32))
+    with pytest.raises(InputError, match="needs a cache from its own new_cache"):
+        model.forward(np.arange(5), cpp_model().new_cache(32))
