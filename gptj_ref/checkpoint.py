@@ -578,7 +578,7 @@ class _TorchZipWeights:
                                   f"(first bytes {head[:8]!r}); expected a pytorch_model.bin written by torch >= 1.6")
         try:
             archive = zipfile.ZipFile(self._file)
-        except (zipfile.BadZipFile, OSError, ValueError) as e:
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
             raise CheckpointError(f"{self.path}: corrupted zip archive ({e})") from None
         names = archive.namelist()
         if len(names) != len(set(names)):
@@ -606,7 +606,11 @@ class _TorchZipWeights:
         prefix = pickles[0][: -len("data.pkl")]
         byteorder = prefix + "byteorder"
         if byteorder in self._zip.namelist():
-            order = self._read_member(byteorder, 16).decode("ascii", "replace").strip()
+            try:
+                order = self._read_member(byteorder, 16).decode("ascii", "replace").strip()
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
+                raise CheckpointError(f"{self.path}: cannot read {byteorder!r} ({e}); the file is truncated or "
+                                      "corrupted") from None
             if order != "little":
                 raise CheckpointError(f"{self.path}: tensors are stored {order!r}-endian; only little-endian is supported")
         return prefix
@@ -641,10 +645,7 @@ class _TorchZipWeights:
         if info.file_size > limit or info.compress_size > limit:
             raise CheckpointError(f"{self.path}: member {member!r} holds {info.file_size} bytes, more than the "
                                   f"{limit} it may have")
-        try:
-            return self._zip.read(member)   # checks the CRC
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
-            raise CheckpointError(f"{self.path}: cannot read {member!r} ({e}); the file is truncated or corrupted") from None
+        return self._zip.read(member)   # checks the CRC
 
     # _TensorFile ------------------------------------------------------------------------------------
     def names(self) -> List[str]:

@@ -103,9 +103,15 @@ class Tokenizer:
         merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
         if any(len(m) != 2 for m in merges):
             raise CheckpointError(f"{merges_path}: every merge line must hold two symbols separated by one space")
+        bad = next((m for m in merges if m[0] not in vocab or m[1] not in vocab or m[0] + m[1] not in vocab), None)
+        if bad is not None:   # checked here: the Rust BPE would panic on some of these
+            raise CheckpointError(f"{merges_path}: the merge {bad[0]!r} + {bad[1]!r} uses or makes a token that is "
+                                  f"not in {vocab_path}")
         try:
             bpe = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
-        except Exception as e:  # tokenizers raises a bare Exception on a merge of unknown tokens
+        except BaseException as e:  # a bare Exception, or a Rust panic (a BaseException) on a bad vocabulary
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
             raise CheckpointError(f"the tokenizer files {vocab_path}, {merges_path} do not form a BPE: {e}") from None
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         bpe.decoder = decoders.ByteLevel()
@@ -117,7 +123,11 @@ class Tokenizer:
 
         try:
             return cls(HFTokenizer.from_str(text))
-        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        except CheckpointError:
+            raise
+        except BaseException as e:  # a bare Exception on bad JSON, or a Rust panic (a BaseException)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
             raise CheckpointError(f"the tokenizer JSON cannot be parsed: {e}") from None
 
     @classmethod

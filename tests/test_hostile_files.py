@@ -402,3 +402,22 @@ def test_found_by_fuzzing_an_empty_eos_list(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**CONFIG.to_hf(), "eos_token_id": []}))
     with pytest.raises(ConfigError, match="eos_token_id is an empty list"):
         GPTJConfig.from_json_file(tmp_path / "config.json")
+
+
+def test_found_by_fuzzing_a_merge_of_tokens_missing_from_the_vocabulary(tmp_path):
+    (tmp_path / "vocab.json").write_text(json.dumps({"!": 0, "a": 1, "b": 4}))
+    (tmp_path / "merges.txt").write_text("a b\n")
+    with pytest.raises(CheckpointError, match="the merge 'a' \\+ 'b' uses or makes a token that is not in"):
+        Tokenizer.from_vocab_and_merges(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+
+
+def test_found_by_fuzzing_an_unknown_zip_version(tmp_path, real_pickle):
+    data = bytearray(real_pickle)
+    end = data.rindex(b"PK\x05\x06")                      # the central directory's first entry precedes it
+    first = data.index(b"PK\x01\x02")
+    data[first + 6] = 173                                 # "version needed to extract" 17.3
+    CONFIG.to_json_file(tmp_path / "config.json")
+    (tmp_path / "pytorch_model.bin").write_bytes(bytes(data))
+    assert end > first
+    with pytest.raises(CheckpointError, match="corrupted zip archive"):
+        open_checkpoint(tmp_path)
