@@ -4,7 +4,9 @@ Any safetensors tool can read it. Its `__metadata__` (all strings):
 
     format          "gptj_ref"
     format_version  "1"
-    dtype           "q8" | "f16" | "f32"
+    dtype           a weight format of gptj_ref/formats.py: "q4" | "q8" | "f16" | "f32"
+    dtype_version   that format's layout version, e.g. "1" (files written before this key existed are
+                    version 1)
     config          GPTJConfig.to_hf() as JSON
     tokenizer       the tokenizer as `tokenizers` JSON ("" when none was available: the built-in GPT-2
                     BPE is then used)
@@ -20,9 +22,12 @@ Tensors keep the Hugging Face names, linear weights [out, in]:
               transformer.h.0.attn.q_proj.weight         I8  [out, in]       the int8 values q
               transformer.h.0.attn.q_proj.weight_scale   F16 [out, in/32]    one scale per block of 32
           meaning weight = q * scale blockwise (see quant.py); everything else is F32, as in f32 files.
+    q4    as q8, with the weight's 4-bit values packed two a byte:
+              transformer.h.0.attn.q_proj.weight         U8  [out, in/2]     the 4-bit values (quant.py)
+              transformer.h.0.attn.q_proj.weight_scale   F16 [out, in/32]
 
-Order: the F32 tensors first, then the F16 tensors, then for q8 each I8 weight followed by its F16
-scales, every group in model order. The writer starts the data 64-byte aligned; F32 sizes are multiples
+Order: the F32 tensors first, then the F16 tensors, then for a block format each weight's values
+followed by its F16 scales, every group in model order. The writer starts the data 64-byte aligned; F32 sizes are multiples
 of 4 and an I8 weight's size is out * in with in a multiple of 32, so every tensor starts at a multiple of
 its element size and the C++ runtime uses the memory-mapped pointers directly (for GPT-J 6B every
 tensor even starts 64-byte aligned). Writing the scales right after their weight lets the writer
@@ -45,12 +50,13 @@ import numpy as np
 from .config import GPTJConfig
 from .errors import CheckpointError, ConfigError, GPTJError, InputError
 from .layout import weight_shapes
-from .quant import QK, dequantize_blocks, is_quantized, quantize_blocks
+from .formats import FORMATS, scale_name, weight_format
+from .quant import QK
 from .safetensors_file import DTYPES, MAX_HEADER_BYTES, SafetensorsFile, write_safetensors
 
 FORMAT = "gptj_ref"
 FORMAT_VERSION = 1
-NATIVE_DTYPES = ("q8", "f16", "f32")
+NATIVE_DTYPES = tuple(FORMATS)  # ("q8", "q4", "f16", "f32")
 
 Spec = Tuple[str, str, Tuple[int, ...]]  # (stored name, safetensors dtype, shape)
 
@@ -58,37 +64,31 @@ Spec = Tuple[str, str, Tuple[int, ...]]  # (stored name, safetensors dtype, shap
 _CHUNK_ELEMENTS = 1 << 20
 
 
-def scale_name(name: str) -> str:
-    """The name of a quantized weight's scale tensor: "...q_proj.weight" -> "...q_proj.weight_scale"."""
-    return name + "_scale"
-
-
 def native_specs(config: GPTJConfig, dtype: str) -> List[Spec]:
     """Every tensor of a native file of this config and dtype, in file order (see the module docstring)."""
     if dtype not in NATIVE_DTYPES:
         raise InputError(f"unknown native dtype {dtype!r}; choose one of {', '.join(NATIVE_DTYPES)}")
+    fmt = weight_format(dtype)
     f32: List[Spec] = []
     f16: List[Spec] = []
-    q8: List[Spec] = []
+    blocks: List[Spec] = []
     for name, shape in weight_shapes(config).items():
-        if len(shape) == 1 or dtype == "f32":
-            f32.append((name, "F32", shape))
-        elif dtype == "f16":
-            f16.append((name, "F16", shape))
-        elif is_quantized(name):
-            out, n_in = shape
-            if n_in % QK != 0:
-                raise ConfigError(f"{name} has {n_in} inputs, not a multiple of the int8 block size {QK}; "
-                                 "a q8 file needs n_embd and d_ff to be multiples of 32 (use f16 or f32)")
-            q8.append((name, "I8", shape))
-            q8.append((scale_name(name), "F16", (out, n_in // QK)))
+        try:
+            stored = fmt.stores(name, shape)
+        except InputError as e:
+            raise ConfigError(str(e)) from None
+        if len(stored) == 2:          # a block format's values and scales
+            blocks += stored
+        elif stored[0][1] == "F16":
+            f16 += stored
         else:
-            f32.append((name, "F32", shape))                # the embedding of a q8 file
-    return f32 + f16 + q8
+            f32 += stored
+    return f32 + f16 + blocks
 
 
 def native_metadata(config: GPTJConfig, dtype: str, tokenizer_json: Optional[str]) -> Dict[str, str]:
     return {"format": FORMAT, "format_version": str(FORMAT_VERSION), "dtype": dtype,
+            "dtype_version": str(weight_format(dtype).version),
             "config": json.dumps(config.to_hf(), sort_keys=True), "tokenizer": tokenizer_json or "", "qk": str(QK)}
 
 
@@ -112,6 +112,8 @@ def write_native(path: "str | os.PathLike[str]", config: GPTJConfig,
     is called after each stored tensor. Nothing appears at `path` unless the whole file was written.
     """
     specs = native_specs(config, dtype)
+    fmt = weight_format(dtype)
+    stored_names = {name for name, _, _ in specs}
     expected = weight_shapes(config)
     scales_due: Dict[str, np.ndarray] = {}   # the scales of the weight just quantized, written next
 
@@ -123,10 +125,10 @@ def write_native(path: "str | os.PathLike[str]", config: GPTJConfig,
             raise CheckpointError(f"tensor {stored!r} has shape {list(w.shape)} but the config implies "
                                   f"{list(expected[stored])}")
         try:
-            if dtype == "q8" and is_quantized(stored):
-                q, scales = quantize_blocks(w)
+            if fmt.is_block and scale_name(stored) in stored_names:
+                values, scales = fmt.quantize(w)
                 scales_due[scale_name(stored)] = scales
-                return q
+                return values
             if dtype == "f16" and w.ndim == 2:
                 return to_float16(w, stored)
         except InputError as e:
@@ -179,9 +181,9 @@ class NativeFile:
 
     .config, .dtype, .tokenizer_json, .format_version
     .tensor(name)            the stored array (read-only, memory-mapped), by stored name
-    .weights_for_runtime()   every stored array by stored name (I8 weights and F16 scales for q8)
+    .weights_for_runtime()   every stored array by stored name (values and F16 scales for block formats)
     .dequantized_weights()   float32 weights by Hugging Face name: what the reference backend runs
-    .check()                 a full scan of the data (int8 never -128, floats finite); open checks only
+    .check()                 a full scan of the data (q8's int8 never -128, floats finite); open checks only
                              what the header and the scales say, without reading the weights
     """
 
@@ -215,6 +217,11 @@ class NativeFile:
         self.dtype = meta.get("dtype")
         if self.dtype not in NATIVE_DTYPES:
             raise self._error(f"dtype {self.dtype!r} is unknown; expected one of {', '.join(NATIVE_DTYPES)}")
+        self.format = weight_format(self.dtype)
+        dtype_version = meta.get("dtype_version", "1")
+        if dtype_version != str(self.format.version):
+            raise self._error(f"{self.dtype} layout version {dtype_version!r} is not the one this gptj_ref reads "
+                              f"({self.format.version}); convert the model again with this version")
         if meta.get("qk") != str(QK):
             raise self._error(f"int8 block size qk = {meta.get('qk')!r}; this gptj_ref reads only {QK}")
         try:
@@ -243,9 +250,9 @@ class NativeFile:
                 raise self._error(f"tensor {name!r} starts at byte {entry.offset}, not a multiple of its element "
                                   f"size {DTYPES[st].itemsize}; rewrite the file with `gptj convert`")
         self._names = [name for name, _, _ in specs]
-        if self.dtype == "q8":
+        if self.format.is_block:
             for name in self._names:
-                if is_quantized(name):
+                if scale_name(name) in expected:
                     self._check_scales(scale_name(name))
 
     def _check_scales(self, name: str) -> None:
@@ -274,10 +281,11 @@ class NativeFile:
         return {name: self._file.array(name) for name in self._names}
 
     def weight(self, name: str) -> np.ndarray:
-        """One weight by Hugging Face name as float32 (dequantized for q8; mapped, not copied, when F32)."""
+        """One weight by Hugging Face name as float32 (dequantized for a block format; mapped, not copied,
+        when F32)."""
         stored = self.tensor(name)
-        if self.dtype == "q8" and is_quantized(name):
-            return dequantize_blocks(stored, self.tensor(scale_name(name)))
+        if self.format.is_block and scale_name(name) in self._file.entries:
+            return self.format.dequantize(stored, self.tensor(scale_name(name)))
         if stored.dtype == np.float32:
             return stored
         return stored.astype(np.float32)
@@ -287,16 +295,18 @@ class NativeFile:
         return {name: self.weight(name) for name in weight_shapes(self.config)}
 
     def check(self) -> None:
-        """Read every tensor: int8 values in [-127, 127], every float finite. Slow for big files."""
+        """Read every tensor: the format's check of its values (q8: int8 in [-127, 127]), every float
+        finite. Slow for big files."""
         for name in self._names:
             a = self._file.array(name)
             flat = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
             step = max(1, _CHUNK_ELEMENTS // max(flat.shape[1], 1))
             for start in range(0, flat.shape[0], step):
                 chunk = flat[start:start + step]
-                if a.dtype == np.int8:
-                    if (chunk == -128).any():
-                        raise self._error(f"int8 tensor {name!r} holds -128; q8 weights are in [-127, 127]")
+                if a.dtype.kind in "iu":
+                    problem = self.format.check_values(chunk) if self.format.check_values else None
+                    if problem:
+                        raise self._error(f"tensor {name!r} {problem}")
                 elif not np.isfinite(chunk).all():
                     raise self._error(f"tensor {name!r} holds NaN or inf")
 

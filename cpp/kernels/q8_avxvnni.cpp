@@ -38,7 +38,12 @@ namespace gptj::kernels::avxvnni {
 
 namespace {
 
+using avx2::add_halves_i32x8;
 using avx2::f32x8;
+using avx2::fold_halves_i32x8x4;
+using avx2::load_f16x8;
+using avx2::load_i8x32;
+using avx2::quad_scales;
 using avx2::transpose_8x8_i32;
 using i8x32 = __m256i;
 using i32x8 = __m256i;
