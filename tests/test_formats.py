@@ -59,7 +59,7 @@ def weight_for(fmt, rng, N, K):
 
 
 @pytest.mark.parametrize("name", [f["name"] for f in TABLE])
-@pytest.mark.parametrize("N,K", [(37, 96), (70, 288)])
+@pytest.mark.parametrize("N,K", [(37, 96), (70, 288), (33, 448)])   # 3, 9 and 14 blocks: every step tail
 def test_every_available_level_against_the_oracle(name, N, K):
     fmt = formats.FORMATS[name]
     rng = np.random.default_rng(N * K)

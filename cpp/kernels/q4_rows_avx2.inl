@@ -1,5 +1,5 @@
-// The row-streaming q4 linear kernel (decode and short inputs), included by q4_avx2.cpp and
-// q4_avxvnni.cpp inside their own anonymous namespaces (see docs/kernels.md, "One algorithm, several
+// The row-streaming q4 linear kernel (decode and short inputs), included by q4_avx2.cpp, q4_avxvnni.cpp
+// and q4_avx512.cpp (which brings its own quad tile) inside their own anonymous namespaces (see docs/kernels.md, "One algorithm, several
 // targets"). With GPTJ_Q4_ROWS_VNNI defined, vpdpbusd does in one step what maddubs + madd do in two.
 //
 // Needs, in the including scope: thread_range, kQ8Block, kQ4Offset and simd_avx2.h's f32x8,
@@ -32,7 +32,7 @@ inline __m256i dot_u4x32(__m256i u, __m256i a) {
 
 // 8 * (sum of each block of qx): what taking 8 off every stored value takes off a block's dot product.
 // qx (M, K) -> ox (M, K/32)
-void offset_sums(int32_t* ox, const int8_t* qx, int64_t M, int64_t K) {
+inline void offset_sums(int32_t* ox, const int8_t* qx, int64_t M, int64_t K) {
     for (int64_t i = 0; i < M * (K / kQ8Block); ++i) {
         int32_t s = 0;
         for (int64_t j = 0; j < kQ8Block; ++j) s += qx[i * kQ8Block + j];
@@ -93,7 +93,7 @@ void q4_quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, cons
 }
 
 // One row against M tokens (the rows left after the quads), the same chain one element at a time.
-void q4_single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int32_t* ox, const uint8_t* w,
+inline void q4_single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int32_t* ox, const uint8_t* w,
                    const uint16_t* ws, const float* bias, int64_t M, int64_t K) {
     const int64_t nb = K / kQ8Block;
     for (int64_t t = 0; t < M; ++t) {
@@ -108,7 +108,18 @@ void q4_single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, con
     }
 }
 
-// Decode and short inputs: the packed weights straight from the file, four rows at a time.
+// The 256-bit quad tile, as a policy for q4_linear_rows.
+struct Q4QuadYmm {
+    template <int TM>
+    static void tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int32_t* ox, const uint8_t* w,
+                     const float* dq, const float* bias, int64_t K) {
+        q4_quad_tile<TM>(y, ldy, qx, dx, ox, w, dq, bias, K);
+    }
+};
+
+// Decode and short inputs: the packed weights straight from the file, four rows at a time, through the
+// quad tile of Quad (Q4QuadYmm here; q4_avx512.cpp passes its 512-bit tile).
+template <class Quad = Q4QuadYmm>
 void q4_linear_rows(float* y, const int8_t* qx, const float* dx, const uint8_t* w, const uint16_t* ws, const float* b,
                     int64_t M, int64_t N, int64_t K) {
     const int64_t nb = K / kQ8Block, rb = K / 2;
@@ -136,10 +147,10 @@ void q4_linear_rows(float* y, const int8_t* qx, const float* dx, const uint8_t* 
                     const float* dt = dx + t * nb;
                     const int32_t* ot = ox.data() + t * nb;
                     switch (tm) {
-                        case 4: q4_quad_tile<4>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
-                        case 3: q4_quad_tile<3>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
-                        case 2: q4_quad_tile<2>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
-                        default: q4_quad_tile<1>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
+                        case 4: Quad::template tile<4>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
+                        case 3: Quad::template tile<3>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
+                        case 2: Quad::template tile<2>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
+                        default: Quad::template tile<1>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
                     }
                 }
                 t += tm;
