@@ -58,6 +58,7 @@ class WeightFormat:
     check_values: Optional[Callable] = None
     values_per_byte: int = 1
     values_name: str = ""         # what one stored value is, for messages: "int8", "4-bit"
+    signed_scales: bool = False   # scales may be negative (q4: the grid [-8, 7] is used either way round)
 
     @property
     def is_block(self) -> bool:
@@ -93,6 +94,7 @@ FORMATS: Dict[str, WeightFormat] = {f.name: f for f in (
                  quantize=quant.quantize_blocks, dequantize=quant.dequantize_blocks, emulate=quant.q8_linear,
                  error_bound=quant.q8_linear_error_bound, check_values=_check_int8, values_name="int8"),
     WeightFormat("q4", 1, quant.QK, "U8", "4-bit blocks of 32, float16 scales", values_per_byte=2, values_name="4-bit",
+                 signed_scales=True,
                  quantize=quant.q4_quantize_blocks, dequantize=quant.q4_dequantize_blocks, emulate=quant.q4_linear,
                  error_bound=lambda x, v, s, b=None, lanes=quant.QK: quant.q8_linear_error_bound(
                      x, quant.q4_unpack(v), s, b, lanes)),

@@ -260,11 +260,12 @@ class NativeFile:
         step = max(1, _CHUNK_ELEMENTS // max(scales.shape[1], 1))
         for start in range(0, scales.shape[0], step):
             chunk = scales[start:start + step]
-            bad = ~(np.isfinite(chunk) & (chunk >= 0))
+            bad = ~np.isfinite(chunk) if self.format.signed_scales else ~(np.isfinite(chunk) & (chunk >= 0))
             if bad.any():
                 row, col = (int(i) for i in np.argwhere(bad)[0])
                 raise self._error(f"scale tensor {name!r} holds {chunk[row, col]} at [{start + row}, {col}]; "
-                                  "scales must be finite and >= 0; the file is damaged")
+                                  f"{self.dtype} scales must be finite{'' if self.format.signed_scales else ' and >= 0'}; "
+                                  "the file is damaged")
 
     # Access ------------------------------------------------------------------------------------------
     def names(self) -> List[str]:

@@ -262,7 +262,8 @@ def q8_linear_error_bound(x: np.ndarray, q: np.ndarray, scales: np.ndarray,
     lead = x.shape[:-1]
     qx, dx = quantize_activations(np.asarray(x, dtype=np.float32).reshape(-1, K), qk)
     abs_dots = block_dots(np.abs(qx.astype(np.int16)), np.abs(q.astype(np.int16)), qk)   # |-128| = 128 needs int16
-    total = np.einsum("tnb,nb,tb->tn", abs_dots.astype(np.float64), scales.astype(np.float64), dx.astype(np.float64))
+    total = np.einsum("tnb,nb,tb->tn", abs_dots.astype(np.float64), np.abs(scales.astype(np.float64)),
+                      dx.astype(np.float64))                   # |scale|: q4 scales may be negative
     if bias is not None:
         total = total + np.abs(np.asarray(bias, dtype=np.float64))
     m = (K // qk) * lanes + 3
@@ -280,17 +281,18 @@ def q8_linear_error_bound(x: np.ndarray, q: np.ndarray, scales: np.ndarray,
 # Stored as u = q + 8 in [0, 15], two a byte: byte j (j < 16) of a block holds u[j] in its low nibble
 # and u[16 + j] in its high nibble (see cpp/kernels/q4.h), so the packed weight is uint8 [N, K/2].
 #
-# The scale: per block, the candidate scales amax / c for c in Q4_DIVISORS map the block onto the grid
-# [-8, 7]; for each, q = clip(round(w / d)) and then the least-squares scale for that q,
+# The scale: per block, with m the signed w of largest |w|, the candidate scales d = m / -c for c in
+# Q4_DIVISORS put m on -c (so the grid's extra negative step, -8, serves whichever sign m has: a scale
+# may be negative); for each, q = clip(round(w / d), -8, 7) and then the least-squares scale for that q,
 # d = sum(w q) / sum(q q), rounded to float16; the block keeps the (q, d16) with the smallest squared
-# error sum (w - q d16)^2 (the first on ties). max|w| / 7 alone (the first candidate) loses about a
-# third more error on Gaussian weights (benchmarks/q4_formats.py measures the candidates). A block of
-# zeros gets d16 = 0 and q = 0.
+# error sum (w - q d16)^2 (the first on ties; c = 8 first, which is ggml's q4_0 rule before the refit).
+# benchmarks/q4_formats.py measures this against the other candidates. A block of zeros gets d16 = 0
+# and q = 0.
 # The activations and the integer matmul are q8's, on the unpacked q: a q4 linear is q8_linear on
 # q4_unpack(values) with the same scales, bit for bit.
 
 Q4_MIN, Q4_MAX = -8, 7
-Q4_DIVISORS = (7.0, 7.25, 7.5, 7.75, 8.0, 8.5, 9.0, 9.5, 10.0, 11.0, 12.0)
+Q4_DIVISORS = (8.0, 7.0, 7.25, 7.5, 7.75, 8.5, 9.0, 9.5, 10.0, 11.0, 12.0)
 
 
 def q4_quantize_blocks(w: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.ndarray]:
@@ -320,15 +322,17 @@ def q4_quantize_blocks(w: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.ndar
 
 def _q4_best_scale(blocks: np.ndarray, amax: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(q int8 [..., nb, qk] in [-8, 7], d16 float16 [..., nb]) minimising each block's squared error."""
+    idx = np.abs(blocks).argmax(axis=-1)[..., None]
+    extreme = np.take_along_axis(blocks, idx, axis=-1)[..., 0]                 # the signed w of largest |w|
     best_err = np.full(amax.shape, np.inf, dtype=np.float64)
     best_q = np.zeros(blocks.shape, dtype=np.int8)
     best_d = np.zeros(amax.shape, dtype=np.float16)
     for c in Q4_DIVISORS:
-        d = amax / np.float32(c)
-        q = np.clip(np.rint(blocks / np.where(d > 0, d, 1)[..., None]), Q4_MIN, Q4_MAX)      # float32
+        d = extreme / np.float32(-c)                                            # the extreme lands on -c
+        q = np.clip(np.rint(blocks / np.where(d != 0, d, 1)[..., None]), Q4_MIN, Q4_MAX)   # float32
         qq = (q * q).sum(axis=-1, dtype=np.float64)
         ls = np.where(qq > 0, (blocks * q).sum(axis=-1, dtype=np.float64) / np.where(qq > 0, qq, 1), 0.0)
-        d16 = np.minimum(ls, F16_MAX).astype(np.float16)   # q has the signs of w, so sum(w q) >= 0
+        d16 = np.clip(ls, -F16_MAX, F16_MAX).astype(np.float16)                 # least squares for this q
         err = ((blocks - q * d16.astype(np.float32)[..., None]).astype(np.float64) ** 2).sum(axis=-1)
         better = err < best_err
         best_err = np.where(better, err, best_err)
