@@ -53,7 +53,7 @@ WeightFormat q8_format() {
 #if defined(GPTJ_HAVE_AVXVNNI)
     f.linear[at(Isa::AvxVnni)] = {q8_cell<avxvnni::q8_linear>};
 #endif
-#if defined(GPTJ_HAVE_AVX512) && defined(GPTJ_Q8_AVX512)
+#if defined(GPTJ_HAVE_AVX512)
     f.linear[at(Isa::Avx512)] = {q8_cell<avx512::q8_linear>};
 #endif
 #if defined(GPTJ_HAVE_AMX)

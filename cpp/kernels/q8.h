@@ -71,7 +71,7 @@ void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, con
 }
 #endif
 #if defined(GPTJ_HAVE_AVX512)
-namespace avx512 {  // q8_linear only: the row kernel on 512-bit vectors, prompts through avxvnni::
+namespace avx512 {  // q8_linear only: the row kernel on 512-bit vectors, prompts through the level below
 void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
                int64_t M, int64_t N, int64_t K);
 }

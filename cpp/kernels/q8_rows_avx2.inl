@@ -1,5 +1,5 @@
-// The row-streaming int8 linear kernel (decode and short inputs), shared by q8_avx2.cpp and
-// q8_avxvnni.cpp: each includes it inside its own anonymous namespace, compiled with its own flags, so
+// The row-streaming int8 linear kernel (decode and short inputs), shared by q8_avx2.cpp,
+// q8_avxvnni.cpp and q8_avx512.cpp (which brings its own quad tile): each includes it inside its own anonymous namespace, compiled with its own flags, so
 // the two copies never meet at link time (docs/kernels.md, "One algorithm, several targets"). They differ in one instruction sequence only, dot_i8x32:
 // with GPTJ_Q8_ROWS_VNNI defined, vpdpbusd does in one step what maddubs + madd do in two.
 //
@@ -103,7 +103,7 @@ void quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const i
 
 // One row against M tokens (the rows left over after the quads), the same chain one element at a time.
 // qx (M, K), dx (M, nb); w (K); ws (nb) float16 bits; y (M rows, stride ldy).
-void single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws,
+inline void single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws,
                 const float* bias, int64_t M, int64_t K) {
     const int64_t nb = K / kQ8Block;
     for (int64_t t = 0; t < M; ++t) {
@@ -117,7 +117,18 @@ void single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const 
 }
 
 
-// Decode and short inputs: the weights straight from the file, four rows at a time (quad_tile).
+// The 256-bit quad tile, as a policy for q8_linear_rows.
+struct QuadYmm {
+    template <int TM>
+    static void tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int8_t* w, const float* dq,
+                     const float* bias, int64_t K) {
+        quad_tile<TM>(y, ldy, qx, dx, w, dq, bias, K);
+    }
+};
+
+// Decode and short inputs: the weights straight from the file, four rows at a time, through the quad
+// tile of Quad (QuadYmm here; q8_avx512.cpp passes its 512-bit tile).
+template <class Quad = QuadYmm>
 void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
                     int64_t M, int64_t N, int64_t K) {
     const int64_t nb = K / kQ8Block;
@@ -141,10 +152,10 @@ void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const int8_t* w
                     const float* bn = b ? b + n : nullptr;
                     const int8_t* wn = w + n * K;
                     switch (tm) {
-                        case 4: quad_tile<4>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
-                        case 3: quad_tile<3>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
-                        case 2: quad_tile<2>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
-                        default: quad_tile<1>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
+                        case 4: Quad::template tile<4>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
+                        case 3: Quad::template tile<3>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
+                        case 2: Quad::template tile<2>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
+                        default: Quad::template tile<1>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
                     }
                 }
                 t += tm;
