@@ -32,11 +32,11 @@ namespace gptj::kernels {
 constexpr int kQ4Offset = 8;  // stored u = q + 8
 
 // q[n, k] = u[n, k] - 8 as int8, for rows [0, rows) of a packed weight.  w (rows, K/2) -> q (rows, K)
-void q4_unpack(int8_t* q, const uint8_t* w, int64_t rows, int64_t K);
+using Q4Unpack = void (*)(int8_t* q, const uint8_t* w, int64_t rows, int64_t K);
 
-// y = x W^T + b for M tokens by unpacking slices of W's rows and running the q8 kernel that the level in
-// use resolves to (the prompt path of every q4 level).
-void q4_via_q8(float* y, const LinearInputs& x, const WeightData& w, const float* b, int64_t N);
+// y = x W^T + b for M tokens by unpacking slices of W's rows with `unpack` and running the q8 kernel that
+// the level in use resolves to (the prompt path of every q4 level).
+void q4_via_q8(float* y, const LinearInputs& x, const WeightData& w, const float* b, int64_t N, Q4Unpack unpack);
 
 // Tokens from which the SIMD q4 kernels take q4_via_q8 (below it the row kernels read the file).
 constexpr int64_t kQ4UnpackMinTokens = 16;
@@ -51,6 +51,7 @@ GPTJ_Q4_DECL
 #if defined(GPTJ_HAVE_AVX2)
 namespace avx2 {
 GPTJ_Q4_DECL
+void q4_unpack(int8_t* q, const uint8_t* w, int64_t rows, int64_t K);  // every level above AVX2 uses it too
 }
 #endif
 #if defined(GPTJ_HAVE_AVXVNNI)

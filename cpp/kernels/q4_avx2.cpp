@@ -22,12 +22,21 @@ namespace {
 
 }  // namespace
 
+void q4_unpack(int8_t* q, const uint8_t* w, int64_t rows, int64_t K) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k0 = 0; k0 < K; k0 += kQ8Block) {
+            const __m256i u = unpack_u4x32(w + (r * K + k0) / 2);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + r * K + k0), _mm256_sub_epi8(u, _mm256_set1_epi8(kQ4Offset)));
+        }
+}
+
 void q4_linear(float* y, const int8_t* qx, const float* dx, const uint8_t* w, const uint16_t* ws, const float* b,
                int64_t M, int64_t N, int64_t K) {
     if (M >= kQ4UnpackMinTokens) {
         LinearInputs x;
         x.qx = qx, x.dx = dx, x.M = M, x.K = K;
-        q4_via_q8(y, x, WeightData{w, ws}, b, N);
+        q4_via_q8(y, x, WeightData{w, ws}, b, N, avx2::q4_unpack);
     } else {
         q4_linear_rows<>(y, qx, dx, w, ws, b, M, N, K);
     }

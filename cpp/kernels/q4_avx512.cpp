@@ -134,7 +134,7 @@ void q4_linear(float* y, const int8_t* qx, const float* dx, const uint8_t* w, co
     if (M >= kQ4UnpackMinTokens) {
         LinearInputs x;
         x.qx = qx, x.dx = dx, x.M = M, x.K = K;
-        q4_via_q8(y, x, WeightData{w, ws}, b, N);
+        q4_via_q8(y, x, WeightData{w, ws}, b, N, avx2::q4_unpack);
     } else {
         q4_linear_rows<Q4QuadZmm>(y, qx, dx, w, ws, b, M, N, K);
     }

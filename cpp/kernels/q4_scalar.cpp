@@ -1,5 +1,5 @@
-// Scalar reference of the q4 kernel (the oracle of the SIMD ones and the fallback on other CPUs), the
-// unpacking, and the prompt path shared by every level. See q4.h for the contract.
+// Scalar reference of the q4 kernel (the oracle of the SIMD ones and the fallback on other CPUs), and the
+// prompt path shared by the SIMD levels (q4_via_q8). See q4.h for the contract.
 #include <algorithm>
 #include <memory>
 
@@ -9,21 +9,7 @@
 
 namespace gptj::kernels {
 
-void q4_unpack(int8_t* q, const uint8_t* w, int64_t rows, int64_t K) {
-    const int64_t half = kQ8Block / 2;
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r)
-        for (int64_t k0 = 0; k0 < K; k0 += kQ8Block) {
-            const uint8_t* src = w + (r * K + k0) / 2;
-            int8_t* dst = q + r * K + k0;
-            for (int64_t j = 0; j < half; ++j) {
-                dst[j] = int8_t((src[j] & 0x0F) - kQ4Offset);
-                dst[half + j] = int8_t((src[j] >> 4) - kQ4Offset);
-            }
-        }
-}
-
-void q4_via_q8(float* y, const LinearInputs& x, const WeightData& w, const float* b, int64_t N) {
+void q4_via_q8(float* y, const LinearInputs& x, const WeightData& w, const float* b, int64_t N, Q4Unpack unpack) {
     static const WeightFormat& q8 = weight_format("q8");
     const int64_t K = x.K, nb = K / kQ8Block;
     const uint8_t* packed = static_cast<const uint8_t*>(w.values);
@@ -34,7 +20,7 @@ void q4_via_q8(float* y, const LinearInputs& x, const WeightData& w, const float
     std::unique_ptr<float[]> ys(slice < N ? new float[size_t(x.M * slice)] : nullptr);
     for (int64_t n0 = 0; n0 < N; n0 += slice) {
         const int64_t rows = std::min(slice, N - n0);
-        q4_unpack(q.get(), packed + n0 * K / 2, rows, K);
+        unpack(q.get(), packed + n0 * K / 2, rows, K);
         const WeightData part{q.get(), w.scales + n0 * nb};
         if (rows == N) {
             format_linear(y, x, part, b, N, q8);
