@@ -71,7 +71,7 @@ void with_threads(std::optional<int> threads, F&& f) {
 inline k::Isa parse_isa(const std::string& name) {
     for (int l = 0; l < k::kIsaCount; ++l)
         if (name == k::isa_name(k::Isa(l))) return k::Isa(l);
-    throw py::value_error("unknown kernel level '" + name + "'; expected scalar, avx2, avxvnni, avx512 or amx");
+    throw py::value_error("unknown kernel ISA '" + name + "'; expected scalar, avx2, avxvnni, avx512 or amx");
 }
 
 // A weight W (N, K) stored in `format`: values (N, K * bits / 8) of float32 (32 bits), int8 (8) or uint8
