@@ -214,7 +214,8 @@ def ours(workspace):
 
 def run_gptj(*args):
     return subprocess.run([sys.executable, "-m", "gptj_ref.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                          cwd=os.path.dirname(sys.executable))   # not the source tree: it has no compiled extension
 
 
 def run_gptj_json(*args):

@@ -24,10 +24,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*", "ign
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
+def ray_instance(tmp_path_factory):
+    # Ray puts the driver's working directory on its workers' path: start from outside the source tree,
+    # which has no compiled extension, so workers import the installed package as the driver does.
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray-cwd"))
     ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+    os.chdir(previous)
 
 
 @pytest.fixture(scope="module")
