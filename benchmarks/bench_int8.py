@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -46,6 +47,18 @@ TARGETS = {"decode_tokens_per_s": 3.8, "prompt_tokens_per_s": 21.0, "peak_rss_gb
 # -------------------------------------------------------------------------------------------------
 # The model file
 # -------------------------------------------------------------------------------------------------
+
+def cpu_name() -> str:
+    """The CPU's model name, for labelling measured figures."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
 
 def build_file(path: str, config: GPTJConfig) -> None:
     """Write a q8 native file of `config` with random values, one tensor at a time."""

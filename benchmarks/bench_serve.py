@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import socket
 import subprocess
@@ -34,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from bench_int8 import DEFAULT_FILE, ensure_file, warm_page_cache  # noqa: E402
+from bench_int8 import DEFAULT_FILE, cpu_name, ensure_file, warm_page_cache  # noqa: E402
 
 PROMPT_WORDS = ["The dog", "Once upon a time", "In the beginning", "A long way from home", "She said that",
                 "The results show", "We propose a", "It was the best"]
@@ -42,17 +41,6 @@ PROMPT_WORDS = ["The dog", "Once upon a time", "In the beginning", "A long way f
 
 def env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def gptj_generate_rate(path: str, threads: int, tokens: int) -> float:
