@@ -9,6 +9,7 @@ import time
 from typing import List, Optional
 
 from .errors import GPTJError, SettingsError
+from .formats import FORMATS
 
 EXAMPLES = {
     "generate": """examples:
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("src", help="Hugging Face GPT-J directory (safetensors or pytorch_model.bin, sharded or not)")
     c.add_argument("dst", help="the native model file to write (e.g. gpt-j-6B.gptj)")
-    c.add_argument("--dtype", default="q8", choices=["q8", "f16", "f32"], help="weight format (default q8)")
+    c.add_argument("--dtype", default="q8", choices=list(FORMATS), help="weight format (default q8)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(run=cmd_convert)
 

@@ -9,7 +9,7 @@ copied whole more than once. A float32 source is memory-mapped; the pages of a t
 process's resident set once read, so they are handed back to the page cache (madvise DONTNEED) as soon as
 the tensor is written. Peak RSS is therefore about
 
-    largest source tensor + its converted copy (1/4 of it for q8, 1/2 for f16) + a constant (~100 MB)
+    largest source tensor + its converted copy (1/4 of it for q8, 1/7 for q4, 1/2 for f16) + a constant (~100 MB)
 
 e.g. for GPT-J 6B in float32 (lm_head: 825 MB) about 1.1 GB for q8, whatever the 24 GB total is
 (a float16 / bfloat16 source adds the float32 copy that `Checkpoint.read` makes of one tensor).
@@ -31,8 +31,8 @@ import numpy as np
 
 from .config import GPTJConfig
 from .errors import CheckpointError, ConfigError, GPTJError, SettingsError
+from .formats import weight_format
 from .native import NATIVE_DTYPES, model_kind, native_size, open_native, write_native
-from .quant import QK
 from .safetensors_file import release_mapped_pages
 
 
@@ -43,14 +43,14 @@ def convert(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", dtype:
     src             a Hugging Face GPT-J directory (anything `checkpoint.open_checkpoint` reads), or an
                     existing native file (to change its dtype)
     dst             the native file to write; replaced atomically if it exists
-    dtype           "q8" (int8 blocks, see quant.py), "f16" or "f32"
+    dtype           a format of gptj_ref/formats.py: "q8" (int8 blocks), "q4" (4-bit blocks), "f16" or "f32"
     progress        show a progress bar on stderr (only when stderr is a terminal)
     tokenizer_json  the tokenizer to embed; None takes the checkpoint's own (tokenizer.json, or
                     vocab.json + merges.txt), falling back to the built-in GPT-2 BPE
 
     Raises GPTJError subclasses for bad input: SettingsError for arguments, CheckpointError for a
     source that is missing, malformed or disagrees with its config, ConfigError for a config that the
-    dtype cannot hold (q8 needs n_embd and d_ff to be multiples of 32).
+    dtype cannot hold (q8 and q4 need n_embd and d_ff to be multiples of 32).
     """
     if dtype not in NATIVE_DTYPES:
         raise SettingsError(f"unknown dtype {dtype!r}; choose one of {', '.join(NATIVE_DTYPES)}")
@@ -62,9 +62,10 @@ def convert(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", dtype:
     source = _open_source(src)
     try:
         config = source.config
-        if dtype == "q8" and (config.n_embd % QK or config.d_ff % QK):
-            raise ConfigError(f"q8 needs n_embd ({config.n_embd}) and d_ff ({config.d_ff}) to be multiples of {QK}, "
-                              "the int8 block size; convert to f16 or f32 instead")
+        block = weight_format(dtype).block
+        if config.n_embd % block or config.d_ff % block:
+            raise ConfigError(f"{dtype} needs n_embd ({config.n_embd}) and d_ff ({config.d_ff}) to be multiples of "
+                              f"{block}, its block size; convert to f16 or f32 instead")
         source.check_tensors()
         _check_free_space(dst, native_size(config, dtype))
         if tokenizer_json is None:

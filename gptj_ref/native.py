@@ -3,8 +3,11 @@
 Any safetensors tool can read it. Its `__metadata__` (all strings):
 
     format          "gptj_ref"
-    format_version  "2" (files of version 1 are read too: they differ only in the q8 embedding, below)
-    dtype           "q8" | "f16" | "f32"
+    format_version  "2" (files of version 1 are read too: they differ only in the embedding of a block
+                    format, below)
+    dtype           a weight format of gptj_ref/formats.py: "q4" | "q8" | "f16" | "f32"
+    dtype_version   that format's layout version, e.g. "1" (files written before this key existed are
+                    version 1)
     config          GPTJConfig.to_hf() as JSON
     tokenizer       the tokenizer as `tokenizers` JSON ("" when none was available: the built-in GPT-2
                     BPE is then used)
@@ -20,13 +23,17 @@ Tensors keep the Hugging Face names, linear weights [out, in]:
               transformer.h.0.attn.q_proj.weight         I8  [out, in]       the int8 values q
               transformer.h.0.attn.q_proj.weight_scale   F16 [out, in/32]    one scale per block of 32
           meaning weight = q * scale blockwise (see quant.py); everything else is F32, as in f32 files.
-          The embedding transformer.wte.weight is stored the same way (I8 rows + F16 scales, each row cut
-          into blocks of 32) from format version 2 on: a lookup dequantizes the rows it gathers. It is
-          the largest tensor of a small-width model (the demo model's would be 26 MB in F32, 6.8 MB as
-          q8 rows) and 0.8 GB of GPT-J 6B's 7 GB. Version 1 q8 files keep it F32.
+          The embedding transformer.wte.weight is stored as q8 rows too (I8 + F16 scales, each row cut
+          into blocks of 32) from format version 2 on, in q8 and q4 files alike (formats.py says so:
+          `WeightFormat.tensor_format`): a lookup dequantizes the rows it gathers. It is the largest
+          tensor of a small-width model (the demo model's would be 26 MB in F32, 6.8 MB as q8 rows) and
+          0.8 GB of GPT-J 6B's 7 GB. Version 1 files keep it F32.
+    q4    as q8, with the weight's 4-bit values packed two a byte:
+              transformer.h.0.attn.q_proj.weight         U8  [out, in/2]     the 4-bit values (quant.py)
+              transformer.h.0.attn.q_proj.weight_scale   F16 [out, in/32]
 
-Order: the F32 tensors first, then the F16 tensors, then for q8 each I8 weight followed by its F16
-scales, every group in model order. The writer starts the data 64-byte aligned; F32 sizes are multiples
+Order: the F32 tensors first, then the F16 tensors, then for a block format each weight's values
+followed by its F16 scales, every group in model order. The writer starts the data 64-byte aligned; F32 sizes are multiples
 of 4 and an I8 weight's size is out * in with in a multiple of 32, so every tensor starts at a multiple of
 its element size and the C++ runtime uses the memory-mapped pointers directly (for GPT-J 6B every
 tensor even starts 64-byte aligned). Writing the scales right after their weight lets the writer
@@ -49,13 +56,15 @@ import numpy as np
 from .config import GPTJConfig
 from .errors import CheckpointError, ConfigError, GPTJError, InputError
 from .layout import weight_shapes
-from .quant import QK, dequantize_blocks, is_quantized, quantize_blocks
+from . import formats
+from .formats import CURRENT_FILE_VERSION, FORMATS, WeightFormat, scale_name, weight_format
+from .quant import QK
 from .safetensors_file import DTYPES, MAX_HEADER_BYTES, SafetensorsFile, write_safetensors
 
 FORMAT = "gptj_ref"
-FORMAT_VERSION = 2
-EMBEDDING = "transformer.wte.weight"
-NATIVE_DTYPES = ("q8", "f16", "f32")
+FORMAT_VERSION = CURRENT_FILE_VERSION
+EMBEDDING = formats.EMBEDDING
+NATIVE_DTYPES = tuple(FORMATS)  # ("q8", "q4", "f16", "f32")
 
 Spec = Tuple[str, str, Tuple[int, ...]]  # (stored name, safetensors dtype, shape)
 
@@ -63,44 +72,32 @@ Spec = Tuple[str, str, Tuple[int, ...]]  # (stored name, safetensors dtype, shap
 _CHUNK_ELEMENTS = 1 << 20
 
 
-def scale_name(name: str) -> str:
-    """The name of a quantized weight's scale tensor: "...q_proj.weight" -> "...q_proj.weight_scale"."""
-    return name + "_scale"
-
-
-def stored_as_q8(name: str, dtype: str, version: int = FORMAT_VERSION) -> bool:
-    """True when a native file of this dtype and format version stores tensor `name` as int8 blocks:
-    the linear weights `quant.is_quantized` names, and from version 2 on the embedding."""
-    return dtype == "q8" and (is_quantized(name) or (name == EMBEDDING and version >= 2))
-
-
 def native_specs(config: GPTJConfig, dtype: str, version: int = FORMAT_VERSION) -> List[Spec]:
     """Every tensor of a native file of this config, dtype and format version, in file order (see the
     module docstring)."""
     if dtype not in NATIVE_DTYPES:
         raise InputError(f"unknown native dtype {dtype!r}; choose one of {', '.join(NATIVE_DTYPES)}")
+    fmt = weight_format(dtype)
     f32: List[Spec] = []
     f16: List[Spec] = []
-    q8: List[Spec] = []
+    blocks: List[Spec] = []
     for name, shape in weight_shapes(config).items():
-        if len(shape) == 1 or dtype == "f32":
-            f32.append((name, "F32", shape))
-        elif dtype == "f16":
-            f16.append((name, "F16", shape))
-        elif stored_as_q8(name, dtype, version):
-            out, n_in = shape
-            if n_in % QK != 0:
-                raise ConfigError(f"{name} has {n_in} inputs, not a multiple of the int8 block size {QK}; "
-                                 "a q8 file needs n_embd and d_ff to be multiples of 32 (use f16 or f32)")
-            q8.append((name, "I8", shape))
-            q8.append((scale_name(name), "F16", (out, n_in // QK)))
+        try:
+            stored = fmt.stores(name, shape, version)
+        except InputError as e:
+            raise ConfigError(str(e)) from None
+        if len(stored) == 2:          # a block format's values and scales
+            blocks += stored
+        elif stored[0][1] == "F16":
+            f16 += stored
         else:
-            f32.append((name, "F32", shape))                # the embedding of a version 1 q8 file
-    return f32 + f16 + q8
+            f32 += stored
+    return f32 + f16 + blocks
 
 
 def native_metadata(config: GPTJConfig, dtype: str, tokenizer_json: Optional[str]) -> Dict[str, str]:
     return {"format": FORMAT, "format_version": str(FORMAT_VERSION), "dtype": dtype,
+            "dtype_version": str(weight_format(dtype).version),
             "config": json.dumps(config.to_hf(), sort_keys=True), "tokenizer": tokenizer_json or "", "qk": str(QK)}
 
 
@@ -124,6 +121,8 @@ def write_native(path: "str | os.PathLike[str]", config: GPTJConfig,
     is called after each stored tensor. Nothing appears at `path` unless the whole file was written.
     """
     specs = native_specs(config, dtype)
+    fmt = weight_format(dtype)
+    stored_names = {name for name, _, _ in specs}
     expected = weight_shapes(config)
     scales_due: Dict[str, np.ndarray] = {}   # the scales of the weight just quantized, written next
 
@@ -135,10 +134,10 @@ def write_native(path: "str | os.PathLike[str]", config: GPTJConfig,
             raise CheckpointError(f"tensor {stored!r} has shape {list(w.shape)} but the config implies "
                                   f"{list(expected[stored])}")
         try:
-            if stored_as_q8(stored, dtype):
-                q, scales = quantize_blocks(w)
+            if scale_name(stored) in stored_names:
+                values, scales = fmt.tensor_format(stored, w.shape).quantize(w)
                 scales_due[scale_name(stored)] = scales
-                return q
+                return values
             if dtype == "f16" and w.ndim == 2:
                 return to_float16(w, stored)
         except InputError as e:
@@ -191,9 +190,9 @@ class NativeFile:
 
     .config, .dtype, .tokenizer_json, .format_version
     .tensor(name)            the stored array (read-only, memory-mapped), by stored name
-    .weights_for_runtime()   every stored array by stored name (I8 weights and F16 scales for q8)
+    .weights_for_runtime()   every stored array by stored name (values and F16 scales for block formats)
     .dequantized_weights()   float32 weights by Hugging Face name: what the reference backend runs
-    .check()                 a full scan of the data (int8 never -128, floats finite); open checks only
+    .check()                 a full scan of the data (q8's int8 never -128, floats finite); open checks only
                              what the header and the scales say, without reading the weights
     """
 
@@ -228,6 +227,11 @@ class NativeFile:
         self.dtype = meta.get("dtype")
         if self.dtype not in NATIVE_DTYPES:
             raise self._error(f"dtype {self.dtype!r} is unknown; expected one of {', '.join(NATIVE_DTYPES)}")
+        self.format = weight_format(self.dtype)
+        dtype_version = meta.get("dtype_version", "1")
+        if dtype_version != str(self.format.version):
+            raise self._error(f"{self.dtype} layout version {dtype_version!r} is not the one this gptj_ref reads "
+                              f"({self.format.version}); convert the model again with this version")
         if meta.get("qk") != str(QK):
             raise self._error(f"int8 block size qk = {meta.get('qk')!r}; this gptj_ref reads only {QK}")
         try:
@@ -236,6 +240,7 @@ class NativeFile:
         except (ValueError, GPTJError) as e:
             raise self._error(f"the config in the file is not valid: {e}") from None
         self.tokenizer_json = meta.get("tokenizer", "")
+        self.config_shapes = weight_shapes(self.config)
 
         entries = self._file.entries
         expected = {name: (st, shape) for name, st, shape in specs}
@@ -256,21 +261,23 @@ class NativeFile:
                 raise self._error(f"tensor {name!r} starts at byte {entry.offset}, not a multiple of its element "
                                   f"size {DTYPES[st].itemsize}; rewrite the file with `gptj convert`")
         self._names = [name for name, _, _ in specs]
-        if self.dtype == "q8":
+        if self.format.is_block:
             for name in self._names:
-                if stored_as_q8(name, self.dtype, version):
-                    self._check_scales(scale_name(name))
+                if scale_name(name) in expected:
+                    self._check_scales(name)
 
-    def _check_scales(self, name: str) -> None:
+    def _check_scales(self, weight: str) -> None:
+        fmt, name = self.tensor_format(weight), scale_name(weight)
         scales = self._file.array(name)
         step = max(1, _CHUNK_ELEMENTS // max(scales.shape[1], 1))
         for start in range(0, scales.shape[0], step):
             chunk = scales[start:start + step]
-            bad = ~(np.isfinite(chunk) & (chunk >= 0))
+            bad = ~np.isfinite(chunk) if fmt.signed_scales else ~(np.isfinite(chunk) & (chunk >= 0))
             if bad.any():
                 row, col = (int(i) for i in np.argwhere(bad)[0])
                 raise self._error(f"scale tensor {name!r} holds {chunk[row, col]} at [{start + row}, {col}]; "
-                                  "scales must be finite and >= 0; the file is damaged")
+                                  f"{fmt.name} scales must be finite{'' if fmt.signed_scales else ' and >= 0'}; "
+                                  "the file is damaged")
 
     # Access ------------------------------------------------------------------------------------------
     def names(self) -> List[str]:
@@ -282,15 +289,24 @@ class NativeFile:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
         return self._file.array(name)
 
+    def tensor_format(self, name: str) -> WeightFormat:
+        """The format the weight `name` (a Hugging Face name) is stored in (formats.py decides)."""
+        return self.format.tensor_format(name, self.config_shapes[name], self.format_version)
+
+    def tensor_formats(self) -> Dict[str, str]:
+        """Format name by weight name, for every weight of the file."""
+        return {name: self.tensor_format(name).name for name in self.config_shapes}
+
     def weights_for_runtime(self) -> Dict[str, np.ndarray]:
         """Every stored tensor as its memory-mapped array, by stored name (nothing copied)."""
         return {name: self._file.array(name) for name in self._names}
 
     def weight(self, name: str) -> np.ndarray:
-        """One weight by Hugging Face name as float32 (dequantized for q8; mapped, not copied, when F32)."""
+        """One weight by Hugging Face name as float32 (dequantized for a block format; mapped, not copied,
+        when F32)."""
         stored = self.tensor(name)
-        if stored_as_q8(name, self.dtype, self.format_version):
-            return dequantize_blocks(stored, self.tensor(scale_name(name)))
+        if scale_name(name) in self._file.entries:
+            return self.tensor_format(name).dequantize(stored, self.tensor(scale_name(name)))
         if stored.dtype == np.float32:
             return stored
         return stored.astype(np.float32)
@@ -300,16 +316,19 @@ class NativeFile:
         return {name: self.weight(name) for name in weight_shapes(self.config)}
 
     def check(self) -> None:
-        """Read every tensor: int8 values in [-127, 127], every float finite. Slow for big files."""
+        """Read every tensor: the format's check of its values (q8: int8 in [-127, 127]), every float
+        finite. Slow for big files."""
         for name in self._names:
             a = self._file.array(name)
+            fmt = self.tensor_format(name) if name in self.config_shapes else self.format
             flat = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
             step = max(1, _CHUNK_ELEMENTS // max(flat.shape[1], 1))
             for start in range(0, flat.shape[0], step):
                 chunk = flat[start:start + step]
-                if a.dtype == np.int8:
-                    if (chunk == -128).any():
-                        raise self._error(f"int8 tensor {name!r} holds -128; q8 weights are in [-127, 127]")
+                if a.dtype.kind in "iu":
+                    problem = fmt.check_values(chunk) if fmt.check_values else None
+                    if problem:
+                        raise self._error(f"tensor {name!r} {problem}")
                 elif not np.isfinite(chunk).all():
                     raise self._error(f"tensor {name!r} holds NaN or inf")
 

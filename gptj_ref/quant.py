@@ -258,10 +258,114 @@ def q8_linear_error_bound(x: np.ndarray, q: np.ndarray, scales: np.ndarray,
     lead = x.shape[:-1]
     qx, dx = quantize_activations(np.asarray(x, dtype=np.float32).reshape(-1, K), qk)
     abs_dots = block_dots(np.abs(qx.astype(np.int16)), np.abs(q.astype(np.int16)), qk)   # |-128| = 128 needs int16
-    total = np.einsum("tnb,nb,tb->tn", abs_dots.astype(np.float64), scales.astype(np.float64), dx.astype(np.float64))
+    total = np.einsum("tnb,nb,tb->tn", abs_dots.astype(np.float64), np.abs(scales.astype(np.float64)),
+                      dx.astype(np.float64))                   # |scale|: q4 scales may be negative
     if bias is not None:
         total = total + np.abs(np.asarray(bias, dtype=np.float64))
     m = (K // qk) * lanes + 3
     u = 2.0 ** -24
     gamma = m * u / (1 - m * u)
     return (2 * gamma * total).reshape(*lead, N)
+
+
+# -------------------------------------------------------------------------------------------------
+# q4: 4-bit blocks
+# -------------------------------------------------------------------------------------------------
+#
+# The same blocks of QK = 32 along K with one float16 scale d16 each, and 4-bit values q in [-8, 7]:
+#     w ~= q * float32(d16)                      (exact in float32)
+# Stored as u = q + 8 in [0, 15], two a byte: byte j (j < 16) of a block holds u[j] in its low nibble
+# and u[16 + j] in its high nibble (see cpp/kernels/q4.h), so the packed weight is uint8 [N, K/2].
+#
+# The scale: per block, with m the signed w of largest |w|, the candidate scales d = m / -c for c in
+# Q4_DIVISORS put m on -c (so the grid's extra negative step, -8, serves whichever sign m has: a scale
+# may be negative); for each, q = clip(round(w / d), -8, 7) and then the least-squares scale for that q,
+# d = sum(w q) / sum(q q), rounded to float16; the block keeps the (q, d16) with the smallest squared
+# error sum (w - q d16)^2 (the first on ties; c = 8 first, which is ggml's q4_0 rule before the refit).
+# benchmarks/q4_formats.py measures this against the other candidates. A block of zeros gets d16 = 0
+# and q = 0.
+# The activations and the integer matmul are q8's, on the unpacked q: a q4 linear is q8_linear on
+# q4_unpack(values) with the same scales, bit for bit.
+
+Q4_MIN, Q4_MAX = -8, 7
+Q4_DIVISORS = (8.0, 7.0, 7.25, 7.5, 7.75, 8.5, 9.0, 9.5, 10.0, 11.0, 12.0)
+
+
+def q4_quantize_blocks(w: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.ndarray]:
+    """w [N, K] float -> (values uint8 [N, K/2], scales float16 [N, K/qk]); see the q4 notes above."""
+    w = np.asarray(w)
+    n_blocks = _check_blocks(w.shape, qk, "the weight")
+    N, K = w.shape
+    values = np.empty((N, K // 2), dtype=np.uint8)
+    scales = np.empty((N, n_blocks), dtype=np.float16)
+    step = _row_chunk(K)
+    for start in range(0, N, step):
+        stop = min(start + step, N)
+        blocks = np.asarray(w[start:stop], dtype=np.float32).reshape(stop - start, n_blocks, qk)
+        if not np.isfinite(blocks).all():
+            bad = np.argwhere(~np.isfinite(blocks))[0]
+            raise InputError(f"the weight holds {blocks[tuple(bad)]} at row {start + bad[0]}, column "
+                             f"{bad[1] * qk + bad[2]}; only finite weights can be quantized")
+        amax = np.abs(blocks).max(axis=-1)                                         # [n, nb]
+        if amax.max(initial=0.0) > Q4_DIVISORS[0] * F16_MAX:
+            raise InputError(f"a weight block has max |w| = {amax.max():.4g}; its 4-bit scale does not fit in "
+                             f"float16 (max {F16_MAX}); such weights cannot be stored as q4")
+        q, d16 = _q4_best_scale(blocks, amax)
+        scales[start:stop] = d16
+        values[start:stop] = q4_pack(q.reshape(stop - start, K))
+    return values, scales
+
+
+def _q4_best_scale(blocks: np.ndarray, amax: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(q int8 [..., nb, qk] in [-8, 7], d16 float16 [..., nb]) minimising each block's squared error."""
+    idx = np.abs(blocks).argmax(axis=-1)[..., None]
+    extreme = np.take_along_axis(blocks, idx, axis=-1)[..., 0]                 # the signed w of largest |w|
+    best_err = np.full(amax.shape, np.inf, dtype=np.float64)
+    best_q = np.zeros(blocks.shape, dtype=np.int8)
+    best_d = np.zeros(amax.shape, dtype=np.float16)
+    for c in Q4_DIVISORS:
+        d = extreme / np.float32(-c)                                            # the extreme lands on -c
+        q = np.clip(np.rint(blocks / np.where(d != 0, d, 1)[..., None]), Q4_MIN, Q4_MAX)   # float32
+        qq = (q * q).sum(axis=-1, dtype=np.float64)
+        ls = np.where(qq > 0, (blocks * q).sum(axis=-1, dtype=np.float64) / np.where(qq > 0, qq, 1), 0.0)
+        d16 = np.clip(ls, -F16_MAX, F16_MAX).astype(np.float16)                 # least squares for this q
+        err = ((blocks - q * d16.astype(np.float32)[..., None]).astype(np.float64) ** 2).sum(axis=-1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_q[better] = q[better].astype(np.int8)
+        best_d[better] = d16[better]
+    return best_q, best_d
+
+
+def q4_pack(q: np.ndarray, qk: int = QK) -> np.ndarray:
+    """q int [N, K] in [-8, 7] -> packed uint8 [N, K/2] (u = q + 8; byte j of a block: u[j] | u[16+j] << 4)."""
+    N, K = q.shape
+    u = (np.asarray(q, dtype=np.int16) + 8).astype(np.uint8).reshape(N, K // qk, 2, qk // 2)
+    return (u[:, :, 0, :] | (u[:, :, 1, :] << 4)).reshape(N, K // 2)
+
+
+def q4_unpack(values: np.ndarray, qk: int = QK) -> np.ndarray:
+    """packed uint8 [N, K/2] -> q int8 [N, K] in [-8, 7], a slice of rows at a time."""
+    values = np.asarray(values)
+    if values.ndim != 2 or values.dtype != np.uint8 or values.shape[1] % (qk // 2):
+        raise InputError(f"q4 values must be uint8 [N, K/2] with K a multiple of {qk}, got {values.dtype} "
+                         f"{list(values.shape)}")
+    N, half = values.shape
+    out = np.empty((N, 2 * half), dtype=np.int8)
+    step = _row_chunk(2 * half)
+    for start in range(0, N, step):
+        v = values[start:start + step].reshape(-1, half // (qk // 2), qk // 2)
+        lo = (v & 0x0F).astype(np.int8) - 8
+        hi = (v >> 4).astype(np.int8) - 8
+        out[start:start + step] = np.concatenate([lo, hi], axis=-1).reshape(-1, 2 * half)
+    return out
+
+
+def q4_dequantize_blocks(values: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """What a q4 tensor means: (q4_unpack(values) * float32(scales) blockwise), float32 [N, K]."""
+    return dequantize_blocks(q4_unpack(values), scales)
+
+
+def q4_linear(x: np.ndarray, values: np.ndarray, scales: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
+    """Exact emulation of the q4 linear layer: q8_linear on the unpacked values (see the q4 notes)."""
+    return q8_linear(x, q4_unpack(values), scales, bias)

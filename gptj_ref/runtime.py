@@ -1,13 +1,13 @@
-"""The C++ fp32 model behind the same backend interface as the reference.
+"""The C++ model behind the same backend interface as the reference.
 
-`CppModel(config, weights, threads)` holds views of the given fp32 arrays (nothing is copied; keep them
-C-contiguous float32) and answers `forward(token_ids, cache, attention_mask)` exactly as
+`CppModel(config, weights, threads)` holds views of the given arrays (nothing is copied; keep them
+C-contiguous: float32, or a block format's values and scales from a native file) and answers `forward(token_ids, cache, attention_mask)` exactly as
 `Reference.forward` does. In a batch every row is its own sequence with its own cache length: padding
 is never computed (pad positions' logits are 0), and the linear layers run over the real tokens of all
 rows at once, so a batched decode step reads each weight once for every row.
 
-Kernel implementation: `set_kernel_isa("auto" | "scalar" | "avx2" | "avxvnni" | "amx")`, `kernel_isa()`; the environment
-variable GPTJ_FORCE_SCALAR=1 selects the scalar kernels at import.
+Kernel level: `set_kernel_isa("auto" | "scalar" | "avx2" | "avxvnni" | "avx512" | "amx")`, `kernel_isa()`;
+the environment variable GPTJ_FORCE_SCALAR=1 selects the scalar kernels at import.
 """
 
 from __future__ import annotations
@@ -17,34 +17,36 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from . import _core
+from . import _core, formats
 from .backend import check_cache_room, check_cache_size, check_inputs, check_kv_dtype
 from .config import GPTJConfig
 from .errors import CheckpointError, InputError, SettingsError
+from .layout import weight_shapes
 from .reference import rotary_tables
 
-ISAS = ("auto", "scalar", "avx2", "avxvnni", "amx")
+ISAS = ("auto", "scalar", "avx2", "avxvnni", "avx512", "amx")
 
 
 def set_kernel_isa(isa: str = "auto") -> None:
     """Choose the kernels: "scalar" (portable reference), "avx2" (needs AVX2+FMA), "avxvnni" (AVX2 plus
-    AVX-VNNI int8 kernels), "amx" (that plus the AMX tile unit for int8 prompts), "auto" (the best this
-    CPU, OS and build have). All compute the same results within the tolerances the tests state; avx2,
-    avxvnni and amx agree bitwise."""
+    AVX-VNNI int8 kernels), "avx512" (int8 decode kernels on AVX-512 with VNNI), "amx" (the AMX tile unit
+    for int8 prompts), "auto" (the best this CPU, OS and build have). All compute the same results within
+    the tolerances the tests state; every level above scalar agrees with the others bitwise."""
     if isa not in ISAS:
         raise SettingsError(f"unknown kernel ISA {isa!r}; choose one of {', '.join(ISAS)}")
     available = available_kernel_isas()
     if isa == "auto":
         isa = available[-1]
     if isa not in available:
-        needs = {"avx2": "AVX2/FMA", "avxvnni": "AVX-VNNI", "amx": "AMX-INT8 (or the OS's grant of it)"}[isa]
+        needs = {"avx2": "AVX2/FMA", "avxvnni": "AVX-VNNI", "avx512": "AVX-512 (F, BW, VL, VNNI)",
+                 "amx": "AMX-INT8 (or the OS's grant of it)"}[isa]
         raise SettingsError(f"the {isa} kernels are unavailable: this CPU lacks {needs} or the build left them out; "
                             f"available: {', '.join(available)}")
     _core.set_isa(isa)
 
 
 def kernel_isa() -> str:
-    """The kernels in use: "scalar", "avx2", "avxvnni" or "amx"."""
+    """The kernel level in use: "scalar", "avx2", "avxvnni", "avx512" or "amx"."""
     return _core.isa()
 
 
@@ -74,13 +76,14 @@ class CppCache:
 
 
 class CppModel:
-    """GPT-J on the C++ core as a backend (gptj_ref.backend.Backend): fp32 weights on the fp32 kernels,
-    int8 blocks (q8 files) on the int8 kernels.
+    """GPT-J on the C++ core as a backend (gptj_ref.backend.Backend): each linear, and the embedding, on
+    the kernels of its weight format (formats.py).
 
-    A weight `name` comes with `name + "_scale"` (float16 viewed as uint16) when it is int8; the model then
-    runs that linear with kernels/q8 (activations quantized per token and block of 32, see quant.py).
+    weights: stored name -> array, as a native file of `weight_format` holds them (formats.py): for a
+    block format (q8, q4) a quantized linear `name` is its values plus `name + "_scale"` (float16). The
+    C++ model is told each linear's format by name; it never guesses it from names or dtypes.
 
-    kv_dtype: the precision of the KV caches new_cache() makes. Default: "float16" for int8 models (half
+    kv_dtype: the precision of the KV caches new_cache() makes. Default: "float16" for quantized models (half
     the memory and the attention reads; 2048 tokens of GPT-J 6B take 0.94 GB instead of 1.9 GB, and the
     rounding is far below int8's), "float32" otherwise (exact parity with the reference).
     Reference(kv_dtype="float16") emulates the half-precision cache.
@@ -93,24 +96,32 @@ class CppModel:
     prefill_chunk = 512
 
     def __init__(self, config: GPTJConfig, weights: Mapping[str, np.ndarray], threads: Optional[int] = None,
-                 kv_dtype: Optional[str] = None):
+                 kv_dtype: Optional[str] = None, weight_format: str = "f32",
+                 file_version: int = formats.CURRENT_FILE_VERSION):
         self.config = config
         self._weights = dict(weights)  # the C++ model holds views into these arrays
         self.native = None             # the NativeFile the weights are mapped from (set by from_native)
-        int8 = any(getattr(a, "dtype", None) == np.int8 for a in self._weights.values())
-        if int8:
-            self.name = "cpp-q8"
-        self.kv_dtype = check_kv_dtype(("float16" if int8 else "float32") if kv_dtype is None else kv_dtype)
+        fmt = formats.weight_format(weight_format)
+        core_weights, core_formats = dict(self._weights), {}
+        if fmt.is_block:
+            self.name = f"cpp-{fmt.name}"
+            for name, shape in weight_shapes(config).items():
+                scales = formats.scale_name(name)
+                if scales in self._weights:
+                    core_weights[name] = (self._weights[name], np.asarray(self._weights[scales]).view(np.uint16))
+                    core_formats[name] = fmt.tensor_format(name, shape, file_version).name
+        self.weight_format = fmt.name
+        self.kv_dtype = check_kv_dtype(("float16" if fmt.is_block else "float32") if kv_dtype is None else kv_dtype)
         self._sin, self._cos = rotary_tables(config.n_ctx, config.n_rot)  # [n_ctx, n_rot/2]
         threads = (os.cpu_count() or 1) if threads is None else threads
         if not isinstance(threads, int) or threads < 1:
             raise SettingsError(f"threads must be a positive integer, got {threads!r}")
         c = config
         try:
-            self._core = _core.Model(self._weights, self._sin, self._cos, vocab_size=c.vocab_size,
-                                     n_positions=c.n_positions, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-                                     rotary_dim=c.rotary_dim, d_ff=c.d_ff, eps=float(c.layer_norm_epsilon),
-                                     threads=threads)
+            sizes = _core.Config(n_vocab=c.vocab_size, n_ctx=c.n_positions, n_embd=c.n_embd, n_layer=c.n_layer,
+                                 n_head=c.n_head, n_rot=c.rotary_dim, d_ff=c.d_ff, eps=float(c.layer_norm_epsilon))
+            self._core = _core.Model(core_weights, core_formats,
+                                     self._sin, self._cos, sizes, threads)
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"cannot run these weights on the C++ core: {e}. The C++ backend uses the "
                                   "arrays in place, so each must be C-contiguous float32 with the shape the config "
@@ -120,24 +131,25 @@ class CppModel:
     def from_native(cls, native, threads: Optional[int] = None, kv_dtype: Optional[str] = None) -> "CppModel":
         """The C++ model over an open native file (gptj_ref.native.NativeFile), without copying weights.
 
-        q8   the int8 weights and their float16 scales are used in place, as views of the memory map, on
-             the int8 kernels; everything else (embedding, LayerNorms, biases) is float32 in the file and
-             used in place too. Loading touches no weight page: the first forward pass reads them.
+        q8, q4  the quantized weights and their float16 scales are used in place, as views of the memory
+             map, on the kernels of the file's format; the embedding (q8 rows from file version 2 on,
+             formats.py), LayerNorms and biases are used in place too. Loading touches no weight page: the first forward
+             pass reads them.
         f32  every tensor is used in place on the fp32 kernels.
         f16  there are no fp16 kernels: the matrices are converted to float32 once at load (a copy of
              4 bytes per parameter, 24 GB for GPT-J 6B: use a q8 file for the 6B model on CPU).
         """
         arrays = native.weights_for_runtime()
-        if native.dtype == "q8":
-            arrays = {name: a.view(np.uint16) if name.endswith("_scale") else a for name, a in arrays.items()}
-        elif native.dtype == "f16":
+        fmt = native.format
+        if not fmt.is_block and fmt.values_dtype != "F32":   # f16: no fp16 kernels
             arrays = {name: a.astype(np.float32) if a.dtype == np.float16 else a for name, a in arrays.items()}
-        model = cls(native.config, arrays, threads, kv_dtype)
+        model = cls(native.config, arrays, threads, kv_dtype, weight_format=fmt.name if fmt.is_block else "f32",
+                    file_version=native.format_version)
         model.native = native  # the file the weights are mapped from; keeps the map alive with the model
         return model
 
     def weight_views(self) -> dict:
-        """The arrays the C++ model points into, by stored name (int8 weights and uint16 scales for q8)."""
+        """The arrays the C++ model points into, by stored name (values and float16 scales for q8 and q4)."""
         return dict(self._weights)
 
     @property

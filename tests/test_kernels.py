@@ -1,4 +1,5 @@
-"""Every C++ kernel, scalar and AVX2, against NumPy on drawn shapes (odd sizes hit the tail loops).
+"""Every C++ fp32 kernel at every level (the levels above AVX2 run the AVX2 ones) against NumPy on drawn
+shapes (odd sizes hit the tail loops).
 
 Oracles are computed in float64 from the same fp32 inputs, and each tolerance is a rounding-error bound
 for the kernel's fp32 arithmetic, stated beside the test. u = 2^-24 is the fp32 unit roundoff.

@@ -222,7 +222,7 @@ BAD_FILES = {
     "version not a number": (set_meta("format_version", "1.5"), "not a version number"),
     "wrong format marker": (set_meta("format", "ggml"), "not a gptj_ref native model file.*'ggml'"),
     "no metadata": (drop_metadata, "not a gptj_ref native model file"),
-    "unknown dtype": (set_meta("dtype", "q4"), "dtype 'q4' is unknown"),
+    "unknown dtype": (set_meta("dtype", "q3"), "dtype 'q3' is unknown"),   # q4 exists now: an unknown one
     "other block size": (set_meta("qk", "64"), "block size qk = '64'"),
     "config not json": (set_meta("config", "{n_embd: 64"), "config in the file is not valid"),
     "config inconsistent": (set_config(n_head=5), "config in the file is not valid.*divisible"),

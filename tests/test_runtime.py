@@ -1,4 +1,4 @@
-"""The C++ fp32 runtime (gptj_ref.runtime.CppModel) against the NumPy reference, on both kernel ISAs.
+"""The C++ fp32 runtime (gptj_ref.runtime.CppModel) against the NumPy reference, on every kernel level.
 
 Tolerance for logits: max |Δ| <= 1e-4 * max |logit| (the logit scale). Both backends compute in fp32
 with the same operations; they differ only in the order of the reductions (matmul sums, LayerNorm and

@@ -18,19 +18,19 @@ void gelu_new(float* x, int64_t n) {
     }
 }
 
-// y[m, :] = exp(x[m, :] - max) / sum(exp(x[m, :] - max))
+// y = exp(x - max) / sum(exp(x - max)), the sum in index order; y may alias x.  x, y (n), n >= 1
+void softmax_row(float* y, const float* x, int64_t n) {
+    float mx = x[0];
+    for (int64_t i = 1; i < n; ++i) mx = std::fmax(mx, x[i]);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; ++i) sum += (y[i] = std::exp(x[i] - mx));
+    const float inv = 1.0f / sum;
+    for (int64_t i = 0; i < n; ++i) y[i] *= inv;
+}
+
 void softmax(float* y, const float* x, int64_t M, int64_t N) {
 #pragma omp parallel for schedule(static)
-    for (int64_t m = 0; m < M; ++m) {
-        const float* xm = x + m * N;
-        float* ym = y + m * N;
-        float mx = xm[0];
-        for (int64_t i = 1; i < N; ++i) mx = std::fmax(mx, xm[i]);
-        float sum = 0.0f;
-        for (int64_t i = 0; i < N; ++i) sum += (ym[i] = std::exp(xm[i] - mx));
-        const float inv = 1.0f / sum;
-        for (int64_t i = 0; i < N; ++i) ym[i] *= inv;
-    }
+    for (int64_t m = 0; m < M; ++m) softmax_row(y + m * N, x + m * N, N);
 }
 
 // x = (a + m) + x, the order transformers adds GPT-J's attention and MLP outputs to the residual.

@@ -4,7 +4,7 @@
 // filled (keys after rotary); scratch (attention_scratch_floats(start + T) floats). Query t is in slot start + t and
 // sees slots [0, start + t]:
 //     s_j = (q . k_j) / sqrt(d_head),  p = softmax(s),  out = sum_j p_j v_j
-// Rounding: fp32 dot products in index order, softmax as in activation_scalar.cpp, the value sum in
+// Rounding: fp32 dot products in index order, softmax_row of activation_scalar.cpp, the value sum in
 // slot order. Threads split the (head, query) pairs; each output row is computed by one thread.
 // attention_f16kv: the same with float16 keys and values, each widened (exactly) where it is read.
 #include <cmath>
@@ -14,16 +14,6 @@
 #include "kernels/parallel.h"
 
 namespace gptj::kernels::scalar {
-
-// s = exp(s - max) / sum(exp(s - max)), in place.  s (n)
-static void softmax_row(float* s, int64_t n) {
-    float mx = s[0];
-    for (int64_t i = 1; i < n; ++i) mx = std::fmax(mx, s[i]);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; ++i) sum += (s[i] = std::exp(s[i] - mx));
-    const float inv = 1.0f / sum;
-    for (int64_t i = 0; i < n; ++i) s[i] *= inv;
-}
 
 static inline float widen(float x) { return x; }
 static inline float widen(uint16_t h) { return f16_to_f32(h); }
@@ -49,7 +39,7 @@ static void attention_over(float* out, const float* q, const KV* k, const KV* v,
                 for (int64_t d = 0; d < d_head; ++d) dot += qt[d] * widen(kh[j * d_head + d]);
                 scores[j] = dot / scale;
             }
-            softmax_row(scores, n_keys);
+            softmax_row(scores, scores, n_keys);  // the softmax kernel's row
             for (int64_t d = 0; d < d_head; ++d) ot[d] = 0.0f;
             for (int64_t j = 0; j < n_keys; ++j)
                 for (int64_t d = 0; d < d_head; ++d) ot[d] += scores[j] * widen(vh[j * d_head + d]);

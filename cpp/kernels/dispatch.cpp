@@ -1,6 +1,9 @@
-// Run-time choice between the scalar and AVX2 kernels, and the thread-count knob.
+// The CPU level in use (detection and choice), the fp32 kernels' dispatch between the scalar and AVX2
+// versions (every level above AVX2 uses the AVX2 fp32 kernels), and the thread-count knob. The linear
+// layers of quantized formats are dispatched by formats.cpp's table.
 #include <atomic>
 #include <stdexcept>
+#include <string>
 
 #if defined(GPTJ_HAVE_AMX) && defined(__x86_64__) && defined(__linux__)
 #include <cpuid.h>
@@ -14,26 +17,37 @@
 
 namespace gptj::kernels {
 
-bool avx2_supported() {
+namespace {
+
+bool avx2_cpu() {
 #if defined(GPTJ_HAVE_AVX2) && defined(__x86_64__)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
     return false;
 #endif
 }
 
-bool avxvnni_supported() {
+bool avxvnni_cpu() {
 #if defined(GPTJ_HAVE_AVXVNNI) && defined(__x86_64__)
-    return avx2_supported() && __builtin_cpu_supports("avxvnni");
+    return avx2_cpu() && __builtin_cpu_supports("avxvnni");
 #else
     return false;
 #endif
 }
 
-bool amx_supported() {
+bool avx512_cpu() {
+#if defined(GPTJ_HAVE_AVX512) && defined(__x86_64__)
+    return avx2_cpu() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+}
+
+bool amx_cpu() {
 #if defined(GPTJ_HAVE_AMX) && defined(__x86_64__) && defined(__linux__)
     static const bool supported = [] {
-        if (!avxvnni_supported() || !__builtin_cpu_supports("avx512f")) return false;
+        if (!avxvnni_cpu() || !__builtin_cpu_supports("avx512f")) return false;
         unsigned a, b, c, d;
         if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25)))
             return false;  // AMX-TILE, AMX-INT8
@@ -48,21 +62,34 @@ bool amx_supported() {
 #endif
 }
 
+}  // namespace
+
+bool isa_supported(Isa isa) {
+    switch (isa) {
+        case Isa::Scalar: return true;
+        case Isa::Avx2: return avx2_cpu();
+        case Isa::AvxVnni: return avxvnni_cpu();
+        case Isa::Avx512: return avx512_cpu();
+        case Isa::Amx: return amx_cpu();
+    }
+    return false;
+}
+
 static std::atomic<Isa>& current_isa() {
-    static std::atomic<Isa> isa{amx_supported()       ? Isa::Amx
-                                : avxvnni_supported() ? Isa::AvxVnni
-                                : avx2_supported()    ? Isa::Avx2
-                                                      : Isa::Scalar};
+    static std::atomic<Isa> isa{[] {
+        Isa best = Isa::Scalar;
+        for (Isa level : {Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Amx})
+            if (isa_supported(level)) best = level;
+        return best;
+    }()};
     return isa;
 }
 
 void set_isa(Isa isa) {
-    if (isa == Isa::Avx2 && !avx2_supported())
-        throw std::runtime_error("the AVX2+FMA kernels are not available on this CPU or were not compiled in");
-    if (isa == Isa::AvxVnni && !avxvnni_supported())
-        throw std::runtime_error("the AVX-VNNI kernels are not available on this CPU or were not compiled in");
-    if (isa == Isa::Amx && !amx_supported())
-        throw std::runtime_error("the AMX kernels are not available on this CPU or OS or were not compiled in");
+    if (!isa_supported(isa))
+        throw std::runtime_error(std::string("the ") + isa_name(isa) +
+                                 " kernels are not available: this CPU or OS lacks the instructions, or the build "
+                                 "left them out");
     current_isa().store(isa);
 }
 
@@ -71,6 +98,7 @@ Isa isa() { return current_isa().load(); }
 const char* isa_name(Isa isa) {
     switch (isa) {
         case Isa::Amx: return "amx";
+        case Isa::Avx512: return "avx512";
         case Isa::AvxVnni: return "avxvnni";
         case Isa::Avx2: return "avx2";
         default: return "scalar";
@@ -85,7 +113,7 @@ void set_num_threads(int threads) {
 #endif
 }
 
-int max_threads() {
+int num_threads() {
 #if defined(_OPENMP)
     return omp_get_max_threads();
 #else
@@ -94,7 +122,7 @@ int max_threads() {
 }
 
 #if defined(GPTJ_HAVE_AVX2)
-#define GPTJ_DISPATCH(call) (isa() != Isa::Scalar ? avx2::call : scalar::call)  // AvxVnni uses them too
+#define GPTJ_DISPATCH(call) (isa() != Isa::Scalar ? avx2::call : scalar::call)
 #else
 #define GPTJ_DISPATCH(call) (scalar::call)
 #endif

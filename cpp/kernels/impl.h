@@ -1,5 +1,5 @@
-// The two implementations behind kernels.h, with identical signatures. Only dispatch.cpp and the
-// tests' bindings call these directly; avx2:: exists only when GPTJ_HAVE_AVX2 is defined.
+// The two implementations of the fp32 kernels behind kernels.h, with identical signatures. Only
+// dispatch.cpp and formats.cpp call these directly; avx2:: exists only when GPTJ_HAVE_AVX2 is defined.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +24,8 @@
 
 namespace gptj::kernels::scalar {
 GPTJ_KERNEL_DECLS
+// One row of softmax (the scalar attention's too).  x, y (n), n >= 1; y may alias x.
+void softmax_row(float* y, const float* x, int64_t n);
 }
 
 #if defined(GPTJ_HAVE_AVX2)

@@ -3,7 +3,8 @@
 // Conventions (every family): output first, then const inputs, then sizes; shapes are listed in the
 // first comment lines; offsets into weights are 64-bit. Each function here forwards to a scalar
 // reference (namespace scalar) or an AVX2+FMA version (namespace avx2) with the same signature,
-// chosen at run time from the CPU's features or forced with set_isa().
+// chosen at run time from the CPU's level (Isa below) or forced with set_isa(). The linear layers of
+// the quantized formats are chosen through the table of formats.h.
 //
 // Threads: the kernels open OpenMP regions with the calling thread's default team size (see
 // set_num_threads). Work is split over output rows, columns or heads, never over a reduction, so every
@@ -15,26 +16,28 @@
 
 namespace gptj::kernels {
 
-// Avx2: the AVX2+FMA kernels. AvxVnni: the same, except the int8 linear layer, which uses AVX-VNNI's
-// vpdpbusd (q8_avxvnni.cpp). Amx: AvxVnni, except int8 linears of 32 tokens or more, which run on the
-// AMX tile unit (q8_amx.cpp). Every level computes the same results as the AVX2 one, bitwise.
-enum class Isa { Scalar, Avx2, AvxVnni, Amx };
+// CPU levels, from the portable to the fastest. Every level computes the same results as the AVX2 one,
+// bitwise; they differ in the instructions of the weight formats' linear kernels (formats.h):
+//   Scalar   portable C++, the oracle of the others
+//   Avx2     AVX2 + FMA + F16C: every fp32 kernel and the int8 kernels with maddubs + madd
+//   AvxVnni  the int8 kernels with AVX-VNNI's vpdpbusd (q8_avxvnni.cpp, q4_avxvnni.cpp)
+//   Avx512   the int8 row (decode) kernels on 512-bit vectors with AVX512-VNNI (*_avx512.cpp)
+//   Amx      int8 prompts of 32 tokens or more on the AMX tile unit (q8_amx.cpp)
+// A level's kernels are used only where the CPU and the build have it; a format with no kernel of its
+// own at a level uses the best level below that it has (formats.h: resolve).
+enum class Isa { Scalar, Avx2, AvxVnni, Avx512, Amx };
 
-// The CPU can run the AVX2+FMA kernels (and they were compiled in).
-bool avx2_supported();
-// The CPU can run the AVX-VNNI int8 kernel as well (and it was compiled in).
-bool avxvnni_supported();
-// The CPU has AMX-INT8 and AVX-512F (plus all of the above), the kernel was compiled in, and Linux
-// granted this process the AMX tile state (asked for on the first call).
-bool amx_supported();
-// Force an implementation; asking for one the CPU or the build lacks throws std::runtime_error.
+// The CPU can run this level's kernels and they were compiled in. Amx also needs Linux's grant of the
+// tile state, asked for on the first call.
+bool isa_supported(Isa isa);
+// Use this level from now on (process-wide); one the CPU or the build lacks throws std::runtime_error.
 void set_isa(Isa isa);
 Isa isa();
 const char* isa_name(Isa isa);
 
 // Team size for kernels called later from this thread (OpenMP's per-thread ICV); 1 without OpenMP.
 void set_num_threads(int threads);
-int max_threads();
+int num_threads();
 
 // y = x W^T + b.  x (M, K), w (N, K) as nn.Linear, b (N) or nullptr, y (M, N).
 // The K sum runs in blocks of kLinearBlockK; a row of y does not depend on M, so a token's output is
@@ -71,7 +74,7 @@ void attention(float* out, const float* q, const float* k, const float* v, float
 void attention_f16kv(float* out, const float* q, const uint16_t* k, const uint16_t* v, float* scratch, int64_t T,
                      int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens);
 // Scratch for attention over n_keys keys: score rows for 4 queries per thread (the AVX2 kernel's group).
-inline int64_t attention_scratch_floats(int64_t n_keys) { return int64_t(max_threads()) * 4 * n_keys; }
+inline int64_t attention_scratch_floats(int64_t n_keys) { return int64_t(num_threads()) * 4 * n_keys; }
 
 // y = float16(x), rounded to nearest-even (as NumPy's astype(np.float16)).  x, y (n)
 void f32_to_f16(uint16_t* y, const float* x, int64_t n);

@@ -40,20 +40,17 @@ namespace gptj::kernels {
 constexpr int64_t kQ8Block = 32;  // elements per block along K, one scale each
 constexpr int kQ8Max = 127;       // int8 values used: [-kQ8Max, kQ8Max]
 
-
 // Quantize activations per token and block of 32.
 // x (M, K) float32 -> qx (M, K) int8, dx (M, K/32) float32.  K % 32 == 0.
 void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int64_t K);
 
-// y = x W^T + b on quantized activations and weights.
+// The q8 linear layer, y = x W^T + b on quantized activations and weights, is a row of the formats table
+// (formats.h, formats.cpp); its kernels, one per level:
 // qx (M, K), dx (M, K/32); w (N, K) int8, ws (N, K/32) float16 bits; b (N) or nullptr; y (M, N).
-// K % 32 == 0. Small M (decode, M < 64 in AVX2) streams the weights from the file four rows at a time;
-// large M (prompts) packs 16-row panels as int16 and runs a register-tiled product over them. Both
-// compute the same chain per output element, so they agree bitwise.
-void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
-               int64_t M, int64_t N, int64_t K);
-
-// Both implementations, same signatures; avx2:: exists only when GPTJ_HAVE_AVX2 is defined.
+// K % 32 == 0. Small M (decode) streams the weights from the file four rows at a time; large M (prompts)
+// packs 16-row panels (int16 for AVX2, int8 for AVX-VNNI) or tiles (AMX) and runs a register-tiled
+// product over them. All compute the same chain per output element, so they agree bitwise.
+// avx2:: exists only when GPTJ_HAVE_AVX2 is defined, and so on.
 #define GPTJ_Q8_DECLS                                                                                   \
     void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int64_t K);             \
     void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws,    \
@@ -73,8 +70,15 @@ void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, con
                int64_t M, int64_t N, int64_t K);
 }
 #endif
+#if defined(GPTJ_HAVE_AVX512)
+namespace avx512 {  // q8_linear only: the row kernel on 512-bit vectors, prompts through the level below
+void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
+               int64_t M, int64_t N, int64_t K);
+}
+#endif
 #if defined(GPTJ_HAVE_AMX)
-namespace amx {  // q8_linear only: 32 tokens or more on the tile unit, fewer through avxvnni::
+namespace amx {  // q8_linear for kMinTokens tokens or more (the table sends fewer to the level below)
+constexpr int64_t kMinTokens = 32;  // two token tiles
 void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
                int64_t M, int64_t N, int64_t K);
 }

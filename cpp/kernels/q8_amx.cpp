@@ -1,8 +1,8 @@
 // AMX int8 linear layer for prompts (Sapphire Rapids and later Xeons): the tile unit computes the
 // blocks' integer dot products, AVX-512 turns them into the same float32 chains as every other path.
 // Compiled with -mamx-tile -mamx-int8 -mavx512f and called only when the CPU reports AMX-INT8 and the
-// kernel has granted this process the tile state (amx_supported() in dispatch.cpp asks for it).
-// Fewer tokens than kAmxMinTokens go to the AVX-VNNI kernels. See q8.h for the contract.
+// kernel has granted this process the tile state (isa_supported(Isa::Amx) in dispatch.cpp asks for it).
+// The formats table sends fewer tokens than amx::kMinTokens to the level below. See q8.h for the contract.
 //
 // One tile instruction, TDPBSSD, multiplies a 16 x 32 int8 tile A by a 32 x 16 int8 tile B (stored as
 // 8 rows of 16 groups of 4 bytes) into a 16 x 16 int32 tile C, exactly (signed x signed, int32 sums,
@@ -22,9 +22,7 @@
 // Loop order per thread (a contiguous range of 16-row panels): token blocks of 512; panel pairs;
 // chunks of 256 k (pack the pair's B); token tile pairs; blocks. The pair's chains for the token block
 // (2 x 512 x 16 floats, 64 KB) stay in L2 and are written to y once.
-// Measured (benchmarks/bench_int8.py, M = 512, 2 threads): ~400-450 GMAC/s at the 6B shapes, 1.6x the
-// AVX-VNNI kernel. Without the float chains the tile work alone runs at ~700-800 GMAC/s: the per-block
-// float work the q8 format needs (cvt, mul, fma per 16 outputs, after a tile store) is half the time.
+// Measured figures and the variants tried: docs/kernels.md.
 #if defined(GPTJ_HAVE_AMX)
 
 #include <immintrin.h>
@@ -44,11 +42,10 @@ namespace {
 
 #include "kernels/q8_panels.inl"  // kPanelRows, kPanelChunk, store_panel_outputs
 
-constexpr int64_t kAmxMinTokens = 32;  // two token tiles; fewer go to the AVX-VNNI kernels
 constexpr int64_t kTileTokens = 16;
 constexpr int64_t kChunkBlocks = kPanelChunkBlocks;
 constexpr int64_t kChunk = kPanelChunk;  // 256 elements of k
-constexpr int64_t kTokenBlock = 512;  // 256 measured the same, except 10% slower at K = 16384 (more packing)
+constexpr int64_t kTokenBlock = 512;  // token rows whose chains stay in L2 (docs/kernels.md)
 
 // LDTILECFG's 64-byte operand, palette 1.
 struct alignas(64) TileConfig {
@@ -200,11 +197,7 @@ void q8_linear_tiles(float* y, const int8_t* qx, const float* dx, const int8_t* 
 
 void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
                int64_t M, int64_t N, int64_t K) {
-    // All paths compute the same chain per output element; this only picks the fastest for M.
-    if (M >= kAmxMinTokens)
-        q8_linear_tiles(y, qx, dx, w, ws, b, M, N, K);
-    else
-        avxvnni::q8_linear(y, qx, dx, w, ws, b, M, N, K);
+    q8_linear_tiles(y, qx, dx, w, ws, b, M, N, K);
 }
 
 }  // namespace gptj::kernels::amx

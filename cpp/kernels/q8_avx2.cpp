@@ -7,19 +7,11 @@
 // Decode and short inputs (M < 64): q8_linear_rows (q8_rows_avx2.inl, shared with the AVX-VNNI file)
 // walks the weights four rows (a "quad") at a time, straight from the file; one pass over a quad serves
 // a tile of up to 4 tokens; every output element is one float32 chain over the blocks in order.
-// Prompts (M >= 64): the int16 panels (Int16Panels below, run by q8_panels.inl) repack 16-row panels as int16 and runs a register tile
-// of 4 tokens x 16 rows with one output row per vector lane, so no lane folding is left per block.
+// Prompts (M >= 64): the int16 panels (Int16Panels below, run by q8_panels.inl) repack 16-row panels as
+// int16 and run a register tile of 4 tokens x 16 rows with one output row per vector lane, so no lane
+// folding is left per block.
 //
-// Measured here (Zen 3, 2 cores, a noisy shared VM; python benchmarks/bench_int8.py):
-//   matrix-vector: 21-29 GB/s of weights with 2 threads (the streaming read measures 26-40 GB/s).
-//   matrix-matrix at 6B shapes, M = 512: the quads about 35-40 GMAC/s per core (the per-block folds
-//   cost as much as the products); the packed path 48-53 GMAC/s per core, ~100 GMAC/s with 2 threads,
-//   about 17 of the 32 int16 MACs per cycle vpmaddwd could do (its add and the loads share the ports).
-//   At M = 64 the two paths are level (packing is ~0.3 us per 16 x 256 panel), hence the threshold.
-// Variants that measured the same or slower: for the quads, no sign op (timing only), hadd folds, 8
-// blocks per lane, 4x2 / 2x4 / 3x3 tiles, half-block accumulators, prefetch, dynamic row chunks; for the
-// panels, 3x16, 5x16, 6x16 and 4x8 token x row tiles, and accumulating into y in place (its power-of-two
-// row stride made the chains collide in L1/L2: ~2x slower than the per-thread panel buffer).
+// Measured figures and the variants tried: docs/kernels.md.
 #if defined(GPTJ_HAVE_AVX2)
 
 #include <immintrin.h>
@@ -97,7 +89,7 @@ namespace {
 //               c[t][r] = fma(float(d), ws[r, b] * dx[t, b], c[t][r])
 //           is exactly quad_tile's chain, so the two paths agree bitwise.
 // The loops around the panels (token blocks, chunks, the per-thread buffer of chains) are
-// q8_panels.inl's, shared with the AVX-VNNI kernel. Measured: see the header of this file.
+// q8_panels.inl's, shared with the AVX-VNNI kernel.
 
 #if defined(__GNUC__)
 #define GPTJ_NOINLINE __attribute__((noinline))
@@ -107,7 +99,7 @@ namespace {
 
 #include "kernels/q8_panels.inl"
 
-constexpr int64_t kPackedMinTokens = 64;  // below this, packing costs more than it saves (measured)
+constexpr int64_t kPackedMinTokens = 64;  // below this, packing costs more than it saves (docs/kernels.md)
 
 // acc += madd(a, w): 8 int32 lanes, each a[2j] w[2j] + a[2j+1] w[2j+1] (int16 inputs, exact).
 // In GNU asm only so that the sum lands in acc's register: GCC otherwise adds into the product's
@@ -217,7 +209,7 @@ void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, con
     if (M >= kPackedMinTokens)
         q8_linear_panels<Int16Panels>(y, qx, dx, w, ws, b, M, N, K);
     else
-        q8_linear_rows(y, qx, dx, w, ws, b, M, N, K);
+        q8_linear_rows<>(y, qx, dx, w, ws, b, M, N, K);
 }
 
 }  // namespace gptj::kernels::avx2

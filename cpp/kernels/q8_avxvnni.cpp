@@ -38,7 +38,12 @@ namespace gptj::kernels::avxvnni {
 
 namespace {
 
+using avx2::add_halves_i32x8;
 using avx2::f32x8;
+using avx2::fold_halves_i32x8x4;
+using avx2::load_f16x8;
+using avx2::load_i8x32;
+using avx2::quad_scales;
 using avx2::transpose_8x8_i32;
 using i8x32 = __m256i;
 using i32x8 = __m256i;
@@ -157,7 +162,7 @@ void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, con
     if (M >= kPackedMinTokens)
         q8_linear_panels<VnniPanels>(y, qx, dx, w, ws, b, M, N, K);
     else
-        q8_linear_rows(y, qx, dx, w, ws, b, M, N, K);
+        q8_linear_rows<>(y, qx, dx, w, ws, b, M, N, K);
 }
 
 }  // namespace gptj::kernels::avxvnni

@@ -1,9 +1,10 @@
-// The row-streaming int8 linear kernel (decode and short inputs), shared by q8_avx2.cpp and
-// q8_avxvnni.cpp: each includes it inside its own anonymous namespace, compiled with its own flags, so
-// the two copies never meet at link time. They differ in one instruction sequence only, dot_i8x32:
+// The row-streaming int8 linear kernel (decode and short inputs), shared by q8_avx2.cpp,
+// q8_avxvnni.cpp and q8_avx512.cpp (which brings its own quad tile): each includes it inside its own anonymous namespace, compiled with its own flags, so
+// the two copies never meet at link time (docs/kernels.md, "One algorithm, several targets"). They differ in one instruction sequence only, dot_i8x32:
 // with GPTJ_Q8_ROWS_VNNI defined, vpdpbusd does in one step what maddubs + madd do in two.
 //
-// Needs, in the including scope: i8x32 / i32x8 (= __m256i), f32x8, f16_to_f32, thread_range, kQ8Block.
+// Needs, in the including scope: i8x32 / i32x8 (= __m256i), thread_range, kQ8Block, and simd_avx2.h's
+// f32x8, load_i8x32, fold_halves_i32x8x4, add_halves_i32x8, quad_scales.
 //
 // The weights are read straight from the file, four rows (a "quad") at a time; one pass over a quad
 // serves a tile of up to 4 tokens. Per block b, for a pair of tokens (t, t+1) and quad rows r0..r3:
@@ -16,9 +17,8 @@
 static_assert(kQ8Block == 32, "one int8 block fills exactly one AVX2 register");
 
 // Software prefetch: while a quad is read, the next quad's rows are fetched at the same offsets (4 K
-// bytes ahead), so the next four streams are already running when it starts. Measured on a
-// Sapphire-Rapids-class VM, decode of the 6B shapes: 264 ms/token with the hardware prefetchers alone,
-// 245 with a prefetch 1024 bytes ahead in the same rows, 222 with the next quad (two quads ahead: 228).
+// bytes ahead), so the next four streams are already running when it starts (docs/kernels.md has the
+// measurements).
 
 // Dot products of one int8 block pair, 4 elements per int32 lane: lane j = sum_{i<4} a[4j+i] w[4j+i].
 // abs_w = |w|. The sign trick, with the weight as the unsigned side: |w| * sign(a, w) = a * w
@@ -36,49 +36,11 @@ inline i32x8 dot_i8x32(i8x32 abs_w, i8x32 w, i8x32 a) {
 #endif
 }
 
-inline i8x32 load_i8x32(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-
-// 8 float16 scales -> float32 (F16C, exact).
-inline f32x8 load_f16x8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-
-// Four rows' (or tokens') block dot products folded into one vector of half-block sums:
-// lane i = sum of p_i's lanes 0..3 (elements 0..15 of the block), lane 4 + i = lanes 4..7 (16..31). Exact.
-inline i32x8 fold_halves_i32x8x4(i32x8 p0, i32x8 p1, i32x8 p2, i32x8 p3) {
-    const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p0, p1), _mm256_unpackhi_epi32(p0, p1));
-    const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p2, p3), _mm256_unpackhi_epi32(p2, p3));
-    return _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
-}
-
-// The full block sums of a fold_halves_i32x8x4 result: lanes [0..3] + [4..7].
-inline __m128i add_halves_i32x8(i32x8 h) {
-    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
-
 // One block dot product summed to a single int32, exact.
 inline int32_t dot_i8x32_total(i8x32 a, i8x32 w) {
     const __m128i h = add_halves_i32x8(dot_i8x32(_mm256_abs_epi8(w), w, a));
     const __m128i s = _mm_hadd_epi32(h, h);
     return _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
-}
-
-// Scales of a quad of rows, transposed: dq[4 b + i] = float(ws[(n + i) nb + b]) for i < 4, b < nb.
-// Eight blocks at a time: each row's 8 scales converted by F16C, then the 4 x 8 block transposed.
-void quad_scales(float* dq, const uint16_t* ws, int64_t nb) {
-    int64_t b = 0;
-    for (; b + 8 <= nb; b += 8) {
-        f32x8 r[4];
-        for (int i = 0; i < 4; ++i) r[i] = load_f16x8(ws + i * nb + b);  // row i: [b .. b+7]
-        const f32x8 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        const f32x8 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        const f32x8 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xee),   // [b | b+4], [b+1 | b+5]
-                            _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xee)};  // [b+2 | b+6], [b+3 | b+7]
-        for (int j = 0; j < 4; ++j) {
-            _mm_storeu_ps(dq + 4 * (b + j), _mm256_castps256_ps128(u[j]));
-            _mm_storeu_ps(dq + 4 * (b + 4 + j), _mm256_extractf128_ps(u[j], 1));
-        }
-    }
-    for (; b < nb; ++b)
-        for (int i = 0; i < 4; ++i) dq[4 * b + i] = f16_to_f32(ws[i * nb + b]);
 }
 
 // Half-block sums of token a against the quad's 4 rows w[r] (aw[r] = |w[r]|):
@@ -141,7 +103,7 @@ void quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const i
 
 // One row against M tokens (the rows left over after the quads), the same chain one element at a time.
 // qx (M, K), dx (M, nb); w (K); ws (nb) float16 bits; y (M rows, stride ldy).
-void single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws,
+inline void single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws,
                 const float* bias, int64_t M, int64_t K) {
     const int64_t nb = K / kQ8Block;
     for (int64_t t = 0; t < M; ++t) {
@@ -155,7 +117,18 @@ void single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const 
 }
 
 
-// Decode and short inputs: the weights straight from the file, four rows at a time (quad_tile).
+// The 256-bit quad tile, as a policy for q8_linear_rows.
+struct QuadYmm {
+    template <int TM>
+    static void tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int8_t* w, const float* dq,
+                     const float* bias, int64_t K) {
+        quad_tile<TM>(y, ldy, qx, dx, w, dq, bias, K);
+    }
+};
+
+// Decode and short inputs: the weights straight from the file, four rows at a time, through the quad
+// tile of Quad (QuadYmm here; q8_avx512.cpp passes its 512-bit tile).
+template <class Quad = QuadYmm>
 void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
                     int64_t M, int64_t N, int64_t K) {
     const int64_t nb = K / kQ8Block;
@@ -179,10 +152,10 @@ void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const int8_t* w
                     const float* bn = b ? b + n : nullptr;
                     const int8_t* wn = w + n * K;
                     switch (tm) {
-                        case 4: quad_tile<4>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
-                        case 3: quad_tile<3>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
-                        case 2: quad_tile<2>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
-                        default: quad_tile<1>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
+                        case 4: Quad::template tile<4>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
+                        case 3: Quad::template tile<3>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
+                        case 2: Quad::template tile<2>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
+                        default: Quad::template tile<1>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
                     }
                 }
                 t += tm;

@@ -1,5 +1,6 @@
-// Scalar reference of the int8 kernels (the oracle of the AVX2 ones and the fallback on other CPUs),
-// and the entry points that choose an implementation at run time. See q8.h for the contract.
+// Scalar reference of the int8 kernels (the oracle of the SIMD ones and the fallback on other CPUs), and
+// the activation quantizer's choice between scalar and AVX2 (the linear layer's is formats.cpp's table).
+// See q8.h for the contract.
 #include <cmath>
 #include <cstring>
 
@@ -61,20 +62,6 @@ void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int6
     if (isa() != Isa::Scalar) return avx2::quantize_activations(qx, dx, x, M, K);
 #endif
     scalar::quantize_activations(qx, dx, x, M, K);
-}
-
-void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
-               int64_t M, int64_t N, int64_t K) {
-#if defined(GPTJ_HAVE_AMX)
-    if (isa() == Isa::Amx) return amx::q8_linear(y, qx, dx, w, ws, b, M, N, K);
-#endif
-#if defined(GPTJ_HAVE_AVXVNNI)
-    if (isa() == Isa::AvxVnni) return avxvnni::q8_linear(y, qx, dx, w, ws, b, M, N, K);
-#endif
-#if defined(GPTJ_HAVE_AVX2)
-    if (isa() != Isa::Scalar) return avx2::q8_linear(y, qx, dx, w, ws, b, M, N, K);
-#endif
-    scalar::q8_linear(y, qx, dx, w, ws, b, M, N, K);
 }
 
 }  // namespace gptj::kernels

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "kernels/half.h"
+
 namespace gptj::kernels::avx2 {
 namespace {
 
@@ -52,6 +54,46 @@ inline void transpose_8x8_i32(__m256i r[8]) {
 inline __m256i first_lanes_mask(int64_t n) {
     const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), idx);
+}
+
+// ---- Helpers of the int8 row kernels (q8_rows_avx2.inl, q4_rows_avx2.inl) ----
+
+inline __m256i load_i8x32(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// 8 float16 scales -> float32 (F16C, exact).
+inline f32x8 load_f16x8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+// Four rows' (or tokens') block dot products folded into one vector of half-block sums:
+// lane i = sum of p_i's lanes 0..3 (elements 0..15 of the block), lane 4 + i = lanes 4..7 (16..31). Exact.
+inline __m256i fold_halves_i32x8x4(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
+    const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p0, p1), _mm256_unpackhi_epi32(p0, p1));
+    const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p2, p3), _mm256_unpackhi_epi32(p2, p3));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
+}
+
+// The full block sums of a fold_halves_i32x8x4 result: lanes [0..3] + [4..7].
+inline __m128i add_halves_i32x8(__m256i h) {
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// Scales of a quad of rows, transposed: dq[4 b + i] = float(ws[(n + i) nb + b]) for i < 4, b < nb.
+// Eight blocks at a time: each row's 8 scales converted by F16C, then the 4 x 8 block transposed.
+inline void quad_scales(float* dq, const uint16_t* ws, int64_t nb) {
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        f32x8 r[4];
+        for (int i = 0; i < 4; ++i) r[i] = load_f16x8(ws + i * nb + b);  // row i: [b .. b+7]
+        const f32x8 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        const f32x8 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        const f32x8 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xee),   // [b | b+4], [b+1 | b+5]
+                            _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xee)};  // [b+2 | b+6], [b+3 | b+7]
+        for (int j = 0; j < 4; ++j) {
+            _mm_storeu_ps(dq + 4 * (b + j), _mm256_castps256_ps128(u[j]));
+            _mm_storeu_ps(dq + 4 * (b + 4 + j), _mm256_extractf128_ps(u[j], 1));
+        }
+    }
+    for (; b < nb; ++b)
+        for (int i = 0; i < 4; ++i) dq[4 * b + i] = f16_to_f32(ws[i * nb + b]);
 }
 
 // e^x per lane (Cephes expf): x = n ln2 + r with |r| <= ln2/2, e^r by a degree-5 polynomial, times 2^n.

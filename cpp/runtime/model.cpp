@@ -11,13 +11,20 @@
 
 namespace gptj::runtime {
 
+std::string Config::check() const {
+    if (n_embd <= 0 || n_head <= 0 || n_embd % n_head) return "n_embd must be a positive multiple of n_head";
+    if (n_rot < 0 || n_rot % 2 || n_rot > n_embd / n_head) return "n_rot must be even and at most d_head";
+    if (n_vocab <= 0 || n_ctx <= 0 || n_layer <= 0 || d_ff <= 0) return "n_vocab, n_ctx, n_layer and d_ff must be positive";
+    return "";
+}
+
 KVCache::KVCache(const Config& config, int64_t batch, int64_t max_tokens, KVPrecision precision)
     : batch_(batch),
       max_tokens_(max_tokens),
-      row_elements_(config.n_head * max_tokens * config.head_dim()),
+      row_elements_(config.n_head * max_tokens * config.d_head()),
       n_layer_(config.n_layer),
       n_head_(config.n_head),
-      head_dim_(config.head_dim()),
+      d_head_(config.d_head()),
       precision_(precision),
       // new unsigned char[] leaves the memory untouched: pages are only mapped as tokens are written.
       keys_(new unsigned char[size_t(nbytes() / 2)]),
@@ -61,7 +68,7 @@ float* Model::reserve_scratch(int64_t n_tokens, int64_t max_keys) {
 // [0, length + count). Rows never see each other's tokens.
 void Model::attention_block(float* att, const float* q, const float* k, const float* v, int64_t layer,
                             const int64_t* counts, KVCache& cache) {
-    const int64_t E = config_.n_embd, H = config_.n_head, dh = config_.head_dim(), S = cache.max_tokens();
+    const int64_t E = config_.n_embd, H = config_.n_head, dh = config_.d_head(), S = cache.max_tokens();
     int64_t first = 0;
     for (int64_t r = 0; r < cache.batch(); ++r) {
         const int64_t count = counts[r], start = cache.length(r);
@@ -87,7 +94,7 @@ void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KV
                     const int64_t* logit_rows, int64_t n_logit_rows) {
     std::lock_guard<std::mutex> lock(busy_);
     const Config& c = config_;
-    const int64_t E = c.n_embd, F = c.d_ff, H = c.n_head, dh = c.head_dim(), R = c.rotary_dim;
+    const int64_t E = c.n_embd, F = c.d_ff, H = c.n_head, dh = c.d_head(), R = c.n_rot;
 
     // Positions: a row's new tokens follow the tokens it already holds.
     int64_t n = 0, max_keys = 0;
@@ -110,9 +117,9 @@ void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KV
             throw std::out_of_range("logit row " + std::to_string(logit_rows[j]) + " is outside the " +
                                     std::to_string(n) + " new tokens");
     for (int64_t i = 0; i < n; ++i)
-        if (ids[i] < 0 || ids[i] >= c.vocab_size)
+        if (ids[i] < 0 || ids[i] >= c.n_vocab)
             throw std::out_of_range("token id " + std::to_string(ids[i]) + " is outside the vocabulary [0, " +
-                                    std::to_string(c.vocab_size) + ")");
+                                    std::to_string(c.n_vocab) + ")");
     if (n == 0) return;
 
     kernels::set_num_threads(threads_);
@@ -148,7 +155,7 @@ void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KV
         apply_linear(q, in_h_, L.q);
         apply_linear(k, in_h_, L.k);
         apply_linear(v, in_h_, L.v);
-        // Rotary on the first rotary_dim dims of every head, pairs (2i, 2i+1).
+        // Rotary on the first n_rot dims of every head, pairs (2i, 2i+1).
         kernels::rotary(q, weights_.sin, weights_.cos, pos, n, E, H, dh, R);
         kernels::rotary(k, weights_.sin, weights_.cos, pos, n, E, H, dh, R);
         // Append k, v to each row's cache; causal attention of each row over its own sequence.
