@@ -71,7 +71,7 @@ def build_file(path: str, config: GPTJConfig) -> None:
         n = int(np.prod(spec))
         if name.endswith("_scale"):
             return (rng.uniform(0.5, 1.5, spec) * d).astype(np.float16)
-        if is_quantized(name):
+        if dtypes[name] == "I8":                 # the linears and (file version 2) the embedding rows
             if n > pool.size:
                 return np.resize(pool, n).reshape(spec)
             start = int(rng.integers(0, pool.size - n + 1))   # a different window of the pool per tensor
@@ -83,6 +83,7 @@ def build_file(path: str, config: GPTJConfig) -> None:
 
     specs = native_specs(config, "q8")
     shapes = {name: shape for name, _, shape in specs}
+    dtypes = {name: st for name, st, _ in specs}
     start = time.perf_counter()
     write_safetensors(path, specs, produce, native_metadata(config, "q8", ""))
     print(f"wrote {path} ({os.path.getsize(path) / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s", flush=True)

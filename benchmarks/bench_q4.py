@@ -39,6 +39,7 @@ def build_q4(path: str, config: GPTJConfig) -> None:
     rng = np.random.default_rng(0)
     pool = np.frombuffer(rng.bytes(1 << 28), np.uint8)                   # 256 MB of packed nibbles
     d = np.float16(0.02 / 4.6)                                             # std(q) ~ 4.6: weights of std ~0.02
+    d8 = np.float16(0.02 / 73)                                             # the q8 embedding rows: std(q) ~ 73
     specs = native_specs(config, "q4")
     shapes = {name: shape for name, _, shape in specs}
     dtypes = {name: st for name, st, _ in specs}
@@ -47,7 +48,10 @@ def build_q4(path: str, config: GPTJConfig) -> None:
         shape = shapes[name]
         n = int(np.prod(shape))
         if name.endswith("_scale"):
-            return (rng.uniform(0.5, 1.5, shape) * d).astype(np.float16)
+            step = d8 if dtypes[name[:-len("_scale")]] == "I8" else d
+            return (rng.uniform(0.5, 1.5, shape) * step).astype(np.float16)
+        if dtypes[name] == "I8":
+            return pool[:n].view(np.int8).clip(-127, 127).reshape(shape)
         if dtypes[name] == "U8":
             if n > pool.size:
                 return np.resize(pool, n).reshape(shape)

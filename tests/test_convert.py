@@ -28,7 +28,7 @@ from gptj_ref.config import GPTJConfig
 from gptj_ref.convert import ProgressBar, convert, release_mapped_pages
 from gptj_ref.errors import CheckpointError, ConfigError, GPTJError, SettingsError
 from gptj_ref.layout import weight_shapes
-from gptj_ref.native import native_specs, open_native, scale_name, stored_as_q8
+from gptj_ref.native import native_specs, open_native, scale_name
 from gptj_ref.quant import dequantize_blocks, quantize_blocks
 from gptj_ref.reference import Reference
 from helpers import CONFIGS, make_hf_model
@@ -94,7 +94,7 @@ def test_q8_conversion_stores_the_quantizer_output(tmp_path, checkpoints, small_
     convert(checkpoints[fmt], out, "q8", progress=False)
     with open_native(out) as native:
         for name, w in numpy_state(small_model).items():
-            if stored_as_q8(name, "q8"):             # the linear weights and the embedding
+            if native.tensor_format(name).name == "q8":   # the linear weights and the embedding
                 q, scales = quantize_blocks(w)
                 np.testing.assert_array_equal(native.tensor(name), q, err_msg=name)
                 np.testing.assert_array_equal(native.tensor(scale_name(name)), scales, err_msg=name)
