@@ -152,6 +152,10 @@ def test_q4_file_runs_on_its_kernels_and_on_the_reference(q4_model, monkeypatch)
     assert native.dtype == "q4" and native._file.metadata["dtype_version"] == "1"
     name = "transformer.h.0.mlp.fc_in.weight"
     assert native.tensor(name).dtype == np.uint8 and native.tensor(name + "_scale").dtype == np.float16
+    # the embedding is q8 rows (formats.py: a lookup reads one row per token; 4-bit would save no time)
+    wte = "transformer.wte.weight"
+    assert native.tensor_format(wte).name == "q8" and native.tensor(wte).dtype == np.int8
+    np.testing.assert_array_equal(native.tensor(wte + "_scale"), quant.quantize_blocks(fp32[wte])[1])
     cpp = gptj_ref.load(path, backend="cpp", threads=2).backend
     assert cpp.name == "cpp-q4" and cpp.kv_dtype == "float16"
     assert np.shares_memory(cpp.weight_views()[name], cpp.native.tensor(name))   # used in place
