@@ -155,20 +155,20 @@ a = model(); r = Reference(a.config, a.weight_views())
 refused(lambda: a.forward(ids, r.new_cache(32)))""")
 api(CACHE, "new_cache batch=10**7", """
 m = gptj_ref.load(None, backend="cpp")
-refused(lambda: m.backend.new_cache(2048, batch=10**7))""")
+refused(lambda: m.backend.new_cache(256, batch=10**7))""")
 api(CACHE, "new_cache batch=10**18", """
 m = gptj_ref.load(None, backend="cpp")
-refused(lambda: m.backend.new_cache(2048, batch=10**18))""")
+refused(lambda: m.backend.new_cache(256, batch=10**18))""")
 api(CACHE, "new_cache batch=2.5", """
 m = gptj_ref.load(None, backend="cpp")
 refused(lambda: m.backend.new_cache(16, batch=2.5))""")
 api(CACHE, "one cache, four threads", """
 m = gptj_ref.load(None, backend="cpp", threads=1)
-cache = m.backend.new_cache(400)
+cache = m.backend.new_cache(256)   # the demo model's context
 outcomes = []
 def run():
     try:
-        for _ in range(100):
+        for _ in range(60):
             m.backend.forward(np.array([1]), cache)
         outcomes.append("done")
     except GPTJError as e:
@@ -414,6 +414,35 @@ mkdir -p {work}/badcfg && cp {work}/ck/model.safetensors {work}/badcfg/ && print
 OUT = "output"
 cli(OUT, "generate > /dev/full", """python3 -m gptj_ref.cli generate -n 2 hi > /dev/full""")
 cli(OUT, "info > /dev/full", """python3 -m gptj_ref.cli info > /dev/full""")
+
+# Entry points of the server, eval and batch, and the demo's format version 2 ------------------------------
+ROWS = "rows, eval, batch"
+for call in ("big.forward_rows([[1], [2]], c)", "big.reset_row(c, 0)", "big.copy_row(c, 0, 1, 0)",
+             "small.reset_row(small.new_cache(8, batch=2), 5)", "small.copy_row(small.new_cache(8, batch=2), 0, 1, 3)"):
+    api(ROWS, call, MODELS + f"""
+big, small = model(n_embd=128, n_layer=4), model()
+c = small.new_cache(8, batch=2)
+refused(lambda: {call})""")
+cli(ROWS, "eval perplexity of a non-UTF-8 file", """
+printf 'The dog \\xff ran' > {work}/raw.txt && python3 -m gptj_ref.cli eval perplexity {work}/raw.txt""")
+cli(ROWS, "eval lambada with a lone surrogate", """
+printf '{"text": "The \\\\ud800 dog"}\\n' > {work}/lone.jsonl && python3 -m gptj_ref.cli eval lambada {work}/lone.jsonl""")
+api(ROWS, "batch line with a lone surrogate is an error record", """
+from gptj_ref.cli import main
+open(W + "/in.jsonl", "w").write('{"id": 1, "prompt": "a \\\\ud800"}\\n{"id": 2, "prompt": "\\u00ff", "max_tokens": 1}\\n')
+assert main(["batch", W + "/in.jsonl", W + "/out.jsonl"]) in (0, 1)
+assert "U+D800" in open(W + "/out.errors.jsonl").read()
+print("OK")""")
+for version in ("9" * 5000, "0", "3"):
+    api(ROWS, f"demo file with format_version {version[:8]}", f"""
+import json
+from gptj_ref.demo import DEMO_PATH
+from gptj_ref.native import open_native
+data = open(DEMO_PATH, "rb").read(); n = int.from_bytes(data[:8], "little"); h = json.loads(data[8:8 + n])
+h["__metadata__"]["format_version"] = "{version}"
+t = json.dumps(h).encode(); t += b" " * (-len(t) % 8)
+open(W + "/v.gptj", "wb").write(len(t).to_bytes(8, "little") + t + data[8 + n:])
+refused(lambda: open_native(W + "/v.gptj"))""")
 
 
 def limit():
