@@ -139,6 +139,10 @@ PyModel make_model(const py::dict& weights, const py::dict& formats, const py::a
 py::tuple run_model(PyModel& pm, const py::array& ids, const py::array& counts, PyCache& pc, bool with_hidden,
                     const py::object& logit_rows = py::none()) {
     const rt::Config& c = pm.model->config();
+    // A cache of another geometry would be indexed out of bounds (the Python layer refuses it first).
+    const rt::KVCache& kv = *pc.cache;
+    if (kv.n_layer() != c.n_layer || kv.n_head() != c.n_head || kv.d_head() != c.d_head() || kv.max_tokens() > c.n_ctx)
+        throw py::value_error("the KV cache was made for a model of another geometry");
     const int64_t* id = in_ptr<int64_t>(ids, "token ids", {-1});
     const int64_t* cnt = in_ptr<int64_t>(counts, "counts", {pc.cache->batch()});
     int64_t total = 0;
@@ -251,6 +255,9 @@ PYBIND11_MODULE(_core, m) {
                                "Bytes of keys and values, all slots (pages are mapped as tokens are written)")
         .def_property_readonly("batch", [](const PyCache& pc) { return pc.cache->batch(); })
         .def_property_readonly("max_tokens", [](const PyCache& pc) { return pc.cache->max_tokens(); })
+        .def_property_readonly("n_layer", [](const PyCache& pc) { return pc.cache->n_layer(); })
+        .def_property_readonly("n_head", [](const PyCache& pc) { return pc.cache->n_head(); })
+        .def_property_readonly("head_dim", [](const PyCache& pc) { return pc.cache->d_head(); })
         .def_property_readonly("lengths", [](const PyCache& pc) {
             std::vector<int64_t> out(size_t(pc.cache->batch()));
             for (int64_t r = 0; r < pc.cache->batch(); ++r) out[size_t(r)] = pc.cache->length(r);

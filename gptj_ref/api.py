@@ -178,6 +178,8 @@ class Model:
         With a seed, every prompt of a list is generated with that seed: each equals its run alone."""
         if isinstance(prompt, str):
             return "".join(self.stream(prompt, **settings))
+        if not isinstance(prompt, (list, tuple)):
+            raise InputError(f"generate takes a prompt (str) or a list of prompts, got {type(prompt).__name__}")
         prompts = list(prompt)
         if not prompts:
             raise InputError("no prompts given")
@@ -215,12 +217,7 @@ class Model:
                 raise InputError("the prompt is empty; give at least one character of text")
             ids = self.tokenizer.encode(prompt)
         else:
-            ids = [int(i) for i in prompt]
-            if not ids:
-                raise InputError("the prompt is empty; give at least one token id")
-            bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
-            if bad:
-                raise InputError(f"token id {bad[0]} is outside the vocabulary [0, {self.config.vocab_size})")
+            ids = prompt_token_ids(prompt, self.config.vocab_size)
         if len(ids) > self.config.n_positions:
             raise InputError(f"the prompt has {len(ids)} tokens but the model's context is {self.config.n_positions}; "
                              "shorten the prompt")
@@ -231,6 +228,28 @@ class Model:
 
     def _record(self, run: BatchGeneration) -> None:
         self.last_stats = run.stats()
+
+
+def prompt_token_ids(prompt, vocab_size: int) -> List[int]:
+    """A prompt given as token ids: a sequence (list, tuple, 1-D array) of integers (Python ints or NumPy
+    integer scalars; not bools, floats, strings or bytes) in [0, vocab_size)."""
+    if isinstance(prompt, (bytes, bytearray, memoryview)):
+        raise InputError("a prompt is text (str) or a sequence of token ids, not bytes; decode bytes to text "
+                         "first, e.g. prompt.decode('utf-8')")
+    if isinstance(prompt, np.ndarray):
+        if prompt.ndim != 1 or not (np.issubdtype(prompt.dtype, np.integer) or prompt.size == 0):
+            raise InputError(f"token ids must be a 1-D array of integers, got a {prompt.ndim}-D array of {prompt.dtype}")
+        prompt = prompt.tolist()
+    if not isinstance(prompt, (list, tuple)):
+        raise InputError(f"a prompt is text (str) or a sequence of token ids, got {type(prompt).__name__}")
+    if not prompt:
+        raise InputError("the prompt is empty; give at least one token id")
+    for i, x in enumerate(prompt):
+        if not isinstance(x, (int, np.integer)) or isinstance(x, (bool, np.bool_)):
+            raise InputError(f"token id {i} is a {type(x).__name__}; token ids are integers")
+        if not 0 <= x < vocab_size:
+            raise InputError(f"token id {int(x)} is outside the vocabulary [0, {vocab_size})")
+    return [int(x) for x in prompt]
 
 
 # transformers' pipeline defaults for GPT-J come from its config's task_specific_params["text-generation"].

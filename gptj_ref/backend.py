@@ -19,7 +19,7 @@ from typing import Optional, Protocol, Tuple, runtime_checkable
 import numpy as np
 
 from .config import GPTJConfig
-from .errors import InputError, SettingsError
+from .errors import InputError, SettingsError, is_int
 
 KV_DTYPES = ("float32", "float16")  # precisions a KV cache can store
 DEFAULT_KV_DTYPE = "float32"        # GPT-J's own precision; the int8 runtime defaults to "float16"
@@ -75,9 +75,9 @@ def check_kv_dtype(kv_dtype) -> str:
 def check_cache_size(config: GPTJConfig, max_tokens: Optional[int], batch) -> Tuple[int, int]:
     """The (max_tokens, batch) of a new cache, max_tokens defaulting to the context length."""
     max_tokens = config.n_ctx if max_tokens is None else max_tokens
-    if not isinstance(max_tokens, (int, np.integer)) or not 0 < max_tokens <= config.n_ctx:
+    if not is_int(max_tokens) or not 0 < max_tokens <= config.n_ctx:
         raise InputError(f"cache size must be in [1, {config.n_ctx}] (the context length), got {max_tokens}")
-    if not isinstance(batch, (int, np.integer)) or batch < 1:
+    if not is_int(batch) or batch < 1:
         raise InputError(f"cache batch must be a positive integer, got {batch!r}")
     return int(max_tokens), int(batch)
 

@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .errors import GPTJError, InputError, SettingsError
 from .generate import GenerationSettings, cut_at_stop
+from .tokenizer import check_text
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(GenerationSettings))
 ALIASES = {"max_tokens": "max_new_tokens"}  # OpenAI's name -> the Python API's
@@ -92,6 +93,7 @@ def parse_line(line_no: int, text: str) -> Job:
     prompt = obj.pop("prompt", None)
     if not isinstance(prompt, str) or not prompt:
         raise InputError('"prompt" must be non-empty text')
+    check_text(prompt, '"prompt"')   # a lone surrogate (JSON's \ud800) fails this line, not the whole job
     for alias, name in ALIASES.items():
         if alias in obj:
             if name in obj:

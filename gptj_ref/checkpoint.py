@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import io
-import json
 import math
 import mmap
 import os
@@ -42,8 +41,9 @@ import numpy as np
 
 from .config import GPTJConfig
 from .errors import CheckpointError, is_int
+from .limits import MAX_DIM, load_json_file, open_regular, short_repr
 from .layout import LEGACY_BUFFER, weight_shapes
-from .safetensors_file import DTYPES, SafetensorsFile, bf16_to_f32, release_mapped_pages
+from .safetensors_file import DTYPES, SafetensorsFile, bf16_to_f32, read_copy, release_mapped_pages
 
 # Weight files in the order they are preferred: (file name, is an index of shards, format name).
 WEIGHT_FILES = (
@@ -120,13 +120,17 @@ class Checkpoint:
         return math.prod(entry.shape) * DTYPES[entry.dtype].itemsize
 
     # Data -------------------------------------------------------------------------------------------
+    # True: `read` reads the bytes with read() instead of mapping them, so a file truncated meanwhile is an
+    # error rather than a SIGBUS (the converter sets it: it reads every tensor once).
+    copy_reads = False
+
     def read(self, name: str) -> np.ndarray:
         """The tensor as float32: a read-only memory-mapped view when stored as F32, a converted copy otherwise."""
         entry = self._entry(name)
         if entry.dtype not in FLOAT_DTYPES:
             raise CheckpointError(f"{self.path}: tensor {name!r} is stored as {entry.dtype}; "
                                   f"expected a float tensor ({', '.join(FLOAT_DTYPES)})")
-        raw = self._file(self._where[name]).array(name)
+        raw = self._file(self._where[name]).array(name, self.copy_reads)
         if entry.dtype == "F32":
             return raw
         converted = raw.astype(np.float32) if entry.dtype == "F16" else bf16_to_f32(raw)  # BF16: raw uint16 bits
@@ -161,7 +165,13 @@ class Checkpoint:
     def load_weights(self) -> Dict[str, np.ndarray]:
         """check(), then every weight as float32, keyed and ordered as `layout.weight_shapes`."""
         self.check()
-        return {name: self.read(name) for name in weight_shapes(self.config)}
+        weights = {name: self.read(name) for name in weight_shapes(self.config)}
+        from .native import check_finite
+
+        for name, w in weights.items():   # LayerNorms and biases (0.03% of the bytes) are read in full;
+            if w.ndim == 1:                # the matrices are checked when converted (see SECURITY.md)
+                check_finite(w, f"{self.path}: tensor {name!r}")
+        return weights
 
     # Lifetime ---------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -205,11 +215,7 @@ def _listing(title: str, items: List[str]) -> List[str]:
 
 def _read_index(index_path: str) -> Dict[str, str]:
     """The `weight_map` of a sharded checkpoint's index: tensor name -> shard file in the same directory."""
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{index_path} is not valid JSON ({e})") from None
+    index = load_json_file(index_path, CheckpointError, "shard index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in weight_map.items()):
@@ -235,7 +241,7 @@ class _TensorFile(Protocol):
 
     def names(self) -> List[str]: ...
     def entry(self, name: str) -> _Entry: ...
-    def array(self, name: str) -> np.ndarray: ...   # stored dtype (BF16 as uint16 bits), memory-mapped
+    def array(self, name: str, copy: bool = False) -> np.ndarray: ...   # stored dtype (BF16 as uint16 bits)
     def close(self) -> None: ...
 
 
@@ -256,9 +262,9 @@ class _SafetensorsWeights:
             raise CheckpointError(f"{self.path}: no tensor named {name!r} (the shard index says it is here)")
         return _Entry(e.dtype, e.shape)
 
-    def array(self, name: str) -> np.ndarray:
+    def array(self, name: str, copy: bool = False) -> np.ndarray:
         self.entry(name)
-        return self._file.array(name)
+        return self._file.array(name, copy)
 
     def close(self) -> None:
         """Nothing to do: the file was closed once mapped."""
@@ -308,11 +314,11 @@ def _rebuild_tensor(storage, storage_offset, size, stride) -> _TensorRef:
     """Stand-in for torch._utils._rebuild_tensor; checks the arguments, builds nothing."""
     if not isinstance(storage, _Storage):
         raise pickle.UnpicklingError(f"a tensor's storage must be a persistent storage id, got {type(storage).__name__}")
-    if not is_int(storage_offset) or storage_offset < 0:
-        raise pickle.UnpicklingError(f"storage offset must be a non-negative int, got {storage_offset!r}")
+    if not is_int(storage_offset) or not 0 <= storage_offset <= MAX_DIM:
+        raise pickle.UnpicklingError(f"storage offset must be an int in [0, 2**63), got {short_repr(storage_offset)}")
     for what, dims in (("size", size), ("stride", stride)):
-        if not isinstance(dims, tuple) or not all(is_int(d) and d >= 0 for d in dims):
-            raise pickle.UnpicklingError(f"tensor {what} must be a tuple of non-negative ints, got {dims!r}")
+        if not isinstance(dims, tuple) or not all(is_int(d) and 0 <= d <= MAX_DIM for d in dims):
+            raise pickle.UnpicklingError(f"tensor {what} must be a tuple of ints in [0, 2**63), got {short_repr(dims)}")
     if len(size) != len(stride):
         raise pickle.UnpicklingError(f"tensor size {size} and stride {stride} have different lengths")
     return _TensorRef(storage, storage_offset, size, stride)
@@ -342,14 +348,156 @@ class _SealedFunction(_Sealed):
         return self._function(*args)
 
 
+class _StateDict(collections.OrderedDict):
+    """Stand-in for collections.OrderedDict. BUILD may only give it what torch.save writes for a module's
+    state dict, {"_metadata": {module name: {...}}}, which is checked and dropped: no other attribute of
+    the dict can be set (a BUILD setting `items` would otherwise replace the method)."""
+
+    def __setstate__(self, state):
+        if not (isinstance(state, dict) and set(state) == {"_metadata"} and isinstance(state["_metadata"], dict)):
+            raise pickle.UnpicklingError("the pickle sets attributes of an OrderedDict other than the _metadata "
+                                         "of a state dict")
+
+
 # (module, name) -> stand-in. Everything a torch.save of a plain state dict emits; nothing else.
 _ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "OrderedDict"): _StateDict,
     ("torch._utils", "_rebuild_tensor"): _SealedFunction(_rebuild_tensor),
     ("torch._utils", "_rebuild_tensor_v2"): _SealedFunction(_rebuild_tensor_v2),
     ("torch._utils", "_rebuild_parameter"): _SealedFunction(_rebuild_parameter),
     **{("torch", storage): _StorageType(dtype) for storage, dtype in STORAGE_DTYPES.items()},
 }
+
+
+# Bounds on what a state-dict pickle may build. A torch.save state dict nests about 5 deep, and its keys
+# (tensor names) are flat strings; the bounds are far above that and far below what could hang or
+# exhaust the process: unpickling is linear in the pickle's size once they hold.
+MAX_PICKLE_BYTES = 16 << 20     # data.pkl of GPT-J 6B is ~30 KB; this allows ~150,000 tensors
+MAX_PICKLE_DEPTH = 32           # nesting of containers
+MAX_PICKLE_HASHED = 1 << 22     # elements hashed as dict keys / set items, shared references counted each time
+
+_ATOMS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING", "SHORT_BINSTRING",
+          "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE",
+          "BINUNICODE8", "FLOAT", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE", "EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT",
+          "EMPTY_SET", "GLOBAL", "PERSID", "EXT1", "EXT2", "EXT4"}
+_FIXED_TUPLES = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+_FROM_MARK = {"TUPLE", "LIST", "DICT", "FROZENSET", "OBJ", "INST"}       # build one object from the marked items
+_INTO_TOP = {"APPENDS", "SETITEMS", "ADDITEMS"}                         # add the marked items to the object below
+_MARK = object()
+
+
+class _Node:
+    """What the pickle check knows of one object: its size with shared references expanded, and its depth."""
+    __slots__ = ("size", "depth", "shared")
+
+    def __init__(self, children=()):
+        self.size = 1 + sum(c.size for c in children)
+        self.depth = 1 + max((c.depth for c in children), default=0)
+        self.shared = False
+        for c in children:
+            c.shared = True
+
+
+def check_pickle_shape(data: bytes, where: str) -> None:
+    """Walk the pickle's opcodes (nothing is built or called) and refuse one whose objects nest deeper than
+    MAX_PICKLE_DEPTH, or whose dict keys and set items add up to more than MAX_PICKLE_HASHED elements
+    once shared references are expanded (hashing a tuple of shared tuples 40 deep would take 2**40
+    steps), or that changes a container after it was shared (the sizes would no longer hold).
+    Time and memory are linear in len(data)."""
+    import pickletools
+
+    if len(data) > MAX_PICKLE_BYTES:
+        raise CheckpointError(f"{where}: the pickle has {len(data)} bytes, more than the {MAX_PICKLE_BYTES >> 20} MiB "
+                              "a state dict needs")
+    stack: list = []
+    memo: dict = {}
+    hashed = 0
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{where}: refused: {why} (not a state dict written by torch.save)")
+
+    def pop(n: int = 1) -> list:
+        if len(stack) < n or any(x is _MARK for x in stack[len(stack) - n:]):
+            raise bad("an opcode takes more objects than the stack holds")
+        items = stack[len(stack) - n:]
+        del stack[len(stack) - n:]
+        return items
+
+    def pop_mark() -> list:
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is _MARK:
+                items = stack[i + 1:]
+                del stack[i:]
+                return items
+        raise bad("no MARK for an opcode that needs one")
+
+    def push(node: _Node) -> None:
+        if node.depth > MAX_PICKLE_DEPTH:
+            raise bad(f"objects nest deeper than {MAX_PICKLE_DEPTH} levels")
+        stack.append(node)
+
+    def hash_cost(keys) -> None:
+        nonlocal hashed
+        hashed += sum(k.size for k in keys)
+        if hashed > MAX_PICKLE_HASHED:
+            raise bad(f"dict keys or set items hold more than {MAX_PICKLE_HASHED} elements in all")
+
+    def add_to_top(items, keys=()) -> None:
+        container = pop()[0]
+        if container.shared:
+            raise bad("a container is changed after it was shared")
+        hash_cost(keys)
+        grown = _Node(items)
+        container.size += grown.size - 1
+        container.depth = max(container.depth, grown.depth)
+        push(container)
+
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            name = op.name
+            if name in ("PROTO", "FRAME", "STOP"):
+                continue
+            if name in _ATOMS:
+                push(_Node())
+            elif name == "MARK":
+                stack.append(_MARK)
+            elif name in _FIXED_TUPLES:
+                push(_Node(pop(_FIXED_TUPLES[name])))
+            elif name in _FROM_MARK:
+                items = pop_mark()
+                if name == "DICT":
+                    hash_cost(items[0::2])
+                elif name == "FROZENSET":
+                    hash_cost(items)
+                push(_Node(items))
+            elif name in _INTO_TOP:
+                items = pop_mark()
+                add_to_top(items, items[0::2] if name == "SETITEMS" else items if name == "ADDITEMS" else ())
+            elif name in ("APPEND", "SETITEM", "BUILD"):
+                items = pop(2 if name == "SETITEM" else 1)
+                add_to_top(items, items[:1] if name == "SETITEM" else ())
+            elif name in ("STACK_GLOBAL", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BINPERSID"):
+                push(_Node(pop({"NEWOBJ_EX": 3, "BINPERSID": 1}.get(name, 2))))
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                if not stack or stack[-1] is _MARK:
+                    raise bad("memoizes a MARK")
+                memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET", "DUP"):
+                node = memo.get(arg) if name != "DUP" else (stack[-1] if stack and stack[-1] is not _MARK else None)
+                if node is None:
+                    raise bad(f"{name} of an object that does not exist")
+                node.shared = True
+                push(node)
+            elif name == "POP":
+                stack.pop() if stack else pop()
+            elif name == "POP_MARK":
+                pop_mark()
+            else:
+                raise bad(f"opcode {name} is not used by torch.save")
+    except CheckpointError:
+        raise
+    except ValueError as e:  # pickletools: truncated or unknown opcode
+        raise CheckpointError(f"{where}: not a valid pickle ({e})") from None
 
 
 class _StateDictUnpickler(pickle.Unpickler):
@@ -380,13 +528,14 @@ class _StateDictUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         """('storage', storage type, key, location, numel) -> _Storage; the same key gives the same storage."""
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and is_int(pid[4]) and pid[4] >= 0):
-            raise CheckpointError(f"{self._where}: unexpected persistent id {pid!r}; "
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and is_int(pid[4])
+                and 0 <= pid[4] <= MAX_DIM):
+            raise CheckpointError(f"{self._where}: unexpected persistent id {short_repr(pid)}; "
                                   "expected ('storage', torch.<Type>Storage, key, location, numel)")
         _, storage_type, key, _location, numel = pid
         storage = self._storages.setdefault(key, _Storage(key, storage_type.dtype, numel))
         if (storage.dtype, storage.numel) != (storage_type.dtype, numel):
-            raise CheckpointError(f"{self._where}: storage {key!r} is used as {storage.dtype}[{storage.numel}] "
+            raise CheckpointError(f"{self._where}: storage {short_repr(key)} is used as {storage.dtype}[{storage.numel}] "
                                   f"and as {storage_type.dtype}[{numel}]")
         return storage
 
@@ -401,7 +550,7 @@ class _TorchZipWeights:
 
     def __init__(self, path: str):
         self.path = path
-        self._file = open(path, "rb")
+        self._file = open_regular(path, CheckpointError, "pytorch_model.bin file")
         try:
             self._size = os.fstat(self._file.fileno()).st_size
             self._zip = self._open_zip()
@@ -429,7 +578,7 @@ class _TorchZipWeights:
                                   f"(first bytes {head[:8]!r}); expected a pytorch_model.bin written by torch >= 1.6")
         try:
             archive = zipfile.ZipFile(self._file)
-        except (zipfile.BadZipFile, OSError, ValueError) as e:
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
             raise CheckpointError(f"{self.path}: corrupted zip archive ({e})") from None
         names = archive.namelist()
         if len(names) != len(set(names)):
@@ -457,7 +606,11 @@ class _TorchZipWeights:
         prefix = pickles[0][: -len("data.pkl")]
         byteorder = prefix + "byteorder"
         if byteorder in self._zip.namelist():
-            order = self._zip.read(byteorder).decode("ascii", "replace").strip()
+            try:
+                order = self._read_member(byteorder, 16).decode("ascii", "replace").strip()
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
+                raise CheckpointError(f"{self.path}: cannot read {byteorder!r} ({e}); the file is truncated or "
+                                      "corrupted") from None
             if order != "little":
                 raise CheckpointError(f"{self.path}: tensors are stored {order!r}-endian; only little-endian is supported")
         return prefix
@@ -465,7 +618,8 @@ class _TorchZipWeights:
     def _read_state_dict(self) -> Dict[str, _TensorRef]:
         where = f"{self.path}: {self._prefix}data.pkl"
         try:
-            data = self._zip.read(self._prefix + "data.pkl")   # checks the CRC
+            data = self._read_member(self._prefix + "data.pkl", MAX_PICKLE_BYTES)   # checks the CRC
+            check_pickle_shape(data, where)
             state = _StateDictUnpickler(data, where).load()
         except CheckpointError:
             raise
@@ -477,9 +631,21 @@ class _TorchZipWeights:
             raise CheckpointError(f"{where}: holds a {type(state).__name__}; expected a state dict {{name: tensor}}")
         for name, tensor in state.items():
             if not isinstance(name, str) or not isinstance(tensor, _TensorRef):
-                raise CheckpointError(f"{where}: entry {name!r} is a {type(tensor).__name__}; "
+                raise CheckpointError(f"{where}: entry {short_repr(name)} is a {type(tensor).__name__}; "
                                       "expected a state dict mapping names to tensors")
         return dict(state)
+
+    def _read_member(self, member: str, limit: int) -> bytes:
+        """A small zip member, refused before reading unless stored uncompressed (as torch.save writes
+        them) and at most `limit` bytes: a compressed record could inflate to any size."""
+        info = self._zip.getinfo(member)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{self.path}: member {member!r} is compressed (method {info.compress_type}); "
+                                  "torch.save stores every record uncompressed")
+        if info.file_size > limit or info.compress_size > limit:
+            raise CheckpointError(f"{self.path}: member {member!r} holds {info.file_size} bytes, more than the "
+                                  f"{limit} it may have")
+        return self._zip.read(member)   # checks the CRC
 
     # _TensorFile ------------------------------------------------------------------------------------
     def names(self) -> List[str]:
@@ -489,7 +655,7 @@ class _TorchZipWeights:
         t = self._ref(name)
         return _Entry(t.storage.dtype, t.shape)
 
-    def array(self, name: str) -> np.ndarray:
+    def array(self, name: str, copy: bool = False) -> np.ndarray:
         t = self._ref(name)
         dtype = DTYPES[t.storage.dtype]
         count = math.prod(t.shape)
@@ -504,6 +670,8 @@ class _TorchZipWeights:
             raise CheckpointError(f"{self.path}: tensor {name!r} ({count} elements at offset {t.offset}) runs past "
                                   f"the end of its storage of {t.storage.numel} elements")
         start = self._storage_offset(t.storage) + t.offset * dtype.itemsize
+        if copy:
+            return read_copy(self.path, start, dtype, t.shape)
         flat = np.frombuffer(self._mmap, dtype=dtype, count=count, offset=start)
         return flat.reshape(t.shape)
 
@@ -511,6 +679,11 @@ class _TorchZipWeights:
         """Nothing to do: the file was closed once mapped; arrays handed out keep the map alive."""
 
     # Internals --------------------------------------------------------------------------------------
+    def _read_at(self, offset: int, n: int) -> bytes:
+        """Bytes of the file read (not mapped): a zip header of a file truncated since it was opened is
+        then a short read, not a SIGBUS."""
+        return _read_at_path(self.path, offset, n)
+
     def _ref(self, name: str) -> _TensorRef:
         t = self._tensors.get(name)
         if t is None:
@@ -537,13 +710,13 @@ class _TorchZipWeights:
         if info.file_size != nbytes:
             raise CheckpointError(f"{self.path}: member {member!r} holds {info.file_size} bytes but storage "
                                   f"{storage.dtype}[{storage.numel}] needs {nbytes}")
-        header = self._mmap[info.header_offset: info.header_offset + _LOCAL_HEADER.size]
+        header = self._read_at(info.header_offset, _LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size:
             raise CheckpointError(f"{self.path}: the local header of {member!r} lies past the end of the file; "
                                   "the file is truncated")
         signature, *_, name_len, extra_len = _LOCAL_HEADER.unpack(header)
         name_start = info.header_offset + _LOCAL_HEADER.size
-        if signature != b"PK\x03\x04" or self._mmap[name_start: name_start + name_len] != member.encode():
+        if signature != b"PK\x03\x04" or self._read_at(name_start, name_len) != member.encode():
             raise CheckpointError(f"{self.path}: no valid local zip header for {member!r} at byte "
                                   f"{info.header_offset}; the file is corrupted")
         start = name_start + name_len + extra_len
@@ -552,6 +725,12 @@ class _TorchZipWeights:
                                   f"has {self._size} bytes; the file is truncated")
         self._offsets[storage.key] = start
         return start
+
+
+def _read_at_path(path: str, offset: int, n: int) -> bytes:
+    with open_regular(path, CheckpointError) as f:
+        f.seek(offset)
+        return f.read(n)
 
 
 def _c_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:

@@ -140,7 +140,9 @@ def cmd_generate(args) -> int:
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise SettingsError("no prompt: give it as an argument or on standard input")
-        prompt = sys.stdin.read()
+        # Bytes that are not UTF-8 become lone surrogates, as in command-line arguments: the tokenizer
+        # then refuses both the same way (tokenizer.check_text).
+        prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
     if prompt == "":
         raise SettingsError("the prompt is empty; give at least one character of text")
     do_sample = args.sample or any(v is not None for v in (args.temperature, args.top_k, args.top_p))
@@ -203,6 +205,7 @@ def cmd_info(args) -> int:
         from .checkpoint import open_checkpoint
 
         with open_checkpoint(path) as ckpt:
+            ckpt.check()   # the config's sizes against the tensors present (headers only)
             config = ckpt.config
             dtypes = sorted({ckpt.dtype(n) for n in ckpt.names()})
             dtype, size = "/".join(dtypes), sum(ckpt.nbytes(n) for n in ckpt.names())
@@ -270,6 +273,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:   # writing the output: a full disk (/dev/full), a closed terminal
+        _silence_stdout()
+        print(f"gptj {args.command}: error: cannot write the output: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"gptj {args.command}: error: out of memory (or over this process's memory limit)", file=sys.stderr)
+        return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of unwritable output cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from .errors import ConfigError
+from .limits import MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, load_json_file
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class GPTJConfig:
                 raise ConfigError(f"config.{name} must be a positive integer, got {value!r}")
         if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner <= 0):
             raise ConfigError(f"config.n_inner must be a positive integer or None, got {self.n_inner!r}")
+        self._check_limits()
         if self.n_embd % self.n_head != 0:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): each head gets n_embd/n_head dims"
@@ -52,6 +54,16 @@ class GPTJConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value < self.vocab_size:
                 raise ConfigError(f"config.{name} must be a token id in [0, {self.vocab_size}), got {value!r}")
+
+    def _check_limits(self) -> None:
+        """Sizes beyond any GPT-J are refused before anything is allocated from them (see limits.py)."""
+        limits = {"vocab_size": MAX_VOCAB, "n_positions": MAX_POSITIONS, "n_embd": MAX_WIDTH,
+                  "n_layer": MAX_LAYERS, "d_ff": MAX_WIDTH}
+        for name, limit in limits.items():
+            value = getattr(self, name)
+            if value > limit:
+                raise ConfigError(f"config.{name} = {value} is beyond gptj_ref's limit of {limit}; "
+                                  "the config is damaged or not a GPT-J model")
 
     # The short names used inside gptj_ref (docs/design.md, "Names"); the fields above keep the names of
     # Hugging Face's config.json, which is where users meet them -------------------------------------
@@ -110,6 +122,8 @@ class GPTJConfig:
                 kwargs[name] = value
         eos = kwargs.get("eos_token_id")
         if isinstance(eos, list):  # some configs list several end ids; GPT-J has one
+            if not eos:
+                raise ConfigError("eos_token_id is an empty list in config.json; give the end-of-text token id")
             kwargs["eos_token_id"] = eos[0]
         for name in ("bos_token_id", "eos_token_id"):
             if kwargs.get(name, 0) is None:
@@ -125,14 +139,9 @@ class GPTJConfig:
 
     @classmethod
     def from_json_file(cls, path: "str | os.PathLike[str]") -> "GPTJConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"no config.json at {path}; a Hugging Face GPT-J directory needs one") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path} is not valid JSON ({e})") from None
-        return cls.from_hf(data)
+        if not os.path.lexists(path):
+            raise ConfigError(f"no config.json at {path}; a Hugging Face GPT-J directory needs one")
+        return cls.from_hf(load_json_file(path, ConfigError, "config.json"))
 
     def to_json_file(self, path: "str | os.PathLike[str]") -> None:
         with open(path, "w", encoding="utf-8") as f:

@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from typing import Callable, List, Optional, TextIO
 
 import numpy as np
 
 from .config import GPTJConfig
-from .errors import CheckpointError, ConfigError, GPTJError, SettingsError
+from .errors import CheckpointError, ConfigError, GPTJError, OutputError, SettingsError
 from .formats import weight_format
-from .native import NATIVE_DTYPES, model_kind, native_size, open_native, write_native
+from .native import NATIVE_DTYPES, model_kind, native_file_size, native_size, open_native, write_native
 from .safetensors_file import release_mapped_pages
 
 
@@ -61,15 +64,16 @@ def convert(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", dtype:
 
     source = _open_source(src)
     try:
+        _check_not_an_input(dst, source.files())
         config = source.config
         block = weight_format(dtype).block
         if config.n_embd % block or config.d_ff % block:
             raise ConfigError(f"{dtype} needs n_embd ({config.n_embd}) and d_ff ({config.d_ff}) to be multiples of "
                               f"{block}, its block size; convert to f16 or f32 instead")
         source.check_tensors()
-        _check_free_space(dst, native_size(config, dtype))
         if tokenizer_json is None:
             tokenizer_json = source.tokenizer_json()
+        _check_free_space(dst, native_file_size(config, dtype, tokenizer_json))
 
         bar = ProgressBar(native_size(config, dtype), f"convert {dtype}", enabled=progress)
         handed_out: List[np.ndarray] = []
@@ -85,7 +89,10 @@ def convert(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", dtype:
             bar.update(nbytes)
 
         try:
-            write_native(dst, config, tensor_source, dtype, tokenizer_json, progress=tensor_written)
+            with _terminate_as_exit():
+                write_native(dst, config, tensor_source, dtype, tokenizer_json, progress=tensor_written)
+        except OSError as e:   # the destination: not writable, disk full, gone
+            raise OutputError(f"cannot write {dst}: {e.strerror or e}; nothing was written") from None
         finally:
             handed_out.clear()
             bar.close()
@@ -93,21 +100,54 @@ def convert(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", dtype:
         source.close()
 
 
+@contextmanager
+def _terminate_as_exit():
+    """SIGTERM during the write unwinds like Ctrl-C (exit status 143), so the temporary file is removed;
+    a temporary left by kill -9 is removed by the next write to the same destination."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_not_an_input(dst: str, inputs: List[str]) -> None:
+    """The output must not be, or replace, any file the conversion reads."""
+    target = os.path.realpath(dst)
+    for path in inputs:
+        same = os.path.realpath(path) == target or (os.path.exists(dst) and os.path.exists(path)
+                                                    and os.path.samefile(path, dst))
+        if same:
+            raise OutputError(f"the output {dst!r} is one of the input's files ({path}); converting would destroy "
+                              "the input: write to another file")
+
+
 def _check_destination(src: str, dst: str) -> None:
+    if dst == "" or dst.endswith(("/", os.sep)):
+        raise OutputError(f"the output {dst!r} is not a file name; give one such as model.gptj")
     if os.path.isdir(dst):
         raise SettingsError(f"the output {dst!r} is a directory; give a file name such as model.gptj")
     if os.path.exists(dst) and os.path.samefile(src, dst):
         raise SettingsError(f"the output {dst!r} is the input; write to another file")
     directory = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(directory):
-        raise SettingsError(f"the output directory {directory!r} does not exist; create it first")
+        raise OutputError(f"the output directory {directory!r} does not exist; create it first")
+    if not os.access(directory, os.W_OK):
+        raise OutputError(f"the output directory {directory!r} is not writable")
 
 
 def _check_free_space(dst: str, needed: int) -> None:
     directory = os.path.dirname(os.path.abspath(dst))
     free = shutil.disk_usage(directory).free
     if free < needed:
-        raise SettingsError(f"not enough space in {directory}: the output needs {needed / 1e9:.2f} GB, "
+        raise OutputError(f"not enough space in {directory}: the output needs {needed / 1e9:.2f} GB, "
                             f"{free / 1e9:.2f} GB are free")
 
 
@@ -121,6 +161,7 @@ class _CheckpointSource:
 
         self.path = path
         self._ckpt = open_checkpoint(path)
+        self._ckpt.copy_reads = True   # read, not mapped: a source truncated meanwhile is an error, not SIGBUS
         self.config: GPTJConfig = self._ckpt.config
 
     def check_tensors(self) -> None:
@@ -128,6 +169,10 @@ class _CheckpointSource:
 
     def read(self, name: str) -> np.ndarray:
         return self._ckpt.read(name)
+
+    def files(self) -> List[str]:
+        """Every file in the checkpoint directory (the weights, config, tokenizer files, shards)."""
+        return [os.path.join(self.path, f) for f in os.listdir(self.path)]
 
     def tokenizer_json(self) -> str:
         from .tokenizer import Tokenizer
@@ -145,6 +190,9 @@ class _NativeSource:
 
     def check_tensors(self) -> None:
         pass  # open_native validated every tensor against the config
+
+    def files(self) -> List[str]:
+        return [self._native.path]
 
     def read(self, name: str) -> np.ndarray:
         return self._native.weight(name)

@@ -34,3 +34,8 @@ def is_int(x) -> bool:
 
 class NumericalError(GPTJError, ArithmeticError):
     """A computation produced NaN or infinity where a finite number is needed (e.g. next-token logits)."""
+
+
+class OutputError(SettingsError):
+    """An output cannot be written: the destination is not writable, the disk is full, or it would
+    overwrite an input."""

@@ -55,11 +55,12 @@ import numpy as np
 
 from .config import GPTJConfig
 from .errors import CheckpointError, ConfigError, GPTJError, InputError
+from .limits import loads_bounded, open_regular
 from .layout import weight_shapes
 from . import formats
 from .formats import CURRENT_FILE_VERSION, FORMATS, WeightFormat, scale_name, weight_format
 from .quant import QK
-from .safetensors_file import DTYPES, MAX_HEADER_BYTES, SafetensorsFile, write_safetensors
+from .safetensors_file import DTYPES, MAX_HEADER_BYTES, SafetensorsFile, safetensors_header, write_safetensors
 
 FORMAT = "gptj_ref"
 FORMAT_VERSION = CURRENT_FILE_VERSION
@@ -95,6 +96,14 @@ def native_specs(config: GPTJConfig, dtype: str, version: int = FORMAT_VERSION) 
     return f32 + f16 + blocks
 
 
+def native_tensor_count(config: GPTJConfig, dtype: str, version: int = FORMAT_VERSION) -> int:
+    """len(native_specs(config, dtype, version)), without listing n_layer layers: checked against a file's
+    header before anything proportional to the config's sizes is built."""
+    one = len(native_specs(config.replace(n_layer=1), dtype, version))
+    per_layer = len(native_specs(config.replace(n_layer=2), dtype, version)) - one
+    return one + (config.n_layer - 1) * per_layer
+
+
 def native_metadata(config: GPTJConfig, dtype: str, tokenizer_json: Optional[str]) -> Dict[str, str]:
     return {"format": FORMAT, "format_version": str(FORMAT_VERSION), "dtype": dtype,
             "dtype_version": str(weight_format(dtype).version),
@@ -104,6 +113,12 @@ def native_metadata(config: GPTJConfig, dtype: str, tokenizer_json: Optional[str
 def native_size(config: GPTJConfig, dtype: str) -> int:
     """Bytes of a native file's tensor data (the header adds the tokenizer JSON and a few KB)."""
     return sum(int(np.prod(shape, dtype=np.int64)) * DTYPES[st].itemsize for _, st, shape in native_specs(config, dtype))
+
+
+def native_file_size(config: GPTJConfig, dtype: str, tokenizer_json: Optional[str]) -> int:
+    """Bytes of the whole native file: the 8-byte length, the header (with the tokenizer) and the data."""
+    header = safetensors_header(native_specs(config, dtype), native_metadata(config, dtype, tokenizer_json))
+    return 8 + len(header) + native_size(config, dtype)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -133,6 +148,7 @@ def write_native(path: "str | os.PathLike[str]", config: GPTJConfig,
         if w.shape != expected[stored]:
             raise CheckpointError(f"tensor {stored!r} has shape {list(w.shape)} but the config implies "
                                   f"{list(expected[stored])}")
+        check_finite(w, f"tensor {stored!r}")
         try:
             if scale_name(stored) in stored_names:
                 values, scales = fmt.tensor_format(stored, w.shape).quantize(w)
@@ -145,6 +161,21 @@ def write_native(path: "str | os.PathLike[str]", config: GPTJConfig,
         return np.asarray(w, dtype=np.float32)
 
     write_safetensors(path, specs, produce, native_metadata(config, dtype, tokenizer_json), progress)
+
+
+def check_finite(w: np.ndarray, what: str) -> None:
+    """Refuse NaN or inf in a float array, a slice of rows at a time (bounded temporaries): a model with a
+    non-finite weight computes NaN or nonsense, so every file gptj_ref writes has finite weights only."""
+    flat = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
+    step = max(1, _CHUNK_ELEMENTS // max(flat.shape[1], 1))
+    for start in range(0, flat.shape[0], step):
+        chunk = flat[start:start + step]
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            index = [start + row, col] if w.ndim > 1 else [col]
+            raise CheckpointError(f"{what} holds {chunk[row, col]} at {index}; gptj_ref stores only finite weights. The "
+                                  "checkpoint is damaged (or was saved from a diverged training run)")
 
 
 def to_float16(w: np.ndarray, name: str = "tensor") -> np.ndarray:
@@ -171,15 +202,15 @@ def to_float16(w: np.ndarray, name: str = "tensor") -> np.ndarray:
 def is_native_file(path: "str | os.PathLike[str]") -> bool:
     """True when `path` is a safetensors file whose metadata says format "gptj_ref" (reads only the header)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, CheckpointError) as f:
             size = os.fstat(f.fileno()).st_size
             if size < 8:
                 return False
             (n,) = struct.unpack("<Q", f.read(8))
             if n > min(MAX_HEADER_BYTES, size - 8):
                 return False
-            header = json.loads(f.read(n).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+            header = loads_bounded(f.read(n))
+    except (OSError, ValueError, CheckpointError):
         return False
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     return isinstance(metadata, dict) and metadata.get("format") == FORMAT
@@ -215,7 +246,7 @@ class NativeFile:
             raise self._error(f"not a gptj_ref native model file: its metadata has format {meta.get('format')!r}, "
                               f"expected {FORMAT!r}; make one with `gptj convert`")
         version = meta.get("format_version", "")
-        if not version.isdigit():
+        if not version.isdigit() or len(version) > 9:
             raise self._error(f"format_version {version!r} is not a version number; the file is damaged")
         self.format_version = int(version)
         if self.format_version > FORMAT_VERSION:
@@ -235,8 +266,14 @@ class NativeFile:
         if meta.get("qk") != str(QK):
             raise self._error(f"int8 block size qk = {meta.get('qk')!r}; this gptj_ref reads only {QK}")
         try:
-            self.config = GPTJConfig.from_hf(json.loads(meta.get("config", "")))
+            self.config = GPTJConfig.from_hf(loads_bounded(meta.get("config", "")))
+            count = native_tensor_count(self.config, self.dtype, version)
+            if count > 2 * len(self._file.entries) + 100:   # far off: refuse before listing every tensor
+                raise self._error(f"the file holds {len(self._file.entries)} tensors but a {self.dtype} file of its "
+                                  f"config (n_layer {self.config.n_layer}) has {count}; the file is damaged")
             specs = native_specs(self.config, self.dtype, version)
+        except CheckpointError:
+            raise
         except (ValueError, GPTJError) as e:
             raise self._error(f"the config in the file is not valid: {e}") from None
         self.tokenizer_json = meta.get("tokenizer", "")
@@ -265,6 +302,9 @@ class NativeFile:
             for name in self._names:
                 if scale_name(name) in expected:
                     self._check_scales(name)
+        for name, st, shape in specs:   # LayerNorms and biases: 0.03% of the bytes, read in full
+            if len(shape) == 1:
+                check_finite(self._file.array(name), f"{self.path}: tensor {name!r}")
 
     def _check_scales(self, weight: str) -> None:
         fmt, name = self.tensor_format(weight), scale_name(weight)

@@ -13,7 +13,9 @@ the environment variable GPTJ_FORCE_SCALAR=1 selects the scalar kernels at impor
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
+import threading
+from contextlib import contextmanager
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -59,15 +61,31 @@ if os.environ.get("GPTJ_FORCE_SCALAR", "") not in ("", "0"):
     set_kernel_isa("scalar")
 
 
+def _is_integer(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM, or a very large number when the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62
+
+
 class CppCache:
     """A C++ KV cache for `batch` rows plus the bookkeeping of the backend contract (gptj_ref.backend.Cache):
     `length` is the number of token slots used (real or padding, equal for all rows)."""
 
-    def __init__(self, core_cache, max_tokens: int, batch: int):
+    def __init__(self, core_cache, max_tokens: int, batch: int, geometry: Tuple = ()):
         self.core = core_cache
         self.max_tokens = max_tokens
         self.batch = batch
         self.length = 0
+        # (n_layer, n_head, head_dim, kv dtype) of the model that made it: only a model of the same
+        # geometry may use it (see CppModel._check_cache).
+        self.geometry = geometry
+        self._in_use = threading.Lock()   # held by the forward pass writing to it
 
     @property
     def row_lengths(self) -> list:
@@ -163,8 +181,48 @@ class CppModel:
         self._core.threads = value
 
     def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> CppCache:
-        max_tokens, batch = check_cache_size(self.config, max_tokens, batch)
-        return CppCache(_core.KVCache(self._core, batch, max_tokens, self.kv_dtype), max_tokens, batch)
+        c = self.config
+        max_tokens, batch = check_cache_size(c, max_tokens, batch)
+        nbytes = 2 * c.n_layer * batch * max_tokens * c.n_embd * np.dtype(self.kv_dtype).itemsize  # Python ints
+        if nbytes > _physical_memory():
+            raise InputError(f"a KV cache of {batch} rows x {max_tokens} tokens needs {nbytes / 2**30:.1f} GiB, more "
+                             f"than this machine's {_physical_memory() / 2**30:.1f} GiB of memory; use fewer rows "
+                             "or tokens")
+        try:
+            core_cache = _core.KVCache(self._core, batch, max_tokens, self.kv_dtype)
+        except MemoryError:
+            raise InputError(f"cannot allocate a KV cache of {nbytes / 2**30:.2f} GiB ({batch} rows x {max_tokens} "
+                             "tokens): out of memory or over this process's memory limit") from None
+        return CppCache(core_cache, max_tokens, batch, self._cache_geometry())
+
+    def _cache_geometry(self) -> Tuple:
+        c = self.config
+        return (c.n_layer, c.n_head, c.head_dim, self.kv_dtype)
+
+    def _check_cache(self, cache) -> None:
+        """A cache made by a model of another geometry would be read and written out of bounds by the C++
+        core: refuse it, and any cache with more slots than this model's rotary table."""
+        if not isinstance(cache, CppCache):
+            raise InputError(f"the cpp backend needs a cache from its own new_cache(), got {type(cache).__name__}")
+        core = cache.core
+        actual = (core.n_layer, core.n_head, core.head_dim, core.dtype)
+        if cache.geometry != self._cache_geometry() or actual != self._cache_geometry():
+            raise InputError(f"this cache was made for a model with n_layer, n_head, head_dim, kv dtype = {actual}; "
+                             f"this model needs {self._cache_geometry()}: make the cache with this model's new_cache()")
+        if core.max_tokens > self.config.n_positions or cache.max_tokens != core.max_tokens:
+            raise InputError(f"this cache has {core.max_tokens} slots but the model's context is "
+                             f"{self.config.n_positions}: make the cache with this model's new_cache()")
+
+    @contextmanager
+    def _claim(self, cache: CppCache):
+        """Hold the cache for one forward pass; a cache already in use by another call is refused."""
+        if not cache._in_use.acquire(blocking=False):
+            raise InputError("this cache is in use by another forward pass (another thread); a cache holds one "
+                             "sequence per row, so give each concurrent call its own new_cache()")
+        try:
+            yield
+        finally:
+            cache._in_use.release()
 
     def forward(self, token_ids, cache: Optional[CppCache] = None, attention_mask=None,
                 last_only: bool = False) -> np.ndarray:
@@ -179,8 +237,12 @@ class CppModel:
         B, T = ids.shape
         if cache is None:
             cache = self.new_cache(T, B)
-        if not isinstance(cache, CppCache):
-            raise InputError(f"the cpp backend needs a cache from its own new_cache(), got {type(cache).__name__}")
+        self._check_cache(cache)
+        with self._claim(cache):
+            return self._forward(ids, mask, squeeze, cache, last_only)
+
+    def _forward(self, ids, mask, squeeze, cache: CppCache, last_only: bool) -> np.ndarray:
+        B, T = ids.shape
         start = check_cache_room(cache, B, T)
 
         V = self.config.n_vocab
@@ -215,8 +277,7 @@ class CppModel:
         new token of every row that has one, in row order. `cache.length` is not used: use a cache either
         with forward() or with forward_rows(), not both. Each token's values are bitwise those of the same
         sequence run alone (the kernels compute every row independently of the others)."""
-        if not isinstance(cache, CppCache):
-            raise InputError(f"the cpp backend needs a cache from its own new_cache(), got {type(cache).__name__}")
+        self._check_cache(cache)
         if len(row_tokens) != cache.batch:
             raise InputError(f"the cache holds {cache.batch} rows but tokens for {len(row_tokens)} were given")
         counts = np.array([len(t) for t in row_tokens], np.int64)
@@ -232,12 +293,30 @@ class CppModel:
         if ids.size == 0:
             return np.zeros((0, self.config.vocab_size), np.float32)
         rows = np.array([first[r] + i for r, i in logit_tokens], np.int64)
-        return self._core.forward(np.ascontiguousarray(ids), counts, cache.core, rows)
+        with self._claim(cache):
+            return self._core.forward(np.ascontiguousarray(ids), counts, cache.core, rows)
 
-    @staticmethod
-    def reset_row(cache: CppCache, row: int) -> None:
+    def _check_row(self, cache: CppCache, row, what: str = "row") -> int:
+        if not _is_integer(row) or not 0 <= row < cache.batch:
+            raise InputError(f"{what} must be an integer in [0, {cache.batch}) (the cache's rows), got {row!r}")
+        return int(row)
+
+    def reset_row(self, cache: CppCache, row: int) -> None:
         """Empty one row of a cache used with forward_rows, for a new sequence."""
-        cache.core.reset_row(int(row))
+        self._check_cache(cache)
+        row = self._check_row(cache, row)
+        with self._claim(cache):
+            cache.core.reset_row(row)
+
+    def copy_row(self, cache: CppCache, src: int, dst: int, n: int) -> None:
+        """Row dst of the cache becomes the first n tokens of row src (a shared prefix computed once)."""
+        self._check_cache(cache)
+        src, dst = self._check_row(cache, src, "src"), self._check_row(cache, dst, "dst")
+        held = cache.core.lengths[src]
+        if not _is_integer(n) or not 0 <= n <= held:
+            raise InputError(f"row {src} holds {held} tokens; cannot copy {n!r} of them")
+        with self._claim(cache):
+            cache.core.copy_row(src, dst, int(n))
 
     def hidden_states(self, token_ids) -> list:
         """For one sequence ids [T]: the embeddings [T, n_embd], the output of each block, the output of

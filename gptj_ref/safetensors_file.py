@@ -12,9 +12,12 @@ directory and renames it into place only when everything is written.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import mmap
 import os
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import CheckpointError
+from .limits import MAX_DIM, is_int, loads_bounded, open_regular, short_repr
 
 # safetensors dtype name -> NumPy dtype. BF16 has no NumPy dtype: it is exposed as its raw uint16 bits
 # (see `bf16_to_f32`).
@@ -65,10 +69,7 @@ class SafetensorsFile:
 
     def __init__(self, path: "str | os.PathLike[str]"):
         self.path = os.fspath(path)
-        try:
-            self._file = open(self.path, "rb")
-        except FileNotFoundError:
-            raise CheckpointError(f"{self.path}: no such file") from None
+        self._file = open_regular(self.path, CheckpointError, "safetensors file")
         # The mapping keeps the data reachable after the file handle is closed, so no handle stays open
         # for as long as arrays handed out are alive.
         with self._file:
@@ -85,8 +86,8 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: header length {n} does not fit in the file of {size} bytes; "
                                   "the file is truncated or not safetensors")
         try:
-            header = json.loads(self._file.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            header = loads_bounded(self._file.read(n))
+        except ValueError as e:  # also UnicodeDecodeError and JSONDecodeError
             raise CheckpointError(f"{self.path}: the safetensors header is not valid JSON ({e})") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: the safetensors header must be a JSON object")
@@ -102,19 +103,22 @@ class SafetensorsFile:
         spans.sort()
         for (_, end_a, a), (start_b, _, b) in zip(spans, spans[1:]):
             if start_b < end_a:
-                raise CheckpointError(f"{self.path}: tensors {a!r} and {b!r} overlap in the file")
+                raise CheckpointError(f"{self.path}: tensors {short_repr(a)} and {short_repr(b)} overlap in the file")
         return metadata, entries
 
     def names(self) -> Sequence[str]:
         return list(self.entries)
 
-    def array(self, name: str) -> np.ndarray:
-        """The stored tensor as a read-only memory-mapped array (BF16 as raw uint16 bits)."""
+    def array(self, name: str, copy: bool = False) -> np.ndarray:
+        """The stored tensor as a read-only memory-mapped array (BF16 as raw uint16 bits); with copy=True,
+        read into memory instead (`read_copy`: a file truncated meanwhile is an error, not a SIGBUS)."""
         entry = self.entries.get(name)
         if entry is None:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}")
         if entry.nbytes == 0:
             return np.zeros(entry.shape, DTYPES[entry.dtype])
+        if copy:
+            return read_copy(self.path, entry.offset, DTYPES[entry.dtype], entry.shape)
         flat = np.frombuffer(self._mmap, dtype=DTYPES[entry.dtype],
                              count=entry.nbytes // DTYPES[entry.dtype].itemsize, offset=entry.offset)
         return flat.reshape(entry.shape)
@@ -130,24 +134,40 @@ class SafetensorsFile:
         self.close()
 
 
+def read_copy(path: str, offset: int, dtype: np.dtype, shape: Tuple[int, ...]) -> np.ndarray:
+    """Read an array from a file with read(), not a memory map: reading a mapped page past the end of a
+    file that shrank since it was mapped kills the process with SIGBUS, a short read is an error."""
+    out = np.empty(shape, dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    with open_regular(path, CheckpointError) as f:
+        f.seek(offset)
+        done = 0
+        while done < len(view):
+            n = f.readinto(view[done:])
+            if not n:
+                raise CheckpointError(f"{path}: the file ends at byte {offset + done}, inside a tensor that should end "
+                                      f"at byte {offset + len(view)}; it was truncated or changed while being read")
+            done += n
+    return out
+
+
 def _parse_entry(path, name, spec, data_start, data_size) -> TensorEntry:
     def bad(why):
-        return CheckpointError(f"{path}: tensor {name!r}: {why}")
+        return CheckpointError(f"{path}: tensor {short_repr(name)}: {why}")
 
     if not isinstance(spec, dict):
         raise bad("header entry is not an object")
     dtype = spec.get("dtype")
-    if dtype not in DTYPES:
-        raise bad(f"unknown dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise bad(f"unknown dtype {short_repr(dtype)}; supported: {', '.join(DTYPES)}")
     shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise bad(f"shape must be a list of non-negative integers, got {shape!r}")
+    if not isinstance(shape, list) or not all(is_int(d) and 0 <= d <= MAX_DIM for d in shape):
+        raise bad(f"shape must be a list of integers in [0, 2**63), got {short_repr(shape)}")
     offsets = spec.get("data_offsets")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-        raise bad(f"data_offsets must be [begin, end], got {offsets!r}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o) for o in offsets):
+        raise bad(f"data_offsets must be [begin, end], got {short_repr(offsets)}")
     begin, end = offsets
-    nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+    nbytes = math.prod(shape) * DTYPES[dtype].itemsize   # Python ints: no wrap-around
     if not 0 <= begin <= end:
         raise bad(f"data_offsets {offsets} are not an increasing pair")
     if end > data_size:
@@ -188,6 +208,50 @@ def _byte_bounds(array: np.ndarray):
     return byte_bounds(array)
 
 
+def safetensors_header(specs: Sequence[Tuple[str, str, Tuple[int, ...]]],
+                       metadata: Optional[Mapping[str, str]] = None) -> bytes:
+    """The JSON header `write_safetensors` writes for these tensors (padded so the data starts aligned)."""
+    header: Dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for name, dtype, shape in specs:
+        if dtype not in DTYPES:
+            raise CheckpointError(f"cannot write tensor {name!r} with unknown dtype {dtype!r}")
+        nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return blob + b" " * (-(8 + len(blob)) % DATA_ALIGNMENT)   # spaces are valid JSON padding
+
+
+TEMP_PREFIX = ".tmp-"
+
+
+def _remove_stale_temps(directory: str, target: str) -> None:
+    """Remove temporaries of `target` left by a writer that was killed (kill -9, power loss). A live
+    writer holds a lock on its temporary, so only files nobody holds are removed."""
+    prefix = TEMP_PREFIX + target + "-"
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        full = os.path.join(directory, name)
+        try:
+            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # raises while a writer holds it
+                os.unlink(full)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def write_safetensors(path: "str | os.PathLike[str]",
                       specs: Iterable[Tuple[str, str, Tuple[int, ...]]],
                       produce: Callable[[str], np.ndarray],
@@ -201,22 +265,14 @@ def write_safetensors(path: "str | os.PathLike[str]",
     """
     path = os.fspath(path)
     specs = [(name, dtype, tuple(int(d) for d in shape)) for name, dtype, shape in specs]
-    header: Dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    for name, dtype, shape in specs:
-        if dtype not in DTYPES:
-            raise CheckpointError(f"cannot write tensor {name!r} with unknown dtype {dtype!r}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-(8 + len(blob)) % DATA_ALIGNMENT)   # spaces are valid JSON padding
+    blob = safetensors_header(specs, metadata)
 
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
+    _remove_stale_temps(directory, os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + os.path.basename(path) + "-", dir=directory)
+    lock = os.dup(fd)   # shares fd's lock; held until the file is in place: marks it as being written
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
@@ -241,6 +297,8 @@ def write_safetensors(path: "str | os.PathLike[str]",
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(lock)
 
 
 def save_tensors(path, tensors: Mapping[str, np.ndarray], metadata: Optional[Mapping[str, str]] = None) -> None:

@@ -201,13 +201,12 @@ def _shared_context_cache(backend, context: List[int], batch: int, max_tokens: i
     """
     ids = np.asarray(context, np.int64)
     cache = backend.new_cache(max_tokens, batch)
-    core = getattr(cache, "core", None)
-    if core is not None and hasattr(core, "copy_row"):           # cpp: padding rows cost nothing
+    if hasattr(backend, "copy_row"):                              # cpp: padding rows cost nothing
         mask = np.zeros((batch, len(ids)), np.int64)
         mask[0] = 1
         last = backend.forward(np.tile(ids, (batch, 1)), cache, attention_mask=mask, last_only=True)[0]
         for r in range(1, batch):
-            core.copy_row(0, r, len(ids))
+            backend.copy_row(cache, 0, r, len(ids))
         return cache, last
     from .reference import KVCache
 

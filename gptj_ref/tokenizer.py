@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import codecs
 import importlib.util
-import json
 import os
 from typing import Dict, Iterable, List, Optional
 
 from .errors import CheckpointError, InputError
+from .limits import MAX_VOCAB, load_json_file, read_small_file
 
 END_OF_TEXT = "<|endoftext|>"
 END_OF_TEXT_ID = 50256
@@ -73,12 +73,17 @@ class Tokenizer:
             vocab = backend.get_vocab(with_added_tokens=True)
         added = {t.content for t in backend.get_added_tokens_decoder().values()}
         self.vocab_size = max(vocab.values()) + 1
+        if self.vocab_size > MAX_VOCAB:
+            raise CheckpointError(f"the tokenizer has token id {self.vocab_size - 1}, beyond gptj_ref's limit of {MAX_VOCAB}")
         # id -> the bytes it stands for. Added tokens stand for their literal text.
         self._bytes: List[bytes] = [b""] * self.vocab_size
         for token, i in vocab.items():
             if token in added:
                 self._bytes[i] = token.encode("utf-8")
             else:
+                if not all(c in UNICODE_TO_BYTE for c in token):
+                    raise CheckpointError(f"token {i} ({token[:40]!r}) is not a byte-level BPE token; GPT-J's "
+                                          "tokenizer is GPT-2's byte-level BPE")
                 self._bytes[i] = bytes(UNICODE_TO_BYTE[c] for c in token)
         self.eos_token_id = vocab[END_OF_TEXT]
 
@@ -88,16 +93,26 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
         try:
-            with open(vocab_path, encoding="utf-8") as f:
-                vocab = json.load(f)
-            with open(merges_path, encoding="utf-8") as f:
-                lines = f.read().split("\n")
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            vocab = load_json_file(vocab_path, CheckpointError, "vocab.json")
+            lines = read_small_file(merges_path, CheckpointError, "merges.txt").decode("utf-8").split("\n")
+        except (CheckpointError, UnicodeDecodeError) as e:
             raise CheckpointError(f"cannot read the tokenizer files {vocab_path}, {merges_path}: {e}") from None
+        if not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 24
+                                                  for v in vocab.values()):
+            raise CheckpointError(f"{vocab_path}: expected a JSON object {{token: id}} with ids in [0, 2**24)")
         merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
         if any(len(m) != 2 for m in merges):
             raise CheckpointError(f"{merges_path}: every merge line must hold two symbols separated by one space")
-        bpe = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
+        bad = next((m for m in merges if m[0] not in vocab or m[1] not in vocab or m[0] + m[1] not in vocab), None)
+        if bad is not None:   # checked here: the Rust BPE would panic on some of these
+            raise CheckpointError(f"{merges_path}: the merge {bad[0]!r} + {bad[1]!r} uses or makes a token that is "
+                                  f"not in {vocab_path}")
+        try:
+            bpe = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
+        except BaseException as e:  # a bare Exception, or a Rust panic (a BaseException) on a bad vocabulary
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise CheckpointError(f"the tokenizer files {vocab_path}, {merges_path} do not form a BPE: {e}") from None
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         bpe.decoder = decoders.ByteLevel()
         return cls(bpe)
@@ -108,7 +123,11 @@ class Tokenizer:
 
         try:
             return cls(HFTokenizer.from_str(text))
-        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        except CheckpointError:
+            raise
+        except BaseException as e:  # a bare Exception on bad JSON, or a Rust panic (a BaseException)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
             raise CheckpointError(f"the tokenizer JSON cannot be parsed: {e}") from None
 
     @classmethod
@@ -121,11 +140,14 @@ class Tokenizer:
         """The checkpoint's own tokenizer (tokenizer.json, or vocab.json + merges.txt), else the default."""
         if os.path.isdir(path):
             tokenizer_json = os.path.join(path, "tokenizer.json")
-            if os.path.exists(tokenizer_json):
-                with open(tokenizer_json, encoding="utf-8") as f:
-                    return cls.from_json(f.read())
+            if os.path.lexists(tokenizer_json):
+                data = read_small_file(tokenizer_json, CheckpointError, "tokenizer.json")
+                try:
+                    return cls.from_json(data.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise CheckpointError(f"{tokenizer_json} is not UTF-8 text ({e})") from None
             vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
-            if os.path.exists(vocab) and os.path.exists(merges):
+            if os.path.lexists(vocab) and os.path.lexists(merges):
                 return cls.from_vocab_and_merges(vocab, merges)
         return cls.default()
 
@@ -134,8 +156,7 @@ class Tokenizer:
 
     # Use -----------------------------------------------------------------------------------------------
     def encode(self, text: str) -> List[int]:
-        if not isinstance(text, str):
-            raise InputError(f"text to encode must be a str, got {type(text).__name__}")
+        check_text(text)
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def token_bytes(self, token_id: int) -> bytes:
@@ -149,6 +170,23 @@ class Tokenizer:
 
     def stream_decoder(self) -> "StreamDecoder":
         return StreamDecoder(self)
+
+
+def check_text(text: str, what: str = "the text") -> None:
+    """The one rule for text from users (API arguments, command-line arguments, standard input): it must
+    be a str of valid Unicode. A lone surrogate cannot be encoded, and on the command line and standard
+    input it stands for a byte that was not UTF-8 (Python's surrogateescape): both are refused with the
+    position, rather than silently replaced, because the model would then answer a different prompt."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a str, got {type(text).__name__}"
+                         + ("; decode bytes first, e.g. data.decode('utf-8')" if isinstance(text, (bytes, bytearray)) else ""))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        found = (f"byte 0x{code - 0xDC00:02x}, which is not UTF-8," if 0xDC80 <= code <= 0xDCFF
+                 else f"a lone surrogate U+{code:04X}")
+        raise InputError(f"{what} holds {found} at character {e.start}; give valid UTF-8 text") from None
 
 
 class StreamDecoder:

@@ -126,5 +126,5 @@ def test_forward_rows_rows_are_independent_and_bitwise_alone(model):
         cpp.forward_rows([[1], [], []], cache, logit_tokens=[(0, 2)])
     with pytest.raises(InputError, match="outside the vocabulary"):
         cpp.forward_rows([[CONFIG.vocab_size], [], []], cache)
-    with pytest.raises(IndexError, match="row 3 is outside"):
+    with pytest.raises(InputError, match=r"row must be an integer in \[0, 3\)"):
         cpp.reset_row(cache, 3)
