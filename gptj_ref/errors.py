@@ -34,3 +34,7 @@ def is_int(x) -> bool:
 
 class NumericalError(GPTJError, ArithmeticError):
     """A computation produced NaN or infinity where a finite number is needed (e.g. next-token logits)."""
+
+
+class MemoryLimitError(GPTJError, MemoryError):
+    """A model would need more memory than is available; the message gives the estimate and the limit."""

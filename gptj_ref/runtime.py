@@ -22,6 +22,7 @@ from .backend import check_cache_room, check_cache_size, check_inputs, check_kv_
 from .config import GPTJConfig
 from .errors import CheckpointError, InputError, SettingsError
 from .reference import rotary_tables
+from .threads import check_threads
 
 ISAS = ("auto", "scalar", "avx2", "avxvnni", "amx")
 
@@ -41,6 +42,11 @@ def set_kernel_isa(isa: str = "auto") -> None:
         raise SettingsError(f"the {isa} kernels are unavailable: this CPU lacks {needs} or the build left them out; "
                             f"available: {', '.join(available)}")
     _core.set_isa(isa)
+
+
+def available_isas() -> list:
+    """The kernel levels this CPU, OS and build can run, best last (e.g. ["scalar", "avx2", "avxvnni", "amx"])."""
+    return list(_core.available_isas())
 
 
 def kernel_isa() -> str:
@@ -102,9 +108,7 @@ class CppModel:
             self.name = "cpp-q8"
         self.kv_dtype = check_kv_dtype(("float16" if int8 else "float32") if kv_dtype is None else kv_dtype)
         self._sin, self._cos = rotary_tables(config.n_ctx, config.n_rot)  # [n_ctx, n_rot/2]
-        threads = (os.cpu_count() or 1) if threads is None else threads
-        if not isinstance(threads, int) or threads < 1:
-            raise SettingsError(f"threads must be a positive integer, got {threads!r}")
+        threads = check_threads(threads)
         c = config
         try:
             self._core = _core.Model(self._weights, self._sin, self._cos, vocab_size=c.vocab_size,
@@ -146,9 +150,7 @@ class CppModel:
 
     @threads.setter
     def threads(self, value: int) -> None:
-        if not isinstance(value, int) or value < 1:
-            raise SettingsError(f"threads must be a positive integer, got {value!r}")
-        self._core.threads = value
+        self._core.threads = check_threads(value)
 
     def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> CppCache:
         max_tokens, batch = check_cache_size(self.config, max_tokens, batch)
