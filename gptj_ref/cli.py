@@ -274,7 +274,7 @@ INFO = Command("info", "describe a model, the memory it needs and the threads an
                _info_arguments, _run_info, examples="""\
   gptj info                           # the built-in demo model
   gptj info --model gpt-j-6B.gptj
-  gptj info --model ./gpt-j-6B -c 512 # a Hugging Face directory; memory estimated for 512 tokens
+  gptj info --model ./gpt-j-6B -c 512  # a Hugging Face directory; memory estimated for 512 tokens
 """)
 
 

@@ -8,8 +8,9 @@ What is counted (bytes that become resident in this process):
 
   weights    cpp backend: every tensor of the file, read in place (memory-mapped q8 / f32) or widened to
              float32 at load (f16 files and float16/bfloat16 checkpoints: there are no f16 kernels). The
-             token embedding is read one row per token, so only `context` rows of it count when it is used
-             in place. Reference backend: every weight as float32 (it dequantizes and widens everything).
+             token embedding is read one row per token; used in place, the OS maps the file around each row
+             it faults in (about READAROUND_BYTES per row, measured), so n tokens touch about
+             E (1 - exp(-n READAROUND_BYTES / E)) of its E bytes (random ids; real text repeats tokens). Reference backend: every weight as float32 (it dequantizes and widens everything).
   kv cache   n_layer x 2 (keys, values) x batch x context x n_embd x 2 or 4 bytes (float16 / float32).
   scratch    cpp: one prompt chunk's activations (<= 512 tokens x (8 n_embd + d_ff) floats), the attention
              scores (4 x threads x context floats) and the last position's logits. Reference: the whole
@@ -25,6 +26,7 @@ minus its usage when that is lower), else unknown (no check).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -38,6 +40,9 @@ from .errors import MemoryLimitError, SettingsError
 # RSS of a process that imported gptj_ref and loaded the built-in demo model (measured: 123 MB on Linux
 # x86-64, Python 3.11), rounded up.
 RUNTIME_BYTES = 150_000_000
+# File bytes that become resident per embedding row read in place (fault-around and read-around of the
+# memory map): 1.0-1.7 MB measured on Linux 6.x with GPT-J 6B's 16 KB rows (benchmarks/memory_context.py).
+READAROUND_BYTES = 2 * 2**20
 PREFILL_CHUNK = 512   # runtime.CppModel.prefill_chunk: the cpp backend runs prompts this many tokens at a time
 
 
@@ -99,9 +104,10 @@ def estimate_memory(config: GPTJConfig, dtype: str, backend: str = "cpp", contex
         sizes = {name: int(np.prod(shape, dtype=np.int64)) * DTYPES[st].itemsize
                  for name, st, shape in specs}
         weights = sum(sizes.values())
-        if in_place:   # only the rows of the tokens seen are read from the embedding (and its scales)
-            embedding = sum(n for name, n in sizes.items() if name.startswith(EMBEDDING))
-            weights -= embedding - embedding * min(context * batch, c.vocab_size) // c.vocab_size
+        if in_place:   # only the pages around the rows of the tokens seen are read from the embedding
+            embedding = sum(n for name, n in sizes.items() if name.startswith(EMBEDDING))   # (and its scales)
+            rows = context * batch
+            weights += int(embedding * -math.expm1(-rows * READAROUND_BYTES / embedding)) - embedding
         chunk = min(context, PREFILL_CHUNK) * batch
         scratch = (chunk * (8 * c.n_embd + c.d_ff) + 4 * threads * context) * 4 + chunk * c.d_ff \
             + batch * c.vocab_size * 4
