@@ -145,8 +145,18 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
 
     from .checkpoint import open_checkpoint
 
+    from .layout import weight_shapes
+    from .progress import progress_bar
+
     with open_checkpoint(path) as checkpoint:
-        weights = checkpoint.load_weights()  # memory-mapped arrays outlive the checkpoint object
+        checkpoint.check()
+        names = list(weight_shapes(checkpoint.config))
+        bar = progress_bar(sum(checkpoint.nbytes(n) for n in names), "load")
+        weights = {}
+        for name in names:   # memory-mapped arrays (or float32 copies of f16/bf16) outlive the checkpoint object
+            weights[name] = checkpoint.read(name)
+            bar.update(checkpoint.nbytes(name))
+        bar.close()
         config, description = checkpoint.config, f"{path} ({checkpoint.format})"
     return Model(_make_backend(backend, config, weights, threads, kv_dtype), Tokenizer.from_checkpoint_dir(path),
                  description, dtype="f32")
