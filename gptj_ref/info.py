@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-from .errors import CheckpointError
+from .errors import CheckpointError, SettingsError
 
 
 def describe_model(path: Optional[str], threads: Optional[int] = None, context: Optional[int] = None) -> List[str]:
@@ -60,7 +60,9 @@ def describe_model(path: Optional[str], threads: Optional[int] = None, context: 
     ]
     n_threads = check_threads(threads)
     lines.append(f"threads: {describe_threads(threads)}")
-    context = config.n_positions if context is None else context
+    if context is not None and context < 1:
+        raise SettingsError(f"--context must be a positive number of tokens, got {context}")
+    context = config.n_positions if context is None else min(context, config.n_positions)
     available = available_memory()
     lines.append(f"memory needed at a context of {context} tokens, cpp backend (weights + KV cache + scratch + "
                  f"runtime; available: {gb(available) + ' (' + limit_source() + ')' if available else 'unknown'}):")

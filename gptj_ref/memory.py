@@ -182,7 +182,7 @@ def check_memory(estimate: MemoryEstimate, what: str) -> None:
     if estimate.dtype != "q8" or estimate.backend == "reference":
         hints.append("int8 weights on the cpp backend (load(path, dtype='q8') or `gptj convert`)")
     if estimate.context > 1:
-        hints.append("a smaller context (load(..., context=N), `--context N`)")
+        hints.append("a smaller context (load(..., context=N): tokens of prompt + generation)")
     hints.append("GPTJ_MEMORY_LIMIT=off to load anyway")
     raise MemoryLimitError(f"loading {what} ({estimate.dtype} on the {estimate.backend} backend) needs about "
                            f"{estimate.describe()}, but {gb(available)} is available ({limit_source()}); "

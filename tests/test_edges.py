@@ -84,7 +84,8 @@ def test_version():
     assert run("--version").stdout.strip() == f"gptj {gptj_ref.__version__}"
 
 
-def test_one_way_to_name_the_model(tiny_files):
+def test_one_way_to_name_the_model(tiny_files, monkeypatch):
+    monkeypatch.setenv("GPTJ_MEMORY_LIMIT", "64G")   # the same "available" line in every `gptj info` below
     q8 = str(tiny_files["q8"])
     info = run("info", "--model", q8)
     assert "dtype: q8" in info.stdout and "note:" not in info.stderr
