@@ -135,7 +135,7 @@ def test_cli_imports_its_lists_and_defaults():
     choices = {a.dest: a.choices for a in generate._actions}
     from gptj_ref.api import BACKENDS
     from gptj_ref.native import NATIVE_DTYPES
-    from gptj_ref.reference import KV_DTYPES
+    from gptj_ref.backend import KV_DTYPES
     assert tuple(choices["backend"]) == BACKENDS and tuple(choices["kv_dtype"]) == KV_DTYPES
     convert = parser._subparsers._group_actions[0].choices["convert"]
     assert tuple(next(a.choices for a in convert._actions if a.dest == "dtype")) == NATIVE_DTYPES
@@ -253,9 +253,9 @@ def test_malformed_prompt_types_are_input_errors(demo, call, prompt, message):
 
 def test_repr_decode_tokenizer_and_documented_settings(demo):
     text = repr(demo)
-    assert text.startswith("Model(") and "backend='reference'" in text and "dtype='f32'" in text
+    assert text.startswith("Model(") and "backend='reference'" in text and "dtype='q8'" in text
     cpp = gptj_ref.load(threads=1)
-    assert "threads=1" in repr(cpp) and "backend='cpp'" in repr(cpp)
+    assert "threads=1" in repr(cpp) and "backend='cpp-q8'" in repr(cpp)
     ids = demo.encode("The dog")
     assert demo.decode(ids) == "The dog" == demo.tokenizer.decode(ids)
     names = [f for f in GenerationSettings.__dataclass_fields__]
@@ -400,3 +400,85 @@ def test_documented_benchmark_commands_run_as_written(script):
     # imports gptj_ref._core before parsing its arguments, so its --help also shows the extension loads.
     result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage:" in result.stdout, result.stderr
+
+
+# -------------------------------------------------------------------------------------------------
+# The commands, memory estimate and loading of main's tree: eval, serve, batch; the demo file
+# -------------------------------------------------------------------------------------------------
+
+ALL_COMMANDS = ("generate", "convert", "info", "bench", "parity", "eval", "serve", "batch")
+
+
+def test_help_lists_every_command_and_each_has_help_with_examples():
+    listed = run("--help").stdout
+    assert [c for c in ALL_COMMANDS if c not in listed] == []
+    assert sorted(c.name for c in cli.commands()) == sorted(ALL_COMMANDS)
+    for command in ALL_COMMANDS:
+        assert "examples:" in run(command, "--help").stdout, command
+
+
+@pytest.mark.parametrize("command", ["generate", "bench", "eval", "serve", "batch"])
+def test_every_model_command_checks_threads_and_names_the_model_the_same_way(command, tmp_path):
+    """--model/-m, --backend, --threads and --kv-dtype come from one function; a bad --threads is the same
+    one-line error with exit status 2 in every command (it is refused before anything is loaded or served)."""
+    help_text = run(command, *(["perplexity"] if command == "eval" else []), "--help").stdout
+    for option in ("--model", "--backend", "--threads", "--kv-dtype"):
+        assert option in help_text, (command, option)
+    (tmp_path / "in.txt").write_text("In the beginning God created the heaven and the earth.\n")
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "prompt": "The dog"}\n')
+    args = {"generate": ["The dog"], "bench": [], "eval": ["perplexity", str(tmp_path / "in.txt")],
+            "serve": ["--port", "0"], "batch": [str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")]}[command]
+    result = run(command, *args, "--threads", "0", check_ok=False)
+    assert result.returncode == 2, result.stderr
+    assert f"gptj {command}: error: threads must be a positive integer, got 0" in result.stderr
+
+
+def test_the_estimate_counts_a_q8_files_embedding_as_int8_rows_from_format_version_2():
+    """Format version 2 stores a q8 file's embedding as int8 rows (+ a float16 scale per 32): about 0.28x
+    the float32 rows of version 1, whatever share of them the run touches."""
+    from gptj_ref.native import native_size
+
+    for context in (64, 2048):
+        v1 = estimate_memory(GPTJ_6B, "q8", "cpp", context, format_version=1).weights
+        v2 = estimate_memory(GPTJ_6B, "q8", "cpp", context, format_version=2).weights
+        assert v2 < v1
+        assert v2 == estimate_memory(GPTJ_6B, "q8", "cpp", context).weights   # version 2 is what convert writes
+    # whole embedding touched (a context of all the vocabulary's rows): the file's tensor bytes, no more
+    everything = estimate_memory(GPTJ_6B, "q8", "cpp", 2048, batch=10**4, format_version=2).weights
+    assert native_size(GPTJ_6B, "q8") * 0.99 < everything <= native_size(GPTJ_6B, "q8")
+
+
+def test_the_demo_file_estimate_is_bounded_by_its_tensors():
+    from gptj_ref.demo import DEMO_PATH
+    from gptj_ref.native import native_size, open_native
+
+    native = open_native(DEMO_PATH)
+    assert native.format_version == 2 and native.dtype == "q8"
+    estimate = estimate_memory(native.config, "q8", "cpp", format_version=native.format_version)
+    assert 0 < estimate.weights <= native_size(native.config, "q8") <= os.path.getsize(DEMO_PATH)
+
+
+def test_load_with_dtype_and_context_on_the_demo_model(monkeypatch):
+    """The demo default loads with a context bound and converts on load; f32 from its q8 file equals the
+    reference on the same (dequantized) weights. Tolerance 1e-4 on logits of magnitude ~10: both are fp32
+    of the same weights and differ only in summation order (measured 6e-6)."""
+    small = gptj_ref.load(context=32)
+    assert small.dtype == "q8" and small.description == gptj_ref.api.BUILTIN_DESCRIPTION
+    f32 = gptj_ref.load(dtype="f32", context=32, backend="cpp")
+    assert f32.dtype == "f32" and "converted on load" in f32.description
+    reference = gptj_ref.load(backend="reference")
+    assert np.abs(f32.logits("The dog barked") - reference.logits("The dog barked")).max() < 1e-4
+    with pytest.raises(SettingsError, match="random tiny model is float32"):
+        gptj_ref.load("tiny-random", dtype="q8")
+    monkeypatch.setenv("GPTJ_MEMORY_LIMIT", "1M")
+    with pytest.raises(MemoryLimitError, match="needs about"):
+        gptj_ref.load()
+
+
+def test_info_describes_the_demo_file_and_tiny_random():
+    out = run("info").stdout
+    assert "built-in demo GPT-J" in out and "(format version 2)" in out and "tokenizer: embedded in the file" in out
+    assert re.search(r"memory needed at a context of 256 tokens", out) and re.search(r"\n  q8: [0-9.]+ GB", out)
+    assert "threads: " in out and "kernels: " in out
+    out = run("info", "--model", "tiny-random").stdout
+    assert "random tiny GPT-J" in out and "dtype: f32 (in memory)" in out
