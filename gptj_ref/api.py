@@ -144,7 +144,6 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
         return Model(model_backend, tokenizer, description, dtype=wanted)
 
     from .checkpoint import open_checkpoint
-
     from .layout import weight_shapes
     from .progress import progress_bar
 

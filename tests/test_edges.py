@@ -37,9 +37,8 @@ def demo():
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     """A tiny Hugging Face checkpoint with the real vocabulary, its q8 file, and two truncated copies."""
-    from helpers import make_hf_model
-
     from gptj_ref.convert import convert
+    from helpers import make_hf_model
 
     base = tmp_path_factory.mktemp("edges")
     hf = base / "tiny-hf"
@@ -134,8 +133,8 @@ def test_cli_imports_its_lists_and_defaults():
     assert defaults["repetition_penalty"] == GenerationSettings().repetition_penalty
     choices = {a.dest: a.choices for a in generate._actions}
     from gptj_ref.api import BACKENDS
-    from gptj_ref.native import NATIVE_DTYPES
     from gptj_ref.backend import KV_DTYPES
+    from gptj_ref.native import NATIVE_DTYPES
     assert tuple(choices["backend"]) == BACKENDS and tuple(choices["kv_dtype"]) == KV_DTYPES
     convert = parser._subparsers._group_actions[0].choices["convert"]
     assert tuple(next(a.choices for a in convert._actions if a.dest == "dtype")) == NATIVE_DTYPES
