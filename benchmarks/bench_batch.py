@@ -1,8 +1,8 @@
 """Batch throughput of `gptj batch`: local, and on Ray Data with 1 and 2 actors, on one machine.
 
-    PYTHONPATH=. python benchmarks/bench_batch.py [--model PATH] [--prompts 64] [--new-tokens 32]
+    python benchmarks/bench_batch.py [--model PATH] [--prompts 64] [--new-tokens 32]
                                                   [--max-batch 8] [--threads 2]
-    PYTHONPATH=. python benchmarks/bench_batch.py --small      # a 4-layer, 1024-wide q8 file in /tmp
+    python benchmarks/bench_batch.py --small      # a 4-layer, 1024-wide q8 file in /tmp
 
 The same job (greedy, `--prompts` distinct prompts, `--new-tokens` each, batches of `--max-batch`) runs
 three ways, each into a fresh output file:

@@ -1,6 +1,6 @@
 """Benchmark of the C++ fp32 core against this machine's limits, and of a 2-layer slice of GPT-J 6B.
 
-    PYTHONPATH=. python benchmarks/bench_core.py [--threads 2] [--reps 5] [--prompt 128] [--no-model] [--no-hf]
+    python benchmarks/bench_core.py [--threads 2] [--reps 5] [--prompt 128] [--no-model] [--no-hf]
 
 Prints, in one run:
   1. matrix-vector GB/s (decode: the weights are read once per token) against a streaming read of memory

@@ -1,6 +1,6 @@
 """Scoring speed (perplexity) of the int8 runtime on the full-size GPT-J 6B random q8 file.
 
-    PYTHONPATH=. python benchmarks/bench_eval.py [--file /tmp/gptj6b-random-q8.gptj] [--threads 2]
+    python benchmarks/bench_eval.py [--file /tmp/gptj6b-random-q8.gptj] [--threads 2]
                                                  [--tokens 512] [--stride N] [--repeats 2] [--questions 3]
                                                  [--model PATH]   (any model instead of the 6B file)
 

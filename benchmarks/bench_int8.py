@@ -1,7 +1,7 @@
 """Benchmark of the int8 runtime on a full-size GPT-J 6B native file with random int8 weights.
 
-    PYTHONPATH=. python benchmarks/bench_int8.py [--file /tmp/gptj6b-random-q8.gptj] [--threads 2]
-                                                 [--no-torch] [--no-batch] [--build-only]
+    python benchmarks/bench_int8.py [--file /tmp/gptj6b-random-q8.gptj] [--threads 2]
+                                    [--no-torch] [--no-batch] [--build-only]
 
 The file (28 layers, the real shapes, ~6.9 GB) is written directly in the q8 layout, without a
 checkpoint: random int8 values in [-127, 127] with small float16 scales (int8 arithmetic does not depend

@@ -1,6 +1,6 @@
 """Benchmark of `gptj serve` on a full-size GPT-J 6B int8 file with random weights.
 
-    PYTHONPATH=. python benchmarks/bench_serve.py [--file /tmp/gptj6b-random-q8.gptj] [--threads 2]
+    python benchmarks/bench_serve.py [--file /tmp/gptj6b-random-q8.gptj] [--threads 2]
                                                   [--tokens 32] [--clients 1 4 8 16]
 
 The file is the one benchmarks/bench_int8.py makes (built when missing, ~7 GB, reused). One run measures:

@@ -2,7 +2,7 @@
 dequantized int8 weights; and how long loading the shipped file takes.
 
     python training/train_demo.py --out runs/demo ...          # writes runs/demo/hf and runs/demo/corpus
-    PYTHONPATH=. python benchmarks/demo_perplexity.py --run runs/demo
+    python benchmarks/demo_perplexity.py --run runs/demo
 
 The held-out text is the training run's corpus/heldout.txt (books never trained on), tokenized as in
 training: each chapter followed by <|endoftext|>. It is cut into windows of n_positions tokens; in each

@@ -2,7 +2,7 @@
 generate a few tokens (so every weight page has been read); then each one's memory is read from
 /proc/PID/smaps_rollup while all are alive.
 
-    PYTHONPATH=. python benchmarks/replica_memory.py [--file /tmp/gptj6b-random-q8.gptj] [--replicas 2]
+    python benchmarks/replica_memory.py [--file /tmp/gptj6b-random-q8.gptj] [--replicas 2]
 
 Rss counts every page a process maps, shared or not; Pss divides each page among the processes that map
 it; Private is what only that process holds (KV cache, scratch, Python). If the weights are shared, the

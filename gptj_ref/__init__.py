@@ -7,9 +7,9 @@
 
 from .api import Model, load, pipeline
 from .config import GPTJConfig
-from .errors import CheckpointError, ConfigError, GPTJError, InputError, SettingsError
+from .errors import CheckpointError, ConfigError, GPTJError, InputError, MemoryLimitError, SettingsError
 
 __version__ = "0.1.0"
 
 __all__ = ["GPTJConfig", "Model", "load", "pipeline",
-           "GPTJError", "CheckpointError", "ConfigError", "InputError", "SettingsError"]
+           "GPTJError", "CheckpointError", "ConfigError", "InputError", "MemoryLimitError", "SettingsError"]

@@ -44,13 +44,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .errors import GPTJError, InputError, SettingsError
-from .generate import GenerationSettings, cut_at_stop
+from .generate import GenerationSettings, cut_at_stop, make_settings
 from .tokenizer import check_text
 
-SETTING_NAMES = tuple(f.name for f in dataclasses.fields(GenerationSettings))
 ALIASES = {"max_tokens": "max_new_tokens"}  # OpenAI's name -> the Python API's
 DEFAULT_MAX_BATCH = 8
 
@@ -99,17 +98,20 @@ def parse_line(line_no: int, text: str) -> Job:
             if name in obj:
                 raise SettingsError(f'give either "{alias}" or "{name}", not both')
             obj[name] = obj.pop(alias)
-    unknown = sorted(set(obj) - set(SETTING_NAMES))
-    if unknown:
-        raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; the settings are "
-                            f"{', '.join(SETTING_NAMES)} (and max_tokens)")
+    return Job(line_no, job_id, prompt, settings_of(obj))
+
+
+def settings_of(given: Dict[str, Any]) -> Dict[str, Any]:
+    """A line's settings checked by generate.make_settings (the one check of the Python API and the server),
+    kept as the GenerationSettings keywords that differ from the defaults."""
     try:
-        GenerationSettings(**obj)  # validates
+        settings = dataclasses.asdict(make_settings(given))
     except GPTJError:
         raise
     except (TypeError, ValueError) as e:   # a value of the wrong JSON type, e.g. "stop": 5
         raise SettingsError(f"invalid settings: {e}") from None
-    return Job(line_no, job_id, prompt, obj)
+    defaults = dataclasses.asdict(GenerationSettings())
+    return {name: value for name, value in settings.items() if value != defaults[name]}
 
 
 def read_jobs(path: str) -> Tuple[List[Job], List[dict]]:
@@ -399,15 +401,13 @@ Rerun the same command after an interruption: ids already in the output are skip
 """
 
 
-def add_parser(sub, add_model_args: Callable) -> None:
-    """The `batch` subcommand (called from cli.build_parser)."""
-    import argparse
+def _arguments(p) -> None:
+    """The `batch` subcommand's arguments (its Command is COMMAND, listed in cli.COMMAND_MODULES)."""
+    from .cli import add_model_arguments
 
-    p = sub.add_parser("batch", help="generate for every line of a JSONL file (resumable; --ray for a cluster)",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="JSONL file, one {\"id\", \"prompt\", ...settings} object per line")
     p.add_argument("output", help="JSONL file the results are appended to (created if missing)")
-    add_model_args(p)
+    add_model_arguments(p)
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                    help=f"rows generated together in one batch (default {DEFAULT_MAX_BATCH})")
     p.add_argument("--errors", default=None, help="file for bad lines (default: OUTPUT with .errors.jsonl)")
@@ -418,7 +418,6 @@ def add_parser(sub, add_model_args: Callable) -> None:
     p.add_argument("--actors", type=int, default=1, help="with --ray: model replicas, one per actor (default 1)")
     p.add_argument("--threads-per-actor", type=int, default=None,
                    help="with --ray: threads (and CPUs reserved) per actor (default: --threads or 1)")
-    p.set_defaults(run=cmd_batch)
 
 
 def cmd_batch(args) -> int:
@@ -442,3 +441,13 @@ def cmd_batch(args) -> int:
         summary = job.close()
     print_summary(summary, job, args.output)
     return 1 if summary.errors else 0
+
+
+def _command():
+    from .cli import Command
+
+    return Command("batch", "generate for every line of a JSONL file (resumable; --ray for a cluster)", _arguments,
+                   cmd_batch, examples=EXAMPLES.split("\n", 1)[1])
+
+
+COMMAND = _command()

@@ -1,160 +1,196 @@
-"""The `gptj` command line: generate | convert | info | bench | parity | eval | serve."""
+"""The `gptj` command line: generate | convert | info | bench | parity, and the commands of other modules
+(eval, serve, batch).
+
+Every command that runs a model names it with `--model/-m` (a Hugging Face directory, a native .gptj file,
+a Hub-style name found in the local Hugging Face cache, tiny-random, or nothing for the built-in demo
+model) and takes the same --backend, --threads and --kv-dtype; a path given where older versions took it
+(as a positional argument) is accepted with a note.
+
+Adding a command: write, in your own module, a `Command` (a name, a one-line help, examples, a function
+that adds the command's arguments to its parser and a function that runs it and returns the exit code),
+then list the module in COMMAND_MODULES below. That module must import its heavy dependencies inside
+`run`, since every `gptj` invocation imports it to build the parser:
+
+    # gptj_ref/serve/cli.py
+    from ..cli import Command, add_model_arguments
+
+    def _arguments(parser):
+        add_model_arguments(parser)
+        parser.add_argument("--port", type=int, default=8000)
+
+    def run(args) -> int:
+        import uvicorn   # the serve extra only now
+        ...
+        return 0
+
+    COMMAND = Command("serve", "serve the model over HTTP with OpenAI's API", _arguments, run,
+                      examples="  gptj serve --model gpt-j-6B.gptj --port 8000\\n")
+
+A GPTJError raised by `run` is printed as one line `gptj NAME: error: ...` with exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
-from typing import List, Optional
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Callable, List, Optional, Sequence
 
+from . import __version__
 from .errors import GPTJError, SettingsError
-from .formats import FORMATS
 
-EXAMPLES = {
-    "generate": """examples:
-  gptj generate "The dog"                               # the built-in demo model (trained, int8)
-  gptj generate --model tiny-random "The dog"           # the random tiny model
-  gptj generate --model gpt-j-6B.gptj "The dog" -n 64   # the real model, converted with `gptj convert`
-  gptj generate --model ./gpt-j-6B --backend reference "The dog"
-  echo "Once upon a time" | gptj generate --model m.gptj --sample --temperature 0.8 --top-p 0.9 --seed 1
-  gptj generate --model m.gptj "Q: What is 2+2?\\nA:" --stop "\\n"
-""",
-    "convert": """examples:
-  gptj convert ./gpt-j-6B gpt-j-6B.gptj                 # int8 (q8): a 6.4 GB file
-  gptj convert ./gpt-j-6B gpt-j-6B-f16.gptj --dtype f16
-""",
-    "info": """examples:
-  gptj info                     # the built-in demo model
-  gptj info gpt-j-6B.gptj
-  gptj info ./gpt-j-6B          # a Hugging Face directory
-""",
-    "bench": """examples:
-  gptj bench gpt-j-6B.gptj --prompt-tokens 128 --new-tokens 32
-  gptj bench --backend reference           # the built-in demo model
-""",
-    "parity": """examples:
-  gptj parity ./gpt-j-6B "The dog" --a reference --b cpp
-  gptj parity gpt-j-6B.gptj "The dog"       # int8 runtime against the reference on the same file
-  gptj parity ./gpt-j-6B "The dog" --b transformers   # needs torch and transformers installed
-""",
-}
+# Modules that each define COMMAND, a Command: one line per module.
+COMMAND_MODULES: Sequence[str] = (
+    "gptj_ref.evaluate",
+    "gptj_ref.serve.cli",
+    "gptj_ref.batch",
+)
 
 
-def _add_model_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
-    if positional:
-        p.add_argument("model", nargs="?", default=None,
-                       help="Hugging Face GPT-J directory, native .gptj file or tiny-random (default: the built-in demo model)")
-    else:
-        p.add_argument("--model", "-m", default=None,
-                       help="Hugging Face GPT-J directory, native .gptj file or tiny-random (default: the built-in demo model)")
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "cpp"],
-                   help="reference = NumPy oracle, cpp = C++ runtime, auto = cpp when built (default)")
-    p.add_argument("--threads", "-t", type=int, default=None, help="threads for the cpp backend (default: physical cores)")
-    p.add_argument("--kv-dtype", default=None, choices=["float16", "float32"],
-                   help="KV cache precision (default: float16 for int8 models on the cpp backend, else float32)")
+@dataclass(frozen=True)
+class Command:
+    """One `gptj` subcommand. `add_arguments(parser)` adds its options; `run(args)` returns the exit code."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    examples: str = ""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gptj", description="GPT-J 6B on the CPU: a NumPy reference, a C++ fp32 core and an int8 runtime.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="run `gptj COMMAND --help` for each command's options and examples")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+# -------------------------------------------------------------------------------------------------
+# Shared arguments
+# -------------------------------------------------------------------------------------------------
 
-    g = sub.add_parser("generate", help="generate text from a prompt", epilog=EXAMPLES["generate"],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    g.add_argument("prompt", nargs="?", default=None, help="the prompt (read from stdin when omitted)")
-    _add_model_args(g)
-    g.add_argument("--max-new-tokens", "-n", type=int, default=32, help="tokens to generate (default 32)")
-    g.add_argument("--sample", action="store_true",
-                   help="sample instead of greedy decoding (implied by --temperature/--top-k/--top-p)")
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1.0)")
-    g.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default 50, 0 = off)")
-    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default 1.0 = off)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0)")
-    g.add_argument("--min-new-tokens", type=int, default=0, help="suppress end-of-text before this many tokens")
-    g.add_argument("--stop", action="append", default=[], help="stop when this text appears (repeatable)")
-    g.add_argument("--seed", type=int, default=None, help="random seed that makes sampling reproducible")
-    g.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it arrives")
-    g.set_defaults(run=cmd_generate)
-
-    c = sub.add_parser("convert", help="convert a checkpoint to a native model file", epilog=EXAMPLES["convert"],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("src", help="Hugging Face GPT-J directory (safetensors or pytorch_model.bin, sharded or not)")
-    c.add_argument("dst", help="the native model file to write (e.g. gpt-j-6B.gptj)")
-    c.add_argument("--dtype", default="q8", choices=list(FORMATS), help="weight format (default q8)")
-    c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    c.set_defaults(run=cmd_convert)
-
-    i = sub.add_parser("info", help="describe a model", epilog=EXAMPLES["info"],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    i.add_argument("model", nargs="?", default=None, help="model path (default: the built-in demo model)")
-    i.set_defaults(run=cmd_info)
-
-    b = sub.add_parser("bench", help="measure prompt and decode tokens/s", epilog=EXAMPLES["bench"],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_model_args(b, positional=True)
-    b.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (default 128)")
-    b.add_argument("--new-tokens", type=int, default=32, help="tokens to decode (default 32)")
-    b.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (default 3)")
-    b.set_defaults(run=cmd_bench)
-
-    q = sub.add_parser("parity", help="compare two backends block by block", epilog=EXAMPLES["parity"],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("model", nargs="?", default=None, help="model path (default: the built-in demo model)")
-    q.add_argument("prompt", nargs="?", default="The dog", help='prompt (default "The dog")')
-    q.add_argument("--a", default="reference", choices=["reference", "cpp"], help="first backend (default reference)")
-    q.add_argument("--b", default="cpp", choices=["reference", "cpp", "transformers"],
-                   help="second backend (default cpp)")
-    q.add_argument("--new-tokens", type=int, default=16, help="greedy tokens to compare (default 16)")
-    q.add_argument("--threads", "-t", type=int, default=None, help="threads for the cpp backend")
-    q.set_defaults(run=cmd_parity)
-    from .evaluate import add_eval_parser
-
-    add_eval_parser(sub)
-
-    from .serve.cli import add_parser as add_serve_parser  # imports nothing from the serve extra
-
-    add_serve_parser(sub)
-
-    from .batch import add_parser as add_batch_parser
-    add_batch_parser(sub, _add_model_args)
-    if "serve" in sub.choices:
-        from .ray_serve import add_ray_options
-        add_ray_options(sub.choices["serve"])
-    return parser
+MODEL_HELP = ("a Hugging Face GPT-J directory, a native .gptj file, a Hub name such as EleutherAI/gpt-j-6B "
+              "found in the local Hugging Face cache, or tiny-random (default: the built-in demo model)")
 
 
-def _load(args):
+def add_model_arguments(parser: argparse.ArgumentParser, runtime: bool = True) -> None:
+    """--model/-m, and with runtime=True also --backend, --threads and --kv-dtype."""
+    parser.add_argument("--model", "-m", default=None, help=MODEL_HELP)
+    if not runtime:
+        return
+    from .api import BACKENDS
+    from .backend import KV_DTYPES
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="reference = NumPy oracle, cpp = C++ runtime, auto = cpp when built (default)")
+    parser.add_argument("--threads", "-t", type=int, default=None,
+                        help="threads for the cpp backend (default: OMP_NUM_THREADS if set, else the physical cores)")
+    parser.add_argument("--kv-dtype", default=None, choices=KV_DTYPES,
+                        help="KV cache precision (default: float16 for int8 models on the cpp backend, else float32)")
+
+
+def _positional_model(parser: argparse.ArgumentParser) -> None:
+    """The older form `gptj info PATH`: accepted, with a note that names the usual form."""
+    parser.add_argument("positional_model", nargs="?", default=None, help=argparse.SUPPRESS)
+
+
+def _model_from(args, positional: Optional[str]) -> Optional[str]:
+    if positional is not None:
+        if args.model is not None:
+            raise SettingsError(f"the model is given twice ({positional!r} and --model {args.model!r}); "
+                                "name it once, with --model")
+        print(f"gptj {args.command}: note: the model is named with --model (-m) in every command; "
+              f"using {positional!r}", file=sys.stderr)
+        args.model = positional
+    return args.model
+
+
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[nrtabfv0\\'\"])")
+_SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "a": "\a", "b": "\b", "f": "\f", "v": "\v", "0": "\0",
+                   "\\": "\\", "'": "'", '"': '"'}
+
+
+def unescape(text: str) -> str:
+    """Backslash escapes as C and Python write them: \\n \\r \\t \\a \\b \\f \\v \\0 \\\\ \\' \\" \\xHH \\uHHHH
+    \\UHHHHHHHH. Any other backslash stays as it is. Non-ASCII text passes through unchanged."""
+    def replace(match: "re.Match[str]") -> str:
+        code = match.group(1)
+        if code[0] in "xuU":
+            try:
+                return chr(int(code[1:], 16))
+            except (ValueError, OverflowError):
+                return match.group(0)
+        return _SIMPLE_ESCAPES[code]
+
+    return _ESCAPE.sub(replace, text)
+
+
+def _load(args, context: Optional[int] = None):
     from .api import BUILTIN_DESCRIPTION, load
 
     if args.model is None:
         print(f"gptj: no --model given, using {BUILTIN_DESCRIPTION}", file=sys.stderr)
-    return load(args.model, backend=args.backend, threads=args.threads, kv_dtype=args.kv_dtype)
+    return load(args.model, backend=args.backend, threads=args.threads, kv_dtype=args.kv_dtype, context=context)
 
 
-def cmd_generate(args) -> int:
-    prompt = args.prompt
-    if prompt is None:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise SettingsError("no prompt: give it as an argument or on standard input")
-        # Bytes that are not UTF-8 become lone surrogates, as in command-line arguments: the tokenizer
-        # then refuses both the same way (tokenizer.check_text).
-        prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+# -------------------------------------------------------------------------------------------------
+# generate
+# -------------------------------------------------------------------------------------------------
+
+def _generate_arguments(g: argparse.ArgumentParser) -> None:
+    from .generate import GenerationSettings
+
+    d = GenerationSettings()
+    g.add_argument("prompt", nargs="?", default=None,
+                   help="the prompt (read from standard input when omitted; the one newline that ends it is dropped)")
+    g.add_argument("--escape", "-e", action="store_true",
+                   help="interpret backslash escapes (\\n, \\t, \\\\, \\xHH, \\uHHHH ...) in the prompt argument")
+    add_model_arguments(g)
+    g.add_argument("--max-new-tokens", "-n", type=int, default=d.max_new_tokens,
+                   help=f"tokens to generate (default {d.max_new_tokens})")
+    g.add_argument("--sample", action="store_true",
+                   help="sample instead of greedy decoding (implied by --temperature/--top-k/--top-p)")
+    g.add_argument("--temperature", type=float, default=None,
+                   help=f"sampling temperature (default {d.temperature}; 0 = greedy)")
+    g.add_argument("--top-k", type=int, default=None, help=f"keep the k most likely tokens (default {d.top_k}, 0 = off)")
+    g.add_argument("--top-p", type=float, default=None,
+                   help=f"nucleus sampling mass in (0, 1] (default {d.top_p} = off)")
+    g.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
+                   help=f"> 1 discourages repeats (default {d.repetition_penalty})")
+    g.add_argument("--min-new-tokens", type=int, default=d.min_new_tokens,
+                   help="suppress end-of-text before this many tokens")
+    g.add_argument("--stop", action="append", default=[],
+                   help="stop when this text appears (repeatable; backslash escapes such as \\n are interpreted)")
+    g.add_argument("--seed", type=int, default=None, help="random seed that makes sampling reproducible")
+    g.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it arrives")
+
+
+def _read_prompt(args) -> str:
+    if args.prompt is not None:
+        return unescape(args.prompt) if args.escape else args.prompt
+    if sys.stdin is None or sys.stdin.isatty():
+        raise SettingsError("no prompt: give it as an argument or on standard input")
+    # Bytes that are not UTF-8 become lone surrogates, as in command-line arguments: the tokenizer then
+    # refuses both the same way (tokenizer.check_text).
+    prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+    # `echo` and editors end the text with one newline; it is not part of the prompt.
+    if prompt.endswith("\r\n"):
+        return prompt[:-2]
+    return prompt[:-1] if prompt.endswith("\n") else prompt
+
+
+def _run_generate(args) -> int:
+    from .generate import GenerationSettings
+
+    prompt = _read_prompt(args)
     if prompt == "":
         raise SettingsError("the prompt is empty; give at least one character of text")
     do_sample = args.sample or any(v is not None for v in (args.temperature, args.top_k, args.top_p))
+    given = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     settings = dict(max_new_tokens=args.max_new_tokens, do_sample=do_sample,
-                    temperature=1.0 if args.temperature is None else args.temperature,
-                    top_k=50 if args.top_k is None else args.top_k, top_p=1.0 if args.top_p is None else args.top_p,
                     repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens,
-                    stop=tuple(args.stop), seed=args.seed)
-    from .generate import GenerationSettings
-
+                    stop=tuple(unescape(s) for s in args.stop),
+                    **{name: value for name, value in given.items() if value is not None})
     GenerationSettings(**settings)  # validate before the (possibly slow) load
-    model = _load(args)
+    # A token holds at least one byte of text, so this context bounds what the run needs.
+    model = _load(args, context=len(prompt.encode("utf-8", "surrogatepass")) + args.max_new_tokens)
     out = sys.stdout
     out.write(prompt)
     out.flush()
@@ -167,13 +203,38 @@ def cmd_generate(args) -> int:
     out.write("\n")
     out.flush()
     s = model.last_stats
+    threads = getattr(model.backend, "threads", None)
     print(f"gptj: {s.prompt_tokens} prompt tokens at {s.prompt_tokens_per_second:.1f} tokens/s, "
           f"{s.new_tokens} new tokens at {s.decode_tokens_per_second:.2f} tokens/s "
-          f"({model.backend.name} backend)", file=sys.stderr)
+          f"({model.backend.name} backend" + (f", {threads} threads)" if threads else ")"), file=sys.stderr)
     return 0
 
 
-def cmd_convert(args) -> int:
+GENERATE = Command("generate", "generate text from a prompt", _generate_arguments, _run_generate, examples="""\
+  gptj generate "The dog"                               # the built-in demo model (trained, int8)
+  gptj generate --model tiny-random "The dog"           # the random tiny model
+  gptj generate --model gpt-j-6B.gptj "The dog" -n 64   # the real model, converted with `gptj convert`
+  gptj generate --model ./gpt-j-6B --backend reference "The dog"
+  echo "Once upon a time" | gptj generate --model m.gptj --sample --temperature 0.8 --top-p 0.9 --seed 1
+  gptj generate --model m.gptj -e "Q: What is 2+2?\\nA:" --stop "\\n"
+""")
+
+
+# -------------------------------------------------------------------------------------------------
+# convert
+# -------------------------------------------------------------------------------------------------
+
+def _convert_arguments(c: argparse.ArgumentParser) -> None:
+    from .native import NATIVE_DTYPES
+
+    c.add_argument("src", help="Hugging Face GPT-J directory (safetensors or pytorch_model.bin, sharded or not)")
+    c.add_argument("dst", help="the native model file to write (e.g. gpt-j-6B.gptj)")
+    c.add_argument("--dtype", default=NATIVE_DTYPES[0], choices=NATIVE_DTYPES,
+                   help=f"weight format (default {NATIVE_DTYPES[0]})")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_convert(args) -> int:
     from .convert import convert
 
     started = time.perf_counter()
@@ -184,59 +245,60 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
-    from .api import BUILTIN_DESCRIPTION
-    from .config import TINY
-    from .demo import DEMO_PATH, TINY_RANDOM, TINY_RANDOM_DESCRIPTION
-    from .native import model_kind, open_native
+CONVERT = Command("convert", "convert a checkpoint to a native model file", _convert_arguments, _run_convert,
+                  examples="""\
+  gptj convert ./gpt-j-6B gpt-j-6B.gptj                 # int8 (q8): a 7.0 GB file
+  gptj convert ./gpt-j-6B gpt-j-6B-f16.gptj --dtype f16
+""")
 
-    path = args.model
-    lines: List[str] = []
-    if path == TINY_RANDOM:
-        config, dtype, size, tokenizer = TINY, "f32 (in memory)", None, "built-in GPT-2 BPE + 143 GPT-J extra tokens"
-        lines.append(f"model: {TINY_RANDOM_DESCRIPTION}")
-    elif path is None or model_kind(path) == "native":
-        native = open_native(DEMO_PATH if path is None else path)
-        config, dtype, size = native.config, native.dtype, os.path.getsize(native.path)
-        tokenizer = "embedded in the file" if native.tokenizer_json else "none embedded (the built-in GPT-2 BPE is used)"
-        lines.append(f"model: {BUILTIN_DESCRIPTION}" if path is None else f"model: {path} (gptj_ref native file)")
-        lines.append(f"file: {native.path} (format version {native.format_version})")
-    else:
-        from .checkpoint import open_checkpoint
 
-        with open_checkpoint(path) as ckpt:
-            ckpt.check()   # the config's sizes against the tensors present (headers only)
-            config = ckpt.config
-            dtypes = sorted({ckpt.dtype(n) for n in ckpt.names()})
-            dtype, size = "/".join(dtypes), sum(ckpt.nbytes(n) for n in ckpt.names())
-            lines.append(f"model: {path} (Hugging Face checkpoint, {ckpt.format})")
-        has = [f for f in ("tokenizer.json", "vocab.json", "merges.txt") if os.path.exists(os.path.join(path, f))]
-        tokenizer = ", ".join(has) if has else "none in the directory (the built-in GPT-2 BPE is used)"
-    lines += [
-        f"parameters: {config.n_params():,}",
-        f"dtype: {dtype}",
-        f"size: {size / 1e9:.3f} GB" if size is not None else "size: -",
-        f"tokenizer: {tokenizer}",
-        f"layers {config.n_layer}, n_embd {config.n_embd}, heads {config.n_head} x {config.head_dim}, "
-        f"rotary_dim {config.rotary_dim}, d_ff {config.d_ff}, vocab {config.vocab_size}, context {config.n_positions}",
-    ]
-    try:
-        from . import runtime
+# -------------------------------------------------------------------------------------------------
+# info
+# -------------------------------------------------------------------------------------------------
 
-        lines.append(f"kernels: {runtime.kernel_isa()} (this CPU and build can run: "
-                     f"{', '.join(runtime.available_kernel_isas())})")
-    except ImportError:
-        lines.append("kernels: none (the C++ extension is not built; only backend='reference' runs)")
-    print("\n".join(lines))
+def _info_arguments(i: argparse.ArgumentParser) -> None:
+    add_model_arguments(i, runtime=False)
+    _positional_model(i)
+    i.add_argument("--threads", "-t", type=int, default=None, help="the thread count to describe (default: the default)")
+    i.add_argument("--context", "-c", type=int, default=None,
+                   help="tokens (prompt + generated) for the memory estimate (default: the model's context)")
+
+
+def _run_info(args) -> int:
+    from .info import describe_model
+
+    path = _model_from(args, args.positional_model)
+    print("\n".join(describe_model(path, threads=args.threads, context=args.context)))
     return 0
 
 
-def cmd_bench(args) -> int:
+INFO = Command("info", "describe a model, the memory it needs and the threads and kernels it would use",
+               _info_arguments, _run_info, examples="""\
+  gptj info                           # the built-in demo model
+  gptj info --model gpt-j-6B.gptj
+  gptj info --model ./gpt-j-6B -c 512  # a Hugging Face directory; memory estimated for 512 tokens
+""")
+
+
+# -------------------------------------------------------------------------------------------------
+# bench
+# -------------------------------------------------------------------------------------------------
+
+def _bench_arguments(b: argparse.ArgumentParser) -> None:
+    add_model_arguments(b)
+    _positional_model(b)
+    b.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (default 128)")
+    b.add_argument("--new-tokens", type=int, default=32, help="tokens to decode (default 32)")
+    b.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (default 3)")
+
+
+def _run_bench(args) -> int:
     import numpy as np
 
+    _model_from(args, args.positional_model)
     if args.prompt_tokens < 1 or args.new_tokens < 2 or args.repeats < 1:
         raise SettingsError("--prompt-tokens must be >= 1, --new-tokens >= 2 and --repeats >= 1")
-    model = _load(args)
+    model = _load(args, context=args.prompt_tokens + args.new_tokens)
     if args.prompt_tokens + args.new_tokens > model.config.n_positions:
         raise SettingsError(f"--prompt-tokens + --new-tokens must fit the context of {model.config.n_positions}")
     rng = np.random.default_rng(0)
@@ -254,14 +316,78 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_parity(args) -> int:
+BENCH = Command("bench", "measure prompt and decode tokens/s", _bench_arguments, _run_bench, examples="""\
+  gptj bench --model gpt-j-6B.gptj --prompt-tokens 128 --new-tokens 32
+  gptj bench --backend reference           # the built-in demo model
+""")
+
+
+# -------------------------------------------------------------------------------------------------
+# parity
+# -------------------------------------------------------------------------------------------------
+
+def _parity_arguments(q: argparse.ArgumentParser) -> None:
+    from .api import BACKENDS
+
+    runnable = [b for b in BACKENDS if b != "auto"]
+    add_model_arguments(q, runtime=False)
+    q.add_argument("words", nargs="*", metavar="prompt", help='prompt (default "The dog")')
+    q.add_argument("--a", default="reference", choices=runnable, help="first backend (default reference)")
+    q.add_argument("--b", default="cpp", choices=runnable + ["transformers"], help="second backend (default cpp)")
+    q.add_argument("--new-tokens", type=int, default=16, help="greedy tokens to compare (default 16)")
+    q.add_argument("--threads", "-t", type=int, default=None, help="threads for the cpp backend")
+
+
+def _run_parity(args) -> int:
     from .parity import run_parity
 
+    words = list(args.words)
+    if len(words) > 2:
+        raise SettingsError(f"give one prompt (quoted), got {len(words)} words; e.g. gptj parity --model m.gptj \"The dog\"")
+    positional = words.pop(0) if len(words) == 2 else None   # the older form: gptj parity MODEL PROMPT
+    _model_from(args, positional)
+    args.prompt = words[0] if words else "The dog"
     return run_parity(args.model, args.prompt, a=args.a, b=args.b, new_tokens=args.new_tokens, threads=args.threads)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+PARITY = Command("parity", "compare two backends block by block", _parity_arguments, _run_parity, examples="""\
+  gptj parity --model ./gpt-j-6B "The dog" --a reference --b cpp
+  gptj parity --model gpt-j-6B.gptj "The dog"       # int8 runtime against the reference on the same file
+  gptj parity --model ./gpt-j-6B "The dog" --b transformers   # needs torch and transformers installed
+""")
+
+
+BUILTIN_COMMANDS = (GENERATE, CONVERT, INFO, BENCH, PARITY)
+
+
+# -------------------------------------------------------------------------------------------------
+# The parser and main
+# -------------------------------------------------------------------------------------------------
+
+def commands() -> List[Command]:
+    """The built-in commands, then those of COMMAND_MODULES."""
+    return list(BUILTIN_COMMANDS) + [import_module(name).COMMAND for name in COMMAND_MODULES]
+
+
+def build_parser(extra: Sequence[Command] = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gptj", description="GPT-J 6B on the CPU: a NumPy reference, a C++ fp32 core and an int8 runtime.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run `gptj COMMAND --help` for each command's options and examples")
+    parser.add_argument("--version", action="version", version=f"gptj {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for command in commands() + list(extra):
+        p = sub.add_parser(command.name, help=command.help, description=command.help,
+                           epilog="examples:\n" + command.examples if command.examples else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(run=command.run)   # before the arguments: an option may wrap it (serve --ray)
+        command.add_arguments(p)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None, extra: Sequence[Command] = ()) -> int:
+    parser = build_parser(extra)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -24,11 +24,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 import threading
-import time
 from contextlib import contextmanager
-from typing import Callable, List, Optional, TextIO
+from typing import List, Optional
 
 import numpy as np
 
@@ -36,6 +34,7 @@ from .config import GPTJConfig
 from .errors import CheckpointError, ConfigError, GPTJError, OutputError, SettingsError
 from .formats import weight_format
 from .native import NATIVE_DTYPES, model_kind, native_file_size, native_size, open_native, write_native
+from .progress import progress_bar
 from .safetensors_file import release_mapped_pages
 
 
@@ -75,7 +74,7 @@ def convert(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", dtype:
             tokenizer_json = source.tokenizer_json()
         _check_free_space(dst, native_file_size(config, dtype, tokenizer_json))
 
-        bar = ProgressBar(native_size(config, dtype), f"convert {dtype}", enabled=progress)
+        bar = progress_bar(native_size(config, dtype), f"convert {dtype}", enabled=progress)
         handed_out: List[np.ndarray] = []
 
         def tensor_source(name: str) -> np.ndarray:
@@ -213,66 +212,3 @@ def _open_source(path: str):
         raise
     except OSError as e:
         raise CheckpointError(f"cannot read the checkpoint at {path}: {e}") from None
-
-
-# -------------------------------------------------------------------------------------------------
-# Memory and progress
-# -------------------------------------------------------------------------------------------------
-
-class ProgressBar:
-    """A one-line progress bar on stderr: bytes done / total, percent, rate and time left.
-
-    Drawn only when enabled and the stream is a terminal; redrawn at most 10 times a second.
-    """
-
-    WIDTH = 30
-
-    def __init__(self, total: int, label: str, enabled: bool = True, stream: Optional[TextIO] = None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.total, self.label, self.done = max(int(total), 1), label, 0
-        self.stream = sys.stderr if stream is None else stream
-        self.enabled = enabled and _is_terminal(self.stream)
-        self._clock = clock
-        self._started = clock()
-        self._drawn_at = -1.0
-        self._drawn = False
-
-    def update(self, nbytes: int) -> None:
-        self.done += int(nbytes)
-        now = self._clock()
-        if self.enabled and (now - self._drawn_at >= 0.1 or self.done >= self.total):
-            self._drawn_at = now
-            self.stream.write("\r" + self.render(now))
-            self.stream.flush()
-            self._drawn = True
-
-    def render(self, now: float) -> str:
-        fraction = min(self.done / self.total, 1.0)
-        filled = int(round(fraction * self.WIDTH))
-        elapsed = max(now - self._started, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else float("inf")
-        return (f"{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
-                f"{self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB {fraction:4.0%} "
-                f"{rate / 1e6:6.1f} MB/s  ETA {_duration(left)}  ")
-
-    def close(self) -> None:
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "--:--"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"

@@ -39,3 +39,7 @@ class NumericalError(GPTJError, ArithmeticError):
 class OutputError(SettingsError):
     """An output cannot be written: the destination is not writable, the disk is full, or it would
     overwrite an input."""
+
+
+class MemoryLimitError(GPTJError, MemoryError):
+    """A model would need more memory than is available; the message gives the estimate and the limit."""

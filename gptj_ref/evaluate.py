@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .cli import Command, add_model_arguments
 from .errors import InputError, SettingsError
 
 EXAMPLES = """examples:
@@ -40,11 +41,8 @@ EXAMPLES = """examples:
 """
 
 
-def add_eval_parser(sub) -> None:
-    """The `gptj eval` command and its four subcommands, added to the `gptj` parser's subcommands."""
-    e = sub.add_parser("eval", help="score a model: perplexity, LAMBADA, multiple choice, lm-eval tasks",
-                       description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+def _eval_arguments(e: argparse.ArgumentParser) -> None:
+    """The four tasks of `gptj eval`, each with the model arguments every `gptj` command shares."""
     tasks = e.add_subparsers(dest="eval_task", metavar="TASK")
     tasks.required = True
 
@@ -65,13 +63,7 @@ def add_eval_parser(sub) -> None:
     h.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples per prompt")
     h.add_argument("--limit", type=float, default=None, help="documents per task (or a fraction below 1)")
     for t in (p, l_, c, h):
-        t.add_argument("--model", "-m", default=None,
-                       help="Hugging Face GPT-J directory or native .gptj file (default: the built-in demo model)")
-        t.add_argument("--backend", default="auto", choices=["auto", "reference", "cpp"],
-                       help="reference = NumPy oracle, cpp = C++ runtime, auto = cpp when built (default)")
-        t.add_argument("--threads", "-t", type=int, default=None, help="threads for the cpp backend")
-        t.add_argument("--kv-dtype", default=None, choices=["float16", "float32"],
-                       help="KV cache precision (default: float16 for int8 models on the cpp backend, else float32)")
+        add_model_arguments(t)
         t.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
         t.set_defaults(run=run_eval)
 
@@ -307,3 +299,7 @@ def _run_harness(args) -> int:
 
         print(make_table(results))
     return 0
+
+
+COMMAND = Command("eval", "score a model: perplexity, LAMBADA, multiple choice, lm-eval tasks", _eval_arguments,
+                  run_eval, examples=EXAMPLES.split("\n", 1)[1])

@@ -19,8 +19,9 @@ same `seed`, so `generate([a, b], seed=s)` equals `[generate(a, seed=s), generat
 
 from __future__ import annotations
 
+import difflib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,6 +33,27 @@ NEG_INF = -np.inf
 
 @dataclass(frozen=True)
 class GenerationSettings:
+    """How to generate. Every setting, with transformers' meaning:
+
+    max_new_tokens      tokens to generate at most (default 32)
+    do_sample           False: greedy (argmax); True: sample with temperature, top_k and top_p
+    temperature         > 0 divides the logits when sampling; 0 means greedy, as in OpenAI's API (default 1.0)
+    top_k               keep the k most likely tokens when sampling; 0 disables (default 50)
+    top_p               keep the smallest set of tokens whose probability reaches top_p; 1.0 disables
+    repetition_penalty  > 1 makes tokens already in the sequence less likely; 1.0 disables
+    min_new_tokens      end-of-text is suppressed until this many tokens are generated
+    min_length          the same, counted in total tokens (prompt + generated)
+    stop                strings: a sequence ends when its text contains one (the text stops before it)
+    stop_at_eos         end a sequence at the end-of-text token (default True)
+    seed                an integer in [0, 2**64) that makes sampling reproducible (None: fresh randomness)
+    presence_penalty    OpenAI's: subtracted once from every token already generated, in [-2, 2]; 0 disables
+    frequency_penalty   OpenAI's: subtracted once per time a token was generated, in [-2, 2]; 0 disables
+    eos_token_id        the end-of-text token id, or several (default: the model's)
+
+    `make_settings` also takes transformers' names `max_length` and `stop_strings`, and explains the
+    names that do not apply here (num_beams, typical_p, device, ...).
+    """
+
     max_new_tokens: int = 32
     do_sample: bool = False
     temperature: float = 1.0
@@ -45,6 +67,7 @@ class GenerationSettings:
     seed: Optional[int] = None
     presence_penalty: float = 0.0   # OpenAI's: subtracted once from every token already generated
     frequency_penalty: float = 0.0  # OpenAI's: subtracted once per time a token was generated
+    eos_token_id: Optional[Tuple[int, ...]] = None   # None: the model's end-of-text token
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -53,8 +76,10 @@ class GenerationSettings:
 
         need(is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
              f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        need(_is_number(self.temperature) and self.temperature > 0,
-             f"temperature must be > 0, got {self.temperature!r} (use do_sample=False for greedy decoding)")
+        need(_is_number(self.temperature) and self.temperature >= 0,
+             f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+        if self.temperature == 0:   # OpenAI's and llama.cpp's meaning: always the most likely token
+            object.__setattr__(self, "do_sample", False)
         need(is_int(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
         need(_is_number(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
         need(_is_number(self.repetition_penalty) and self.repetition_penalty > 0,
@@ -62,15 +87,98 @@ class GenerationSettings:
         need(is_int(self.min_new_tokens) and self.min_new_tokens >= 0,
              f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
         need(is_int(self.min_length) and self.min_length >= 0, f"min_length must be an integer >= 0, got {self.min_length!r}")
-        need(self.seed is None or is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+        need(self.seed is None or (is_int(self.seed) and 0 <= self.seed < MAX_SEED),
+             f"seed must be an integer in [0, 2**64), got {self.seed!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             need(_is_number(value) and -2 <= value <= 2, f"{name} must be a number in [-2, 2] (0 disables it), "
                                                           f"got {value!r}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
+        need(isinstance(self.stop, (tuple, list)), f"stop must be a string or a list of strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
         need(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
+        if self.eos_token_id is not None:
+            ids = (self.eos_token_id,) if is_int(self.eos_token_id) else self.eos_token_id
+            need(isinstance(ids, (tuple, list)) and len(ids) > 0 and all(is_int(i) and i >= 0 for i in ids),
+                 f"eos_token_id must be a token id or a non-empty list of them, got {self.eos_token_id!r}")
+            object.__setattr__(self, "eos_token_id", tuple(int(i) for i in ids))
+
+
+MAX_SEED = 2**64   # seeds are what a uint64 holds, as torch.manual_seed and numpy's generators take them
+
+# transformers' and OpenAI's names that gptj_ref does not implement, with what to use instead.
+_BEAM = "beam search is not implemented; use greedy decoding (the default) or sampling (do_sample=True)"
+UNSUPPORTED_SETTINGS = {
+    "num_beams": _BEAM, "num_beam_groups": _BEAM, "diversity_penalty": _BEAM, "length_penalty": _BEAM,
+    "early_stopping": _BEAM, "constraints": _BEAM, "force_words_ids": _BEAM,
+    "typical_p": "typical sampling is not implemented; use top_p or top_k",
+    "epsilon_cutoff": "epsilon sampling is not implemented; use top_p or top_k",
+    "eta_cutoff": "eta sampling is not implemented; use top_p or top_k",
+    "min_p": "min-p sampling is not implemented; use top_p or top_k",
+    "penalty_alpha": "contrastive search is not implemented; use greedy decoding or sampling",
+    "no_repeat_ngram_size": "n-gram blocking is not implemented; use repetition_penalty",
+    "encoder_repetition_penalty": "use repetition_penalty",
+    "bad_words_ids": "token suppression is not implemented", "suppress_tokens": "token suppression is not implemented",
+    "sequence_bias": "logit biases are not implemented", "logit_bias": "logit biases are not implemented",
+    "guidance_scale": "classifier-free guidance is not implemented",
+    "num_return_sequences": "pass the prompt several times: model.generate([prompt] * n, do_sample=True)",
+    "n": "pass the prompt several times: model.generate([prompt] * n, do_sample=True)",
+    "max_tokens": "use max_new_tokens",
+    "max_time": "not implemented; bound the work with max_new_tokens",
+    "device": "gptj_ref runs on the CPU; choose the implementation with load(path, backend='cpp' or 'reference')",
+    "device_map": "gptj_ref runs on the CPU; choose the implementation with load(path, backend=...)",
+    "torch_dtype": "the weight precision is chosen when loading: load(path, dtype='q8') or `gptj convert --dtype`",
+    "dtype": "the weight precision is chosen when loading: load(path, dtype='q8') or `gptj convert --dtype`",
+    "output_scores": "use model.logits(prompt) for scores", "output_logits": "use model.logits(prompt) for scores",
+    "return_dict_in_generate": "generate returns text; use generate_ids for token ids",
+    "streamer": "use model.stream(prompt, ...), which yields the text as it is generated",
+    "attention_mask": "prompts are padded and masked internally; pass a list of prompts to generate",
+    "use_cache": "the KV cache is always used",
+    "generation_config": "pass the settings as keyword arguments",
+    "assistant_model": "assisted generation is not implemented",
+    "prompt_lookup_num_tokens": "assisted generation is not implemented",
+}
+# Accepted for compatibility; they change nothing here.
+IGNORED_SETTINGS = ("pad_token_id", "bos_token_id")   # padding is masked out and never computed
+
+
+def make_settings(settings: dict, prompt_tokens: Optional[int] = None) -> GenerationSettings:
+    """GenerationSettings from keyword arguments as users bring them.
+
+    Besides GenerationSettings' own names: `max_length` (transformers: prompt + new tokens; needs
+    prompt_tokens, the longest prompt's length) and `stop_strings` (transformers' name for stop).
+    `pad_token_id` and `bos_token_id` are accepted and change nothing. Any other name raises
+    SettingsError saying what to use instead, never TypeError.
+    """
+    settings = dict(settings)
+    for name in IGNORED_SETTINGS:
+        settings.pop(name, None)
+    known = {f.name for f in fields(GenerationSettings)}
+    for name in settings:
+        if name in UNSUPPORTED_SETTINGS:
+            raise SettingsError(f"{name} is not supported by gptj_ref: {UNSUPPORTED_SETTINGS[name]}")
+        if name not in known and name not in ("max_length", "stop_strings"):
+            close = difflib.get_close_matches(name, sorted(known | {"max_length", "stop_strings"}), n=1)
+            raise SettingsError(f"unknown setting {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                                + f" The settings are: {', '.join(sorted(known))} (see help(GenerationSettings))")
+    if "stop_strings" in settings:
+        if "stop" in settings:
+            raise SettingsError("give stop or stop_strings (its transformers name), not both")
+        settings["stop"] = settings.pop("stop_strings")
+    if "eos_token_id" in settings and settings["eos_token_id"] is None:
+        del settings["eos_token_id"]
+    max_length = settings.pop("max_length", None)
+    if max_length is not None:
+        if "max_new_tokens" in settings:
+            raise SettingsError("give max_new_tokens or max_length, not both")
+        if prompt_tokens is None:
+            raise SettingsError("max_length counts the prompt as well, which is not known here; use max_new_tokens")
+        if not is_int(max_length) or max_length - prompt_tokens < 1:
+            raise SettingsError(f"max_length={max_length!r} leaves no room for new tokens after the "
+                                f"{prompt_tokens}-token prompt; raise it or use max_new_tokens")
+        settings["max_new_tokens"] = int(max_length) - prompt_tokens
+    return GenerationSettings(**settings)
 
 
 def _is_number(x) -> bool:
@@ -146,7 +254,8 @@ def process_logits(scores, previous_ids, n_new: int, settings: GenerationSetting
     generated = previous_ids[len(previous_ids) - n_new:] if n_new else ()
     scores = apply_presence_frequency_penalty(scores, generated, settings.presence_penalty, settings.frequency_penalty)
     if len(previous_ids) < settings.min_length or n_new < settings.min_new_tokens:
-        scores = suppress_eos(scores, eos_id)
+        for eos in settings.eos_token_id or (eos_id,):
+            scores = suppress_eos(scores, eos)
     if settings.do_sample:
         scores = (scores / np.float32(settings.temperature)).astype(np.float32)
         scores = apply_top_k(scores, settings.top_k)
@@ -237,7 +346,7 @@ class RowState:
             logp = log_softmax(logits)
             result.logprob = float(logp[token])
             result.top_logprobs = top_logprobs(logp, self.logprobs)
-        if token == self.eos_id and s.stop_at_eos:
+        if token in (s.eos_token_id or (self.eos_id,)) and s.stop_at_eos:
             result.text = self._finish("eos")
             return result
         self.new.append(token)
@@ -309,6 +418,10 @@ class BatchGeneration:
             raise SettingsError(f"the prompt ({longest} tokens) plus max_new_tokens ({settings.max_new_tokens}) "
                                 f"exceed the model's context of {n_ctx} tokens; shorten the prompt or lower "
                                 "max_new_tokens")
+        vocab = backend.config.vocab_size
+        bad = [i for i in settings.eos_token_id or () if i >= vocab]
+        if bad:
+            raise SettingsError(f"eos_token_id {bad[0]} is outside the vocabulary [0, {vocab})")
         self.backend, self.settings, self.eos_id = backend, settings, eos_id
         self.rows = [RowState(p, settings, eos_id, tokenizer) for p in prompts]
         self.prompt_seconds = 0.0   # time of the forward pass over the prompts

@@ -25,6 +25,7 @@ from .config import GPTJConfig
 from .errors import CheckpointError, InputError, SettingsError
 from .layout import weight_shapes
 from .reference import rotary_tables
+from .threads import check_threads
 
 ISAS = ("auto", "scalar", "avx2", "avxvnni", "avx512", "amx")
 
@@ -45,6 +46,11 @@ def set_kernel_isa(isa: str = "auto") -> None:
         raise SettingsError(f"the {isa} kernels are unavailable: this CPU lacks {needs} or the build left them out; "
                             f"available: {', '.join(available)}")
     _core.set_isa(isa)
+
+
+def available_isas() -> list:
+    """The kernel levels this CPU, OS and build can run, best last (e.g. ["scalar", "avx2", "avxvnni", "amx"])."""
+    return list(_core.available_isas())
 
 
 def kernel_isa() -> str:
@@ -131,9 +137,7 @@ class CppModel:
         self.weight_format = fmt.name
         self.kv_dtype = check_kv_dtype(("float16" if fmt.is_block else "float32") if kv_dtype is None else kv_dtype)
         self._sin, self._cos = rotary_tables(config.n_ctx, config.n_rot)  # [n_ctx, n_rot/2]
-        threads = (os.cpu_count() or 1) if threads is None else threads
-        if not isinstance(threads, int) or threads < 1:
-            raise SettingsError(f"threads must be a positive integer, got {threads!r}")
+        threads = check_threads(threads)
         c = config
         try:
             sizes = _core.Config(n_vocab=c.vocab_size, n_ctx=c.n_positions, n_embd=c.n_embd, n_layer=c.n_layer,
@@ -176,9 +180,7 @@ class CppModel:
 
     @threads.setter
     def threads(self, value: int) -> None:
-        if not isinstance(value, int) or value < 1:
-            raise SettingsError(f"threads must be a positive integer, got {value!r}")
-        self._core.threads = value
+        self._core.threads = check_threads(value)
 
     def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> CppCache:
         c = self.config

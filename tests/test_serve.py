@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,7 +26,8 @@ import uvicorn
 
 from gptj_ref.api import Model, load
 from gptj_ref.config import GPTJConfig
-from gptj_ref.generate import log_softmax
+from gptj_ref.errors import SettingsError
+from gptj_ref.generate import log_softmax, make_settings
 from gptj_ref.layout import random_weights
 from gptj_ref.reference import Reference
 from gptj_ref.runtime import CppModel
@@ -510,3 +512,33 @@ def test_custom_chat_template(model):
         c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         reply = c.chat.completions.create(model=NAME, messages=messages, max_tokens=8, temperature=0)
         assert reply.choices[0].message.content == model.generate(template.render(messages), **settings_for(0, 8))
+
+
+@pytest.mark.parametrize("body, param, code, words", [
+    ({"prompt": "x", "seed": 2**64}, "seed", "invalid_value", "seed must be an integer in [0, 2**64)"),
+    ({"prompt": "x", "seed": 1.5}, "seed", "invalid_type", "must be an integer"),
+    ({"prompt": "x", "num_beams": 4}, "num_beams", "unsupported_parameter", "beam search is not implemented"),
+    ({"prompt": "x", "typical_p": 0.9}, "typical_p", "unsupported_parameter", "use top_p or top_k"),
+    ({"prompt": "x", "temperature": -0.5}, "temperature", "invalid_value", "temperature must be >= 0 (0 = greedy)"),
+    ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty", "invalid_value", "repetition_penalty must be > 0"),
+])
+def test_settings_are_checked_by_make_settings_over_http(base, body, param, code, words):
+    """The server turns a request into settings with generate.make_settings, the check of the Python API
+    and gptj batch: its SettingsError is a 400 error object naming the parameter, with the same words."""
+    response = httpx.post(base + "/v1/completions", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["code"] == code, error
+    assert words in error["message"], error
+    if code != "invalid_type":   # the Python API says the same
+        with pytest.raises(SettingsError, match=re.escape(words)):
+            make_settings({k: v for k, v in body.items() if k != "prompt"})
+
+
+def test_temperature_zero_over_http_is_greedy_whatever_the_seed(base, model):
+    """temperature 0 is greedy (OpenAI's meaning), the same over HTTP as in Model.generate."""
+    texts = [httpx.post(base + "/v1/completions", timeout=60,
+                        json={"prompt": "The dog", "max_tokens": 10, "temperature": 0, "seed": s}).json()
+             ["choices"][0]["text"] for s in (1, 2)]
+    assert texts[0] == texts[1] == model.generate("The dog", max_new_tokens=10, temperature=0, top_k=0)
+    assert texts[0] == model.generate("The dog", max_new_tokens=10)   # greedy

@@ -11,6 +11,10 @@
 #include <unistd.h>
 #endif
 
+#if defined(GPTJ_HAVE_AVX2) && defined(_MSC_VER) && defined(_M_X64) && !defined(__x86_64__)
+#include <intrin.h>
+#endif
+
 #include "kernels/impl.h"
 #include "kernels/kernels.h"
 #include "kernels/parallel.h"
@@ -22,6 +26,15 @@ namespace {
 bool avx2_cpu() {
 #if defined(GPTJ_HAVE_AVX2) && defined(__x86_64__)
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#elif defined(GPTJ_HAVE_AVX2) && defined(_MSC_VER) && defined(_M_X64)
+    // MSVC has no __builtin_cpu_supports. CPUID leaf 1 ECX: FMA (bit 12), OSXSAVE (27), F16C (29); the OS
+    // must save the YMM registers (XCR0 bits 1 and 2); leaf 7 EBX bit 5: AVX2.
+    int r[4];
+    __cpuid(r, 1);
+    const unsigned ecx = unsigned(r[2]);
+    if (!(ecx & (1u << 12)) || !(ecx & (1u << 27)) || !(ecx & (1u << 29)) || (_xgetbv(0) & 6) != 6) return false;
+    __cpuidex(r, 7, 0);
+    return (unsigned(r[1]) & (1u << 5)) != 0;
 #else
     return false;
 #endif

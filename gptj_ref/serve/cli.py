@@ -14,7 +14,10 @@ import socket
 import sys
 import threading
 
-EXAMPLES = """examples:
+from ..cli import Command, add_model_arguments
+from ..ray_serve import add_ray_options
+
+EXAMPLES = """\
   gptj serve                                        # the built-in model on http://127.0.0.1:8000
   gptj serve --model gpt-j-6B.gptj --max-batch 8 --threads 2
   gptj serve --model gpt-j-6B.gptj --api-key secret --chat-template my_format.jinja
@@ -24,17 +27,10 @@ EXAMPLES = """examples:
 """
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("serve", help="serve the model over HTTP with OpenAI's API", epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", "-m", default=None,
-                   help="Hugging Face GPT-J directory or native .gptj file (default: the built-in model)")
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "cpp"],
-                   help="reference = NumPy (slow), cpp = C++ runtime, auto = cpp when built (default)")
+def _arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--threads", "-t", type=int, default=None,
-                   help="threads for the cpp backend (default: physical cores)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences generated at once (default 8)")
     p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait; beyond, 429 (default 64)")
     p.add_argument("--prefill-chunk", type=int, default=64,
@@ -46,8 +42,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the file's name)")
     p.add_argument("--grace", type=float, default=30.0,
                    help="seconds in-flight requests may run after SIGTERM (default 30)")
-    p.set_defaults(run=run)
-    return p
+    add_ray_options(p)   # --ray: the same options on Ray Serve replicas
 
 
 def run(args) -> int:
@@ -69,7 +64,7 @@ def run(args) -> int:
     name = args.model_name or (os.path.basename(os.path.normpath(args.model)) if args.model else "gptj-builtin")
     if args.model is None:
         print(f"gptj serve: no --model given, using {BUILTIN_DESCRIPTION}", file=sys.stderr)
-    model = load(args.model, backend=args.backend, threads=args.threads)
+    model = load(args.model, backend=args.backend, threads=args.threads, kv_dtype=args.kv_dtype)
     app = create_app(model, model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
                      api_key=args.api_key or os.environ.get("GPTJ_API_KEY") or None, chat_template=template,
                      prefill_chunk=args.prefill_chunk, grace_seconds=args.grace)
@@ -108,3 +103,6 @@ def draining_server(config, gptj_server):
             super().handle_exit(sig, frame)
 
     return DrainingServer(config)
+
+
+COMMAND = Command("serve", "serve the model over HTTP with OpenAI's API", _arguments, run, examples=EXAMPLES)

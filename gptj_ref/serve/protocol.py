@@ -11,6 +11,10 @@ Sampling parameters map onto `GenerationSettings` as follows:
     max_tokens                       max_new_tokens (completions default 16; chat: the rest of the context)
 
 so a choice's text equals `Model.generate(prompt, **settings)` with the settings the request maps to.
+This module checks only JSON types and OpenAI's own bounds (temperature <= 2, at most 4 stop strings);
+the settings themselves are checked by `generate.make_settings`, the check of the Python API and
+`gptj batch`, whose SettingsError becomes a 400 error object naming the parameter. A transformers name
+that does not apply (num_beams, typical_p, ...) is answered with make_settings' explanation.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
-from ..generate import GenerationSettings
+from ..errors import SettingsError
+from ..generate import UNSUPPORTED_SETTINGS, GenerationSettings, make_settings
 
 MAX_STOP = 4
 MAX_LOGPROBS = 20
@@ -98,6 +103,11 @@ def refuse_unsupported(body: dict, known: Sequence[str], ignored_when_default: D
             if value is not None and value != ignored_when_default[name] and value not in ({}, []):
                 raise bad(name, f"is not supported by this server (only {ignored_when_default[name]!r} or null)",
                           "unsupported_parameter")
+        elif name in UNSUPPORTED_SETTINGS and name not in known:
+            try:
+                make_settings({name: value})   # raises, saying what to use instead
+            except SettingsError as e:
+                raise ApiError(400, str(e), param=name, code="unsupported_parameter") from None
         elif name not in known:
             raise bad(name, "unrecognized request argument", "unrecognized_argument")
 
@@ -115,8 +125,22 @@ class Sampling:
     def for_choice(self, j: int, max_tokens: int, extra_stop: Sequence[str] = ()) -> GenerationSettings:
         kwargs = dict(self.settings)
         kwargs["stop"] = tuple(kwargs["stop"]) + tuple(s for s in extra_stop if s not in kwargs["stop"])
-        return GenerationSettings(max_new_tokens=max_tokens, seed=None if self.seed is None else self.seed + j,
-                                  **kwargs)
+        return checked_settings(dict(max_new_tokens=max_tokens, seed=None if self.seed is None else self.seed + j,
+                                     **kwargs))
+
+
+# GenerationSettings' names that a request spells differently
+_REQUEST_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
+
+
+def checked_settings(settings: Dict[str, Any]) -> GenerationSettings:
+    """make_settings(settings), its SettingsError as a 400 error object naming the request's parameter."""
+    try:
+        return make_settings(settings)
+    except SettingsError as e:
+        name = str(e).split(" ", 1)[0]
+        param = _REQUEST_NAMES.get(name, name) if name in settings else None
+        raise ApiError(400, f"{param}: {e}" if param else str(e), param=param, code="invalid_value") from None
 
 
 SAMPLING_FIELDS = ("n", "stream", "stream_options", "temperature", "top_p", "seed", "stop", "presence_penalty",
@@ -130,24 +154,25 @@ def parse_sampling(body: dict, max_n: int) -> Sampling:
     if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
         raise bad("stream_options", 'must be an object like {"include_usage": true}', "invalid_type")
     include_usage = get_bool(options or {}, "include_usage", False)
-    temperature = get_number(body, "temperature", 1.0, 0.0, 2.0)
-    top_p = get_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
-    seed = get_int(body, "seed", None, 0, 2**63 - 1)
+    seed = get_int(body, "seed", None)
     top_k = get_int(body, "top_k", 0, -1)
     settings = dict(
-        do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else 1.0,
-        top_p=top_p,
-        top_k=max(top_k, 0),
+        do_sample=True,   # temperature 0 makes it greedy (make_settings)
+        temperature=get_number(body, "temperature", 1.0, hi=2.0),   # OpenAI's upper bound
+        top_p=get_number(body, "top_p", 1.0),
+        top_k=max(top_k, 0),   # -1 (vLLM's "off") is 0 here
         stop=get_stop(body),
-        presence_penalty=get_number(body, "presence_penalty", 0.0, -2.0, 2.0),
-        frequency_penalty=get_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-        repetition_penalty=get_number(body, "repetition_penalty", 1.0, 0.0, None, lo_open=True),
-        min_new_tokens=get_int(body, "min_tokens", 0, 0),
+        presence_penalty=get_number(body, "presence_penalty", 0.0),
+        frequency_penalty=get_number(body, "frequency_penalty", 0.0),
+        repetition_penalty=get_number(body, "repetition_penalty", 1.0),
+        min_new_tokens=get_int(body, "min_tokens", 0),
     )
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise bad("user", "must be a string", "invalid_type")
-    return Sampling(n, stream, include_usage, settings, seed)
+    sampling = Sampling(n, stream, include_usage, settings, seed)
+    for j in (0, n - 1):   # every choice's settings are checked now, before any work (seed + j included)
+        sampling.for_choice(j, 1)
+    return sampling
 
 
 def finish_reason(reason: str) -> str:
