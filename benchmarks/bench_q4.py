@@ -1,6 +1,6 @@
 """q4 against q8 on full-size GPT-J 6B native files with random weights, in one run.
 
-    PYTHONPATH=. python benchmarks/bench_q4.py [--q8 /tmp/gptj6b-random-q8.gptj] [--q4 /tmp/gptj6b-random-q4.gptj]
+    python benchmarks/bench_q4.py [--q8 /tmp/gptj6b-random-q8.gptj] [--q4 /tmp/gptj6b-random-q4.gptj]
                                                [--threads 2] [--build-only]
 
 The files (the real shapes, ~6.9 GB and ~3.7 GB) are written directly in their layouts, without a

@@ -1,6 +1,6 @@
 """Which 4-bit scheme: the candidates measured side by side (the table in docs/kernels.md comes from here).
 
-    PYTHONPATH=. python benchmarks/q4_formats.py [--width-only] [--model HF_DIR --text HELDOUT.txt]
+    python benchmarks/q4_formats.py [--width-only] [--model HF_DIR --text HELDOUT.txt]
 
 Candidates (all blocks of 32 along K with float16 parameters):
     sym7      symmetric, d = max|w| / 7, q = round(w / d) in [-7, 7]            0.5625 bytes/weight
