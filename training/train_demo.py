@@ -2,7 +2,7 @@
 
     apt-get install bible-kjv                   # Debian's KJV text (bible-kjv-text) and its reader
     pip install ".[train]"                      # torch (CPU) and transformers, training only
-    python training/train_demo.py --out runs/demo --threads 1     # 41 min here; see gptj_ref/demo/README.md
+    python training/train_demo.py --out runs/demo --threads 1     # 32 min here; see gptj_ref/demo/README.md
     gptj convert runs/demo/hf gptj_ref/demo/demo.gptj
 
 The model is transformers' GPTJForCausalLM (GPT-J's exact architecture) at a small width and depth, with
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="run directory (created; a rerun resumes from its state.pt)")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--steps", type=int, default=1000, help="length of the learning-rate schedule")
+    p.add_argument("--steps", type=int, default=2000, help="length of the learning-rate schedule")
     p.add_argument("--stop-at", type=int, default=None, help="stop at this step (default: --steps)")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much wall time in this process")
     p.add_argument("--batch-size", type=int, default=8)
