@@ -158,7 +158,10 @@ class SingleProcessServer:
         self.thread.join(timeout=60)
 
 
-REQUESTS = ([{"prompt": f"Request {i} says", "max_tokens": 12, "temperature": 0} for i in range(4)]
+# Greedy prompts whose continuations differ on the demo model (similar prompts such as "Request 0 says" and
+# "Request 1 says" can share one), so that answers delivered to the wrong request would show.
+GREEDY_PROMPTS = ("In the beginning", "The king of Babylon", "Jesus said to them", "And the dog")
+REQUESTS = ([{"prompt": p, "max_tokens": 12, "temperature": 0} for p in GREEDY_PROMPTS]
             + [{"prompt": f"Seeded {i}:", "max_tokens": 12, "temperature": 0.8, "top_p": 0.9, "seed": 10 + i}
                for i in range(4)])
 
