@@ -67,7 +67,7 @@ def bench_kernels(threads: int, reps: int) -> None:
     stream = np.ones(1 << 28, np.float32)
     weights = {"16384x4096": rng.standard_normal((16384, 4096), dtype=np.float32),
                "4096x16384": rng.standard_normal((4096, 16384), dtype=np.float32)}
-    contenders = {"stream read 1 GiB": lambda: _core.stream_read(stream, threads=threads)}
+    contenders = {"stream read 1 GiB": lambda s=stream: _core.stream_read(s, threads=threads)}
     sizes = {"stream read 1 GiB": stream.nbytes}
     for name, w in weights.items():
         for M in (1, 4, 8):

@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import CONFIGS, report_diff
-from gptj_ref.config import GPTJConfig
 from gptj_ref.errors import InputError
 from gptj_ref.reference import Reference, rotary, rotary_tables, softmax
 
