@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -23,8 +24,10 @@ from gptj_ref.layout import random_weights
 from gptj_ref.runtime import CppModel
 from gptj_ref.safetensors_file import save_tensors
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+# Child processes import the installed package, from a directory outside the source tree: the tree's
+# gptj_ref has no compiled extension.
+ENV = dict(os.environ)
+OUTSIDE = tempfile.gettempdir()
 BASE = dict(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=8, bos_token_id=99,
             eos_token_id=99)
 
@@ -119,7 +122,7 @@ except InputError as e:
     print("refused:", e)
 print(m.generate("The dog", max_new_tokens=2) is not None)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV, cwd=OUTSIDE)
     assert out.returncode == 0, out.stderr
     assert "refused: cannot allocate a KV cache of 7.81 GiB" in out.stdout and out.stdout.endswith("True\n")
 
@@ -167,7 +170,7 @@ def test_invalid_unicode_text_is_refused_with_its_position(demo, text, message):
 
 def run_cli(*args, stdin=None, stdout=subprocess.PIPE):
     return subprocess.run([sys.executable, "-m", "gptj_ref.cli", *args], input=stdin, stdout=stdout,
-                          stderr=subprocess.PIPE, timeout=120, env=ENV)
+                          stderr=subprocess.PIPE, timeout=120, env=ENV, cwd=OUTSIDE)
 
 
 @pytest.mark.parametrize("how", ["argument", "stdin"])
@@ -213,7 +216,7 @@ def test_a_failing_write_is_one_line_and_leaves_nothing(tmp_path, checkpoint_dir
             "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); from gptj_ref.cli import main; "
             f"sys.exit(main(['convert', {str(checkpoint_dir)!r}, {str(tmp_path / 'out.gptj')!r}, '--dtype', 'f32', "
             "'--no-progress']))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV, cwd=OUTSIDE)
     assert result.returncode == 2
     assert result.stderr.strip() == f"gptj convert: error: cannot write {tmp_path / 'out.gptj'}: File too large; " \
                                     "nothing was written"
@@ -247,7 +250,7 @@ c.convert(sys.argv[1], sys.argv[2], dtype="f32", progress=False)
 
 def start_slow_convert(src, dst):
     p = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, str(src), str(dst)], stdout=subprocess.PIPE,
-                         env=ENV)
+                         env=ENV, cwd=OUTSIDE)
     assert p.stdout.readline() == b"started\n"
     p.stdout.close()
     deadline = time.monotonic() + 60
