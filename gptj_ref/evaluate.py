@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -103,16 +104,23 @@ def _bar(total: int, unit: str):
 # Input files: every problem names the file and line
 # ---------------------------------------------------------------------------------------------------
 
-def _read_text(path: str) -> str:
+@contextmanager
+def _reading(path: str):
+    """Open `path` as UTF-8 text; a missing, unreadable or non-UTF-8 file becomes an InputError naming it."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            yield f
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read it ({e.strerror})") from None
+
+
+def _read_text(path: str) -> str:
+    with _reading(path) as f:
+        text = f.read()
     if not text.strip():
         raise InputError(f"{path}: the file is empty; give some text to score")
     return text
@@ -123,26 +131,19 @@ def _read_jsonl(path: str, limit: Optional[int]) -> List[Tuple[int, Dict[str, An
     if limit is not None and limit < 1:
         raise SettingsError(f"--limit must be at least 1, got {limit}")
     records = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(obj, dict):
-                    raise InputError(f"{path}:{n}: each line must be a JSON object, got {type(obj).__name__}")
-                records.append((n, obj))
-                if limit is not None and len(records) == limit:
-                    break
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read it ({e.strerror})") from None
+    with _reading(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{n}: each line must be a JSON object, got {type(obj).__name__}")
+            records.append((n, obj))
+            if limit is not None and len(records) == limit:
+                break
     if not records:
         raise InputError(f"{path}: the file has no records; give one JSON object per line")
     return records
