@@ -99,6 +99,35 @@ def test_every_available_level_against_the_oracle(name, N, K):
             assert np.array_equal(y.view(np.int32), simd[0].view(np.int32)), f"{name}, M={M}: SIMD levels differ"
 
 
+
+@pytest.mark.parametrize("byte", [0x00, 0xFF, 0x0F, 0x80])
+def test_q4_extreme_values_are_exact_at_every_level(byte):
+    # Every stored nibble at an end of [0, 15] (q = -8 or +7) against activations of +-127, alone and with
+    # mixed signs: the block sums at their largest, where an int16 step or the -8 offset would show.
+    # 160 = one whole four-block step and a tail block; N = 9 = two quads and a single row.
+    fmt = formats.FORMATS["q4"]
+    N, K = 9, 160
+    values = np.full((N, K // 2), byte, np.uint8)
+    scales = np.full((N, K // 32), 0.25, np.float16)
+    x = np.ones((4, K), np.float32)
+    x[1], x[2, ::2], x[3, 16:] = -1.0, -1.0, -1.0
+    bias = np.linspace(-1, 1, N).astype(np.float32)
+    expected = fmt.emulate(x, values, scales, bias)
+    bound = fmt.error_bound(x, values, scales, bias, lanes=1)
+    outputs, before = {}, _core.isa()
+    try:
+        for isa in ISAS:
+            _core.set_isa(isa)
+            outputs[isa] = _core.format_linear("q4", x, values, scales.view(np.uint16), bias, threads=2)
+    finally:
+        _core.set_isa(before)
+    simd = [outputs[isa] for isa in ISAS if isa != "scalar"]
+    for y in simd[1:]:
+        assert np.array_equal(y.view(np.int32), simd[0].view(np.int32)), report_diff(y, simd[0])
+    for isa in ISAS:
+        assert (np.abs(outputs[isa] - expected) <= bound).all(), f"{isa}: {report_diff(outputs[isa], expected)}"
+    assert np.array_equal(outputs["scalar"].view(np.int32), expected.view(np.int32))
+
 def test_q4_packing_round_trip_and_layout():
     rng = np.random.default_rng(1)
     q = rng.integers(-8, 8, (5, 64)).astype(np.int8)
