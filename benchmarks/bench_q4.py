@@ -37,9 +37,9 @@ DEFAULT_Q4 = "/tmp/gptj6b-random-q4.gptj"
 def build_q4(path: str, config: GPTJConfig) -> None:
     """Write a q4 native file of `config` with random packed values, one tensor at a time."""
     rng = np.random.default_rng(0)
-    pool = np.frombuffer(rng.bytes(1 << 28), np.uint8)                   # 256 MB of packed nibbles
-    d = np.float16(0.02 / 4.6)                                             # std(q) ~ 4.6: weights of std ~0.02
-    d8 = np.float16(0.02 / 73)                                             # the q8 embedding rows: std(q) ~ 73
+    pool = np.frombuffer(rng.bytes(1 << 28), np.uint8)  # 256 MB of packed nibbles
+    d = np.float16(0.02 / 4.6)  # std(q) ~ 4.6: weights of std ~0.02
+    d8 = np.float16(0.02 / 73)  # the q8 embedding rows: std(q) ~ 73
     specs = native_specs(config, "q4")
     shapes = {name: shape for name, _, shape in specs}
     dtypes = {name: st for name, st, _ in specs}
@@ -48,7 +48,7 @@ def build_q4(path: str, config: GPTJConfig) -> None:
         shape = shapes[name]
         n = int(np.prod(shape))
         if name.endswith("_scale"):
-            step = d8 if dtypes[name[:-len("_scale")]] == "I8" else d
+            step = d8 if dtypes[name[: -len("_scale")]] == "I8" else d
             return (rng.uniform(0.5, 1.5, shape) * step).astype(np.float16)
         if dtypes[name] == "I8":
             return pool[:n].view(np.int8).clip(-127, 127).reshape(shape)
@@ -56,7 +56,7 @@ def build_q4(path: str, config: GPTJConfig) -> None:
             if n > pool.size:
                 return np.resize(pool, n).reshape(shape)
             start = int(rng.integers(0, pool.size - n + 1))
-            return pool[start:start + n].reshape(shape)
+            return pool[start : start + n].reshape(shape)
         if len(shape) == 1:
             base = 1.0 if name.endswith("weight") and ("ln_" in name) else 0.0
             return (base + 0.02 * rng.standard_normal(shape)).astype(np.float32)
@@ -80,13 +80,21 @@ def ensure_q4(path: str) -> None:
 
 
 def model_run(path: str, threads: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(bench_int8.__file__), "--child", "--no-batch", "--file", path,
-           "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(bench_int8.__file__),
+        "--child",
+        "--no-batch",
+        "--file",
+        path,
+        "--threads",
+        str(threads),
+    ]
     result = {}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
         for line in proc.stdout:
             if line.startswith("RESULT "):
-                result = json.loads(line[len("RESULT "):])
+                result = json.loads(line[len("RESULT ") :])
             else:
                 print(line, end="", flush=True)
     if proc.returncode != 0 or not result:
@@ -107,9 +115,11 @@ def kernels_alone(threads: int) -> dict:
         s = (rng.uniform(0.5, 1.5, (N, K // 32)) * 2.7e-4).astype(np.float16).view(np.uint16)
         for fmt, row_bytes in (("q8", K), ("q4", K // 2)):
             size = N * row_bytes
-            copies = [pool[i * size:(i + 1) * size].reshape(N, row_bytes) for i in range(len(pool) // size)]
+            copies = [pool[i * size : (i + 1) * size].reshape(N, row_bytes) for i in range(len(pool) // size)]
             if fmt == "q8":
-                copies = [c.view(np.int8) for c in copies]   # random bytes: -128 included, which the kernels take exactly
+                copies = [
+                    c.view(np.int8) for c in copies
+                ]  # random bytes: -128 included, which the kernels take exactly
             for M in (1, 512):
                 x = rng.standard_normal((M, K)).astype(np.float32)
                 _core.format_linear(fmt, x, copies[-1], s, None, threads=threads)
@@ -148,9 +158,12 @@ def main() -> None:
     for fmt, path in (("q8", args.q8), ("q4", args.q4)):
         per_token = bench_int8.weight_bytes_per_token(path)
         roofline = bandwidth / per_token
-        print(f"\n{fmt}: {path} ({os.path.getsize(path) / 1e9:.2f} GB); weights + scales per token "
-              f"{per_token / 1e9:.2f} GB -> roofline {roofline:.2f} tokens/s; page cache warmed in "
-              f"{bench_int8.warm_page_cache(path):.1f} s", flush=True)
+        print(
+            f"\n{fmt}: {path} ({os.path.getsize(path) / 1e9:.2f} GB); weights + scales per token "
+            f"{per_token / 1e9:.2f} GB -> roofline {roofline:.2f} tokens/s; page cache warmed in "
+            f"{bench_int8.warm_page_cache(path):.1f} s",
+            flush=True,
+        )
         r = model_run(path, args.threads)
         r["roofline"] = roofline
         results[fmt] = r
@@ -158,16 +171,22 @@ def main() -> None:
     q8, q4 = results["q8"], results["q4"]
     print("\nsummary (targets in brackets):")
     for fmt, r in results.items():
-        print(f"  {fmt}: decode {r['decode_tokens_per_s']:.2f} tokens/s ({r['decode_tokens_per_s'] / r['roofline']:.0%} "
-              f"of its roofline {r['roofline']:.2f}); prompt {r['prompt128_tokens_per_s']:.1f} (128) / "
-              f"{r['prompt512_tokens_per_s']:.1f} (512) tokens/s; first token {r['first_token_s']:.2f} s; peak RSS "
-              f"{r['peak_rss_decode_gb']:.2f} GB after decode, {r['peak_rss_gb']:.2f} GB after the 512-token prompt")
-    print(f"  q4 / q8 decode {q4['decode_tokens_per_s'] / q8['decode_tokens_per_s']:.2f}x [>= 1.7]; q4 at "
-          f"{q4['decode_tokens_per_s'] / q4['roofline']:.0%} of its roofline [>= 85%]; q8 at "
-          f"{q8['decode_tokens_per_s'] / q8['roofline']:.0%} of its roofline [>= 90%]")
-    print(f"  q4 / q8 prompt {q4['prompt128_tokens_per_s'] / q8['prompt128_tokens_per_s']:.2f}x (128), "
-          f"{q4['prompt512_tokens_per_s'] / q8['prompt512_tokens_per_s']:.2f}x (512) [>= 0.8]; q4 peak RSS "
-          f"{q4['peak_rss_gb']:.2f} GB [<= 4.5]")
+        print(
+            f"  {fmt}: decode {r['decode_tokens_per_s']:.2f} tokens/s ({r['decode_tokens_per_s'] / r['roofline']:.0%} "
+            f"of its roofline {r['roofline']:.2f}); prompt {r['prompt128_tokens_per_s']:.1f} (128) / "
+            f"{r['prompt512_tokens_per_s']:.1f} (512) tokens/s; first token {r['first_token_s']:.2f} s; peak RSS "
+            f"{r['peak_rss_decode_gb']:.2f} GB after decode, {r['peak_rss_gb']:.2f} GB after the 512-token prompt"
+        )
+    print(
+        f"  q4 / q8 decode {q4['decode_tokens_per_s'] / q8['decode_tokens_per_s']:.2f}x [>= 1.7]; q4 at "
+        f"{q4['decode_tokens_per_s'] / q4['roofline']:.0%} of its roofline [>= 85%]; q8 at "
+        f"{q8['decode_tokens_per_s'] / q8['roofline']:.0%} of its roofline [>= 90%]"
+    )
+    print(
+        f"  q4 / q8 prompt {q4['prompt128_tokens_per_s'] / q8['prompt128_tokens_per_s']:.2f}x (128), "
+        f"{q4['prompt512_tokens_per_s'] / q8['prompt512_tokens_per_s']:.2f}x (512) [>= 0.8]; q4 peak RSS "
+        f"{q4['peak_rss_gb']:.2f} GB [<= 4.5]"
+    )
 
     ka = kernels_alone(args.threads)
     print("\nlinears alone (random data), ms per call:")

@@ -52,5 +52,7 @@ def report_diff(actual, expected) -> str:
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     d = np.abs(actual - expected)
     i = np.unravel_index(int(np.argmax(d)), d.shape) if d.size else ()
-    return (f"max |Δ| = {d.max():.3e} at index {i} (actual {actual[i]:.7g}, expected {expected[i]:.7g}); "
-            f"mean |Δ| = {d.mean():.3e}; max |expected| = {np.abs(expected).max():.3g}")
+    return (
+        f"max |Δ| = {d.max():.3e} at index {i} (actual {actual[i]:.7g}, expected {expected[i]:.7g}); "
+        f"mean |Δ| = {d.mean():.3e}; max |expected| = {np.abs(expected).max():.3g}"
+    )

@@ -15,7 +15,7 @@ from helpers import report_diff
 
 _core = pytest.importorskip("gptj_ref._core")
 
-U = 2.0 ** -24
+U = 2.0**-24
 ISAS = _core.available_isas()
 
 
@@ -41,13 +41,13 @@ def assert_within(actual, expected, tol):
 # M <= kMidM = 64 streams W in chunks of kChunk = 48 rows, M > 64 (prompts) packs W blocks of kNb = 60
 # rows; K runs in blocks of kLinearBlockK = 512 and within a block 8 lanes at a time, then a scalar tail.
 LINEAR_SHAPES = [
-    (4, 47, 8),        # the largest unpacked x; N one short of a W chunk; K one lane group, no tail
-    (5, 49, 9),        # x packed; N one past a chunk (a partial second chunk); a one-element K tail
-    (64, 50, 513),     # the last M that streams W; K one past a block
-    (65, 61, 520),     # the first M of the prompt path; N one past a W block of 60; K = 512 + 8
-    (67, 121, 1031),   # prompt path with a partial row tile (67 = 16 * 4 + 3) and a partial W block of 1
-    (130, 2, 7),       # prompt path with N below one register tile and K below one lane group
-    (70, 180, 1100),   # N = 3 full W blocks; K crosses two block boundaries with a ragged last block
+    (4, 47, 8),  # the largest unpacked x; N one short of a W chunk; K one lane group, no tail
+    (5, 49, 9),  # x packed; N one past a chunk (a partial second chunk); a one-element K tail
+    (64, 50, 513),  # the last M that streams W; K one past a block
+    (65, 61, 520),  # the first M of the prompt path; N one past a W block of 60; K = 512 + 8
+    (67, 121, 1031),  # prompt path with a partial row tile (67 = 16 * 4 + 3) and a partial W block of 1
+    (130, 2, 7),  # prompt path with N below one register tile and K below one lane group
+    (70, 180, 1100),  # N = 3 full W blocks; K crosses two block boundaries with a ragged last block
 ]
 
 
@@ -125,7 +125,7 @@ def test_gelu_new_at_the_constant_it_depends_on(isa, n):
     x = np.linspace(-3.0, 3.0, n).astype(np.float32) if n > 1 else np.array([2.0], np.float32)
     y = run(isa, _core.gelu_new, x)
     x64 = x.astype(np.float64)
-    arg = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)
+    arg = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)
     expected = 0.5 * x64 * (1 + np.tanh(arg))
     # Tolerance as in test_kernels.py: the AVX2 tanh is within 3e-7 absolute, and a few roundings.
     assert_within(y, expected, 0.5 * np.abs(x64) * (3e-7 + 8 * U * np.abs(arg)) + 4 * U * np.abs(expected) + 1e-37)
