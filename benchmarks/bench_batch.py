@@ -14,8 +14,9 @@ three ways, each into a fresh output file:
 
 For each: the wall time of the whole job (reading, planning, for Ray the actors' start and model load,
 generating, the durable writes) as prompts/s and generated tokens/s, and the time to the first result
-written (for Ray: mostly starting the actors and loading the model in them, the fixed cost of a job). Starting Ray itself (ray.init) is printed apart: a cluster is
-started once and serves many jobs. The three outputs are checked to be the same records.
+written (for Ray: mostly starting the actors and loading the model in them, the fixed cost of a job).
+Starting Ray itself (ray.init) is printed apart: a cluster is started once and serves many jobs. The three
+outputs are checked to be the same records.
 With no --model the built-in demo model runs (2 layers, width 64): its tokens cost almost nothing, so the
 Ray overhead shows at its largest. `--small` writes (once) and runs a q8 file of 4 layers at width 1024
 with random weights and the real vocabulary (~0.3 GB), memory-mapped as the real model is, where a token
@@ -111,7 +112,8 @@ def main() -> int:
     in_path = os.path.join(work, "in.jsonl")
     write_input(in_path, args.prompts, args.new_tokens)
     print(
-        f"model: {args.model or 'built-in demo'}; threads {args.threads}; {args.prompts} prompts x {args.new_tokens} new tokens, "
+        f"model: {args.model or 'built-in demo'}; threads {args.threads}; "
+        f"{args.prompts} prompts x {args.new_tokens} new tokens, "
         f"batches of {args.max_batch}; {os.cpu_count()} CPUs; ray {ray.__version__}"
     )
 

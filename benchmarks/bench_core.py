@@ -107,7 +107,8 @@ def bench_kernels(threads: int, reps: int) -> None:
     for (T, N, K), sec in med.items():
         gflops = 2 * T * N * K / sec / 1e9
         print(
-            f"  linear T={T:3d} N={N:5d} K={K:5d}   {sec * 1e3:7.1f} ms  {gflops:6.1f} GFLOP/s = {gflops / peak:5.0%} of peak"
+            f"  linear T={T:3d} N={N:5d} K={K:5d}   {sec * 1e3:7.1f} ms  "
+            f"{gflops:6.1f} GFLOP/s = {gflops / peak:5.0%} of peak"
         )
 
 

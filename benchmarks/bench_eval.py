@@ -12,10 +12,10 @@ measures, on the same random token ids:
     log-softmax, in strided windows when tokens exceed the context), as `gptj eval perplexity` runs;
 and prints scored tokens/s beside prompt tokens/s. Then multiple choice, `questions` questions of a
 64-token context and 4 continuations of 16 tokens: scored together (the context runs once and its KV
-cache is copied to each continuation's row) against each pair in its own forward pass. Scoring is prompt-shaped work plus lm_head on every
-position (50400 x 4096 MACs per token, ~3% of the model's) and the log-softmax, so it should run close
-to the prompt rate. Times are the best of `repeats` (the machine is shared; the best is the least
-disturbed).
+cache is copied to each continuation's row) against each pair in its own forward pass. Scoring is
+prompt-shaped work plus lm_head on every position (50400 x 4096 MACs per token, ~3% of the model's) and the
+log-softmax, so it should run close to the prompt rate. Times are the best of `repeats` (the machine is
+shared; the best is the least disturbed).
 """
 
 from __future__ import annotations

@@ -163,10 +163,10 @@ def main() -> None:
         )
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     print(f"\nru_maxrss over all conversion children: {children / MB:.0f} MB")
-    largest = max(int(np.prod(s)) for s in weight_shapes(GPTJ_6B).values()) * 4
+    fp32_bytes = [int(np.prod(s)) * 4 for s in weight_shapes(GPTJ_6B).values()]
     print(
-        f"GPT-J 6B fp32: {sum(int(np.prod(s)) for s in weight_shapes(GPTJ_6B).values()) * 4 / 1e9:.1f} GB, largest tensor "
-        f"{largest / MB:.0f} MB (the same wte/lm_head as above); q8 output {native_size(GPTJ_6B, 'q8') / 1e9:.2f} GB."
+        f"GPT-J 6B fp32: {sum(fp32_bytes) / 1e9:.1f} GB, largest tensor {max(fp32_bytes) / MB:.0f} MB "
+        f"(the same wte/lm_head as above); q8 output {native_size(GPTJ_6B, 'q8') / 1e9:.2f} GB."
     )
     print(
         "Bound: peak RSS <= base + largest source tensor (mapped, released after each tensor) "

@@ -90,7 +90,8 @@ def main() -> int:
     times = load_seconds(args.load_repeats)
     print(
         f"gptj_ref.load() of {args.model} ({os.path.getsize(args.model) / 1e6:.1f} MB): median "
-        f"{statistics.median(times):.3f} s over {len(times)} fresh processes (min {min(times):.3f}, max {max(times):.3f})"
+        f"{statistics.median(times):.3f} s over {len(times)} fresh processes "
+        f"(min {min(times):.3f}, max {max(times):.3f})"
     )
     return 0
 

@@ -66,7 +66,8 @@ def main() -> int:
             total_pss += r["Pss"]
             print(
                 f"pid {p.pid}: Rss {r['Rss'] / 1e9:.2f} GB, Pss {r['Pss'] / 1e9:.2f} GB, "
-                f"shared {shared / 1e9:.2f} GB, private {private / 1e9:.2f} GB (anonymous {r.get('Anonymous', 0) / 1e9:.2f} GB)"
+                f"shared {shared / 1e9:.2f} GB, private {private / 1e9:.2f} GB "
+                f"(anonymous {r.get('Anonymous', 0) / 1e9:.2f} GB)"
             )
         print(
             f"sum of Pss (the node's memory for all replicas): {total_pss / 1e9:.2f} GB "

@@ -129,7 +129,8 @@ from gptj_ref.config import GPTJConfig
 from gptj_ref.layout import random_weights
 from gptj_ref.runtime import CppModel
 def model(**kw):
-    c = GPTJConfig(**{**dict(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=8, bos_token_id=99, eos_token_id=99), **kw})
+    base = dict(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=8)
+    c = GPTJConfig(**{**base, "bos_token_id": 99, "eos_token_id": 99, **kw})
     return CppModel(c, random_weights(c), threads=1)
 ids = np.arange(5)
 """
@@ -251,9 +252,11 @@ api(
     PKL,
     "shared tuples 40 deep as storage_offset",
     """
-pid = b"(X\\x07\\x00\\x00\\x00storage" + GLOBAL("torch", "FloatStorage") + b"X\\x01\\x00\\x00\\x000X\\x03\\x00\\x00\\x00cpuK\\x04tQ"
+pid = (b"(X\\x07\\x00\\x00\\x00storage" + GLOBAL("torch", "FloatStorage")
+       + b"X\\x01\\x00\\x00\\x000X\\x03\\x00\\x00\\x00cpuK\\x04tQ")
 nest = shared_nest(40)[2:]
-pkl = b"\\x80\\x02}X\\x01\\x00\\x00\\x00a" + GLOBAL("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + nest + b"K\\x04\\x85K\\x01\\x85\\x89NtR" + b"s."
+pkl = (b"\\x80\\x02}X\\x01\\x00\\x00\\x00a" + GLOBAL("torch._utils", "_rebuild_tensor_v2")
+       + b"(" + pid + nest + b"K\\x04\\x85K\\x01\\x85\\x89NtR" + b"s.")
 refused(lambda: gptj_ref.checkpoint.open_checkpoint(bin_with_pickle(pkl)))""",
 )
 api(
@@ -315,9 +318,11 @@ python3 -c '
 import sys
 exec(sys.stdin.read())' <<'EOF'
 {prelude}
-pid = b"(X\\x07\\x00\\x00\\x00storage" + GLOBAL("torch", "FloatStorage") + b"X\\x01\\x00\\x00\\x000X\\x03\\x00\\x00\\x00cpuK\\x04tQ"
+pid = (b"(X\\x07\\x00\\x00\\x00storage" + GLOBAL("torch", "FloatStorage")
+       + b"X\\x01\\x00\\x00\\x000X\\x03\\x00\\x00\\x00cpuK\\x04tQ")
 big = pickle.dumps(10**1000, protocol=2)[2:-1]
-pkl = b"\\x80\\x02}X\\x01\\x00\\x00\\x00a" + GLOBAL("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + b"K\\x00" + big + b"\\x85K\\x01\\x85\\x89NtR" + b"s."
+pkl = (b"\\x80\\x02}X\\x01\\x00\\x00\\x00a" + GLOBAL("torch._utils", "_rebuild_tensor_v2")
+       + b"(" + pid + b"K\\x00" + big + b"\\x85K\\x01\\x85\\x89NtR" + b"s.")
 bin_with_pickle(pkl, "huge_shape", extra=[("archive/data/0", b"\\x00" * 16)])
 EOF
 python3 -m gptj_ref.cli info {work}/huge_shape""",
@@ -397,7 +402,8 @@ cli(
     "checkpoint config n_layer=1e6, gptj info",
     """
 mkdir -p {work}/deepck && cp {work}/ck/model.safetensors {work}/deepck/ &&
-python3 -c 'import json; c=json.load(open("{work}/ck/config.json")); c["n_layer"]=10**6; json.dump(c, open("{work}/deepck/config.json","w"))' &&
+python3 -c 'import json; c=json.load(open("{work}/ck/config.json")); c["n_layer"]=10**6
+json.dump(c, open("{work}/deepck/config.json","w"))' &&
 python3 -m gptj_ref.cli info {work}/deepck""",
 )
 api(
@@ -463,7 +469,12 @@ cli(
     CONV,
     "write fails (file size limit, as a full disk)",
     """
-(ulimit -f 100; python3 -c 'import signal,sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); sys.argv=["gptj","convert","{work}/ck","{work}/big.gptj","--dtype","f32","--no-progress"]; from gptj_ref.cli import main; sys.exit(main())')""",
+(ulimit -f 100; python3 -c '
+import signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+sys.argv = ["gptj", "convert", "{work}/ck", "{work}/big.gptj", "--dtype", "f32", "--no-progress"]
+from gptj_ref.cli import main
+sys.exit(main())')""",
 )
 api(
     CONV,
@@ -472,7 +483,8 @@ api(
 import subprocess, time, signal, glob
 os.makedirs(W + "/term", exist_ok=True)
 p = subprocess.Popen([sys.executable, "-c", "import time, gptj_ref.native as n; w = n.write_native\\n"
-    "def slow(*a, **k):\\n    p = k.get('progress')\\n    def pr(name, nb):\\n        time.sleep(0.3)\\n        p and p(name, nb)\\n"
+    "def slow(*a, **k):\\n    p = k.get('progress')\\n"
+    "    def pr(name, nb):\\n        time.sleep(0.3)\\n        p and p(name, nb)\\n"
     "    k['progress'] = pr\\n    return w(*a, **k)\\nimport gptj_ref.convert as c; c.write_native = slow\\n"
     f"c.convert({CK!r}, {W + '/term/out.gptj'!r}, dtype='f32', progress=False)"])
 time.sleep(3)
@@ -487,7 +499,8 @@ api(
 import subprocess, time, signal, glob
 os.makedirs(W + "/kill", exist_ok=True)
 p = subprocess.Popen([sys.executable, "-c", "import time, gptj_ref.native as n; w = n.write_native\\n"
-    "def slow(*a, **k):\\n    p = k.get('progress')\\n    def pr(name, nb):\\n        time.sleep(0.3)\\n        p and p(name, nb)\\n"
+    "def slow(*a, **k):\\n    p = k.get('progress')\\n"
+    "    def pr(name, nb):\\n        time.sleep(0.3)\\n        p and p(name, nb)\\n"
     "    k['progress'] = pr\\n    return w(*a, **k)\\nimport gptj_ref.convert as c; c.write_native = slow\\n"
     f"c.convert({CK!r}, {W + '/kill/out.gptj'!r}, dtype='f32', progress=False)"])
 time.sleep(3)
@@ -524,22 +537,30 @@ api(ST, "integer of 5000 digits", """refused(lambda: open_st(safetensors_bytes(b
 api(
     ST,
     "dtype [F32] as a list",
-    """refused(lambda: open_st(safetensors_bytes({"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, b"0000")))""",
+    """
+header = {"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}
+refused(lambda: open_st(safetensors_bytes(header, b"0000")))""",
 )
 api(
     ST,
     "dimension 2**70",
-    """refused(lambda: open_st(safetensors_bytes({"a": {"dtype": "F32", "shape": [2**70], "data_offsets": [0, 4]}}, b"0000")))""",
+    """
+header = {"a": {"dtype": "F32", "shape": [2**70], "data_offsets": [0, 4]}}
+refused(lambda: open_st(safetensors_bytes(header, b"0000")))""",
 )
 api(
     ST,
     "shape [4, 2**62+1] over 16 bytes",
-    """refused(lambda: open_st(safetensors_bytes({"a": {"dtype": "F32", "shape": [4, 2**62 + 1], "data_offsets": [0, 16]}}, b"0" * 16)))""",
+    """
+header = {"a": {"dtype": "F32", "shape": [4, 2**62 + 1], "data_offsets": [0, 16]}}
+refused(lambda: open_st(safetensors_bytes(header, b"0" * 16)))""",
 )
 api(
     ST,
     "data_offsets of floats",
-    """refused(lambda: open_st(safetensors_bytes({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0.0, 4.0]}}, b"0000")))""",
+    """
+header = {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0.0, 4.0]}}
+refused(lambda: open_st(safetensors_bytes(header, b"0000")))""",
 )
 api(ST, "metadata not strings", """refused(lambda: open_st(safetensors_bytes({"__metadata__": {"a": [1]}})))""")
 api(ST, "header length past the end", """refused(lambda: open_st(struct.pack("<Q", 1 << 40) + b"{}"))""")
@@ -564,7 +585,8 @@ api(
 import shutil; shutil.copytree(CK, W + "/infck", dirs_exist_ok=True)
 from gptj_ref.safetensors_file import SafetensorsFile
 f = SafetensorsFile(W + "/infck/model.safetensors"); e = f.entries["transformer.h.0.attn.q_proj.weight"]
-raw = bytearray(open(W + "/infck/model.safetensors", "rb").read()); raw[e.offset + 40:e.offset + 44] = struct.pack("<f", float("inf"))
+raw = bytearray(open(W + "/infck/model.safetensors", "rb").read())
+raw[e.offset + 40:e.offset + 44] = struct.pack("<f", float("inf"))
 open(W + "/infck/model.safetensors", "wb").write(raw)
 from gptj_ref.convert import convert
 refused(lambda: convert(W + "/infck", W + "/inf.gptj", dtype="q8", progress=False))""",
@@ -576,7 +598,8 @@ api(
 import shutil; shutil.copytree(CK, W + "/nanck", dirs_exist_ok=True)
 from gptj_ref.safetensors_file import SafetensorsFile
 f = SafetensorsFile(W + "/nanck/model.safetensors"); e = f.entries["transformer.h.1.mlp.fc_in.bias"]
-raw = bytearray(open(W + "/nanck/model.safetensors", "rb").read()); raw[e.offset:e.offset + 4] = struct.pack("<f", float("nan"))
+raw = bytearray(open(W + "/nanck/model.safetensors", "rb").read())
+raw[e.offset:e.offset + 4] = struct.pack("<f", float("nan"))
 open(W + "/nanck/model.safetensors", "wb").write(raw)
 refused(lambda: gptj_ref.load(W + "/nanck"))""",
 )
@@ -610,19 +633,24 @@ cli(
     FILES,
     "config.json is a directory",
     """
-mkdir -p {work}/cfgdir/config.json && cp {work}/ck/model.safetensors {work}/cfgdir/ && python3 -m gptj_ref.cli info {work}/cfgdir""",
+mkdir -p {work}/cfgdir/config.json && cp {work}/ck/model.safetensors {work}/cfgdir/ &&
+python3 -m gptj_ref.cli info {work}/cfgdir""",
 )
 cli(
     FILES,
     "config.json is a FIFO (info)",
     """
-mkdir -p {work}/fifo1 && cp {work}/ck/model.safetensors {work}/fifo1/ && rm -f {work}/fifo1/config.json && mkfifo {work}/fifo1/config.json && python3 -m gptj_ref.cli info {work}/fifo1""",
+mkdir -p {work}/fifo1 && cp {work}/ck/model.safetensors {work}/fifo1/ &&
+rm -f {work}/fifo1/config.json && mkfifo {work}/fifo1/config.json &&
+python3 -m gptj_ref.cli info {work}/fifo1""",
 )
 cli(
     FILES,
     "tokenizer.json is a FIFO (generate)",
     """
-mkdir -p {work}/fifo2 && cp {work}/ck/* {work}/fifo2/ && rm -f {work}/fifo2/tokenizer.json && mkfifo {work}/fifo2/tokenizer.json && python3 -m gptj_ref.cli generate --model {work}/fifo2 -n 2 hi""",
+mkdir -p {work}/fifo2 && cp {work}/ck/* {work}/fifo2/ &&
+rm -f {work}/fifo2/tokenizer.json && mkfifo {work}/fifo2/tokenizer.json &&
+python3 -m gptj_ref.cli generate --model {work}/fifo2 -n 2 hi""",
 )
 cli(
     FILES,
@@ -634,13 +662,15 @@ cli(
     FILES,
     "vocab.json is a directory",
     """
-mkdir -p {work}/vocdir/vocab.json && cp {work}/ck/* {work}/vocdir/ 2>/dev/null; touch {work}/vocdir/merges.txt && python3 -m gptj_ref.cli generate --model {work}/vocdir -n 2 hi""",
+mkdir -p {work}/vocdir/vocab.json && cp {work}/ck/* {work}/vocdir/ 2>/dev/null
+touch {work}/vocdir/merges.txt && python3 -m gptj_ref.cli generate --model {work}/vocdir -n 2 hi""",
 )
 cli(
     FILES,
     "config.json not JSON",
     """
-mkdir -p {work}/badcfg && cp {work}/ck/model.safetensors {work}/badcfg/ && printf '\\xff{{' > {work}/badcfg/config.json && python3 -m gptj_ref.cli info {work}/badcfg""",
+mkdir -p {work}/badcfg && cp {work}/ck/model.safetensors {work}/badcfg/ &&
+printf '\\xff{{' > {work}/badcfg/config.json && python3 -m gptj_ref.cli info {work}/badcfg""",
 )
 
 # 14: output ----------------------------------------------------------------------------------------------------
@@ -676,14 +706,16 @@ cli(
     ROWS,
     "eval lambada with a lone surrogate",
     """
-printf '{"text": "The \\\\ud800 dog"}\\n' > {work}/lone.jsonl && python3 -m gptj_ref.cli eval lambada {work}/lone.jsonl""",
+printf '{"text": "The \\\\ud800 dog"}\\n' > {work}/lone.jsonl &&
+python3 -m gptj_ref.cli eval lambada {work}/lone.jsonl""",
 )
 api(
     ROWS,
     "batch line with a lone surrogate is an error record",
     """
 from gptj_ref.cli import main
-open(W + "/in.jsonl", "w").write('{"id": 1, "prompt": "a \\\\ud800"}\\n{"id": 2, "prompt": "\\u00ff", "max_tokens": 1}\\n')
+open(W + "/in.jsonl", "w").write('{"id": 1, "prompt": "a \\\\ud800"}\\n'
+                                 '{"id": 2, "prompt": "\\u00ff", "max_tokens": 1}\\n')
 assert main(["batch", W + "/in.jsonl", W + "/out.jsonl"]) in (0, 1)
 assert "U+D800" in open(W + "/out.errors.jsonl").read()
 print("OK")""",

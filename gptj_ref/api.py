@@ -77,9 +77,9 @@ def load(
               extra memory is the converter's, about one tensor). None: use the weights as stored (a
               Hugging Face directory then runs in float32: 24 GB for GPT-J 6B).
     context   at most this many tokens per sequence (prompt + generated) will be used: the memory check
-              counts the KV cache for them (default, and at most: the model's context). Before anything large is read, the memory the model needs is
-              estimated (gptj_ref.memory) and the load refused with MemoryLimitError when it exceeds the
-              memory available (or GPTJ_MEMORY_LIMIT).
+              counts the KV cache for them (default, and at most: the model's context). Before anything
+              large is read, the memory the model needs is estimated (gptj_ref.memory) and the load
+              refused with MemoryLimitError when it exceeds the memory available (or GPTJ_MEMORY_LIMIT).
     """
     from .native import NATIVE_DTYPES
 

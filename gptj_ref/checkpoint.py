@@ -41,8 +41,8 @@ import numpy as np
 
 from .config import GPTJConfig
 from .errors import CheckpointError, is_int
-from .limits import MAX_DIM, load_json_file, open_regular, short_repr
 from .layout import LEGACY_BUFFER, weight_shapes
+from .limits import MAX_DIM, load_json_file, open_regular, short_repr
 from .safetensors_file import DTYPES, SafetensorsFile, bf16_to_f32, read_copy, release_mapped_pages
 
 # Weight files in the order they are preferred: (file name, is an index of shards, format name).
@@ -70,16 +70,15 @@ def open_checkpoint(path: "str | os.PathLike[str]") -> "Checkpoint":
             f"{path!r} is not a directory; a Hugging Face checkpoint is a directory "
             "holding config.json and the weight files"
         )
-    for filename, sharded, fmt in WEIGHT_FILES:
-        weights = os.path.join(path, filename)
-        if os.path.isfile(weights):
-            break
-    else:
+    present = [entry for entry in WEIGHT_FILES if os.path.isfile(os.path.join(path, entry[0]))]
+    if not present:
         found = sorted(os.listdir(path))
         raise CheckpointError(
             f"{path}: no weights found. Expected one of {', '.join(f for f, _, _ in WEIGHT_FILES)}; "
             f"the directory holds {', '.join(found) if found else 'nothing'}"
         )
+    filename, sharded, fmt = present[0]  # the preferred one
+    weights = os.path.join(path, filename)
     config = GPTJConfig.from_json_file(os.path.join(path, "config.json"))
     return Checkpoint(path, config, fmt, weights, _read_index(weights) if sharded else None)
 

@@ -85,9 +85,8 @@ def describe_model(path: Optional[str], threads: Optional[int] = None, context: 
     if cpp_available():
         from . import runtime
 
-        lines.append(
-            f"kernels: {runtime.kernel_isa()} (this CPU and build can run: {', '.join(runtime.available_kernel_isas())})"
-        )
+        runnable = ", ".join(runtime.available_kernel_isas())
+        lines.append(f"kernels: {runtime.kernel_isa()} (this CPU and build can run: {runnable})")
     else:
         lines.append("kernels: none (the C++ extension is not built; only backend='reference' runs)")
     return lines

@@ -10,7 +10,8 @@ What is counted (bytes that become resident in this process):
              float32 at load (f16 files and float16/bfloat16 checkpoints: there are no f16 kernels). The
              token embedding is read one row per token; used in place, the OS maps the file around each row
              it faults in (about READAROUND_BYTES per row, measured), so n tokens touch about
-             E (1 - exp(-n READAROUND_BYTES / E)) of its E bytes (random ids; real text repeats tokens). Reference backend: every weight as float32 (it dequantizes and widens everything).
+             E (1 - exp(-n READAROUND_BYTES / E)) of its E bytes (random ids; real text repeats tokens).
+             Reference backend: every weight as float32 (it dequantizes and widens everything).
   kv cache   n_layer x 2 (keys, values) x batch x context x n_embd x 2 or 4 bytes (float16 / float32).
   scratch    cpp: one prompt chunk's activations (<= 512 tokens x (8 n_embd + d_ff) floats), the attention
              scores (4 x threads x context floats) and the last position's logits. Reference: the whole

@@ -33,10 +33,10 @@ Tensors keep the Hugging Face names, linear weights [out, in]:
               transformer.h.0.attn.q_proj.weight_scale   F16 [out, in/32]
 
 Order: the F32 tensors first, then the F16 tensors, then for a block format each weight's values
-followed by its F16 scales, every group in model order. The writer starts the data 64-byte aligned; F32 sizes are multiples
-of 4 and an I8 weight's size is out * in with in a multiple of 32, so every tensor starts at a multiple of
-its element size and the C++ runtime uses the memory-mapped pointers directly (for GPT-J 6B every
-tensor even starts 64-byte aligned). Writing the scales right after their weight lets the writer
+followed by its F16 scales, every group in model order. The writer starts the data 64-byte aligned; F32
+sizes are multiples of 4 and an I8 weight's size is out * in with in a multiple of 32, so every tensor
+starts at a multiple of its element size and the C++ runtime uses the memory-mapped pointers directly (for
+GPT-J 6B every tensor even starts 64-byte aligned). Writing the scales right after their weight lets the writer
 quantize each weight once and stream it out.
 
 `NativeFile` validates everything a header can say before anything is computed: the format marker and
@@ -53,12 +53,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import formats
 from .config import GPTJConfig
 from .errors import CheckpointError, ConfigError, GPTJError, InputError
-from .limits import loads_bounded, open_regular
-from .layout import weight_shapes
-from . import formats
 from .formats import CURRENT_FILE_VERSION, FORMATS, WeightFormat, scale_name, weight_format
+from .layout import weight_shapes
+from .limits import loads_bounded, open_regular
 from .quant import QK
 from .safetensors_file import DTYPES, MAX_HEADER_BYTES, SafetensorsFile, safetensors_header, write_safetensors
 
@@ -336,7 +336,7 @@ class NativeFile:
             for name in self._names:
                 if scale_name(name) in expected:
                     self._check_scales(name)
-        for name, st, shape in specs:  # LayerNorms and biases: 0.03% of the bytes, read in full
+        for name, _, shape in specs:  # LayerNorms and biases: 0.03% of the bytes, read in full
             if len(shape) == 1:
                 check_finite(self._file.array(name), f"{self.path}: tensor {name!r}")
 

@@ -1,10 +1,11 @@
 """The C++ model behind the same backend interface as the reference.
 
 `CppModel(config, weights, threads)` holds views of the given arrays (nothing is copied; keep them
-C-contiguous: float32, or a block format's values and scales from a native file) and answers `forward(token_ids, cache, attention_mask)` exactly as
-`Reference.forward` does. In a batch every row is its own sequence with its own cache length: padding
-is never computed (pad positions' logits are 0), and the linear layers run over the real tokens of all
-rows at once, so a batched decode step reads each weight once for every row.
+C-contiguous: float32, or a block format's values and scales from a native file) and answers
+`forward(token_ids, cache, attention_mask)` exactly as `Reference.forward` does. In a batch every row is its
+own sequence with its own cache length: padding is never computed (pad positions' logits are 0), and the
+linear layers run over the real tokens of all rows at once, so a batched decode step reads each weight once
+for every row.
 
 Kernel level: `set_kernel_isa("auto" | "scalar" | "avx2" | "avxvnni" | "avx512" | "amx")`, `kernel_isa()`;
 the environment variable GPTJ_FORCE_SCALAR=1 selects the scalar kernels at import.

@@ -96,7 +96,8 @@ class Tokenizer:
     # Construction --------------------------------------------------------------------------------------
     @classmethod
     def from_vocab_and_merges(cls, vocab_path: str, merges_path: str) -> "Tokenizer":
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
 
         try:
             vocab = load_json_file(vocab_path, CheckpointError, "vocab.json")

@@ -26,10 +26,10 @@ import gptj_ref
 import gptj_ref.checkpoint
 from gptj_ref.config import GPTJConfig
 from gptj_ref.convert import convert, release_mapped_pages
-from gptj_ref.progress import progress_bar
 from gptj_ref.errors import CheckpointError, ConfigError, GPTJError, SettingsError
 from gptj_ref.layout import weight_shapes
 from gptj_ref.native import open_native, scale_name
+from gptj_ref.progress import progress_bar
 from gptj_ref.quant import quantize_blocks
 from gptj_ref.reference import Reference
 from helpers import CONFIGS, make_hf_model

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import run
 
 import gptj_ref
 from gptj_ref import cli
@@ -25,6 +24,7 @@ from gptj_ref.errors import CheckpointError, InputError, MemoryLimitError, Setti
 from gptj_ref.generate import UNSUPPORTED_SETTINGS, GenerationSettings, make_settings
 from gptj_ref.memory import estimate_memory, parse_bytes
 from gptj_ref.threads import check_threads, default_threads, max_threads, physical_cores
+from test_cli import run
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gptj_ref.checkpoint import MAX_PICKLE_HASHED, check_pickle_shape, open_checkpoint
 from gptj_ref.config import GPTJConfig

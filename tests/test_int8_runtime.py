@@ -9,13 +9,14 @@ Three comparisons, each with its own tolerance:
    up in one and down in the other, a 2^-11 relative step (~8000x the fp32 noise); over a forward pass a
    few do, and each moves what follows by up to ~5e-4 relative. Enforced for float16: median |Δ| <=
    EMULATION_MEDIAN_F16 * max |logits|, same max bound; that the cache stores exactly the rounded
-   values is checked bit for bit on its own (test_float16_cache_stores_rounded_values). What is left is float32 rounding in the other kernels (LayerNorm, GELU, attention) and in
-   the block sums — about 2e-7 of the largest logit — plus, now and then, an activation that sits on a
-   rounding boundary of its int8 grid and lands one step away: that moves everything downstream by about
-   one quantization step times a weight. Measured: two geometries agree to 3e-7 relative everywhere; the
-   512-wide one ("real-heads") has such flips in some positions, up to 8e-3 relative, while most logits
-   still agree to 1e-7. Enforced: median |Δ| <= EMULATION_MEDIAN * max |logits| (the integer path is exact)
-   and max |Δ| <= EMULATION_MAX * max |logits| (flips stay one-step sized).
+   values is checked bit for bit on its own (test_float16_cache_stores_rounded_values). What is left is
+   float32 rounding in the other kernels (LayerNorm, GELU, attention) and in the block sums — about 2e-7 of
+   the largest logit — plus, now and then, an activation that sits on a rounding boundary of its int8 grid
+   and lands one step away: that moves everything downstream by about one quantization step times a weight.
+   Measured: two geometries agree to 3e-7 relative everywhere; the 512-wide one ("real-heads") has such
+   flips in some positions, up to 8e-3 relative, while most logits still agree to 1e-7. Enforced: median |Δ|
+   <= EMULATION_MEDIAN * max |logits| (the integer path is exact) and max |Δ| <= EMULATION_MAX * max
+   |logits| (flips stay one-step sized).
 2. Against the fp32 reference on the original weights: what int8 costs. Logit cosine, relative max |Δ|
    and greedy next-token agreement, with thresholds enforced (and printed with -s).
 3. Against itself: 1 and 2 threads bitwise identical; cached decoding equal to one full pass.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gptj_ref.errors import GPTJError, InputError
@@ -24,7 +25,6 @@ from gptj_ref.quant import (
     quantize_blocks,
     weight_scales,
 )
-
 from helpers import report_diff
 
 HALF_SCALE_SLOP = 0.5 + 2.0**-17

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import CONFIGS, report_diff
 from gptj_ref.errors import InputError
 from gptj_ref.reference import Reference, rotary, rotary_tables, softmax
+from helpers import CONFIGS, report_diff
 
 torch = pytest.importorskip("torch")
 

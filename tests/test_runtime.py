@@ -21,11 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import CONFIGS, report_diff
 from gptj_ref.config import GPTJConfig
 from gptj_ref.errors import CheckpointError, InputError, SettingsError
 from gptj_ref.layout import random_weights
 from gptj_ref.reference import Reference
+from helpers import CONFIGS, report_diff
 
 runtime = pytest.importorskip("gptj_ref.runtime")
 from gptj_ref.runtime import CppModel  # noqa: E402

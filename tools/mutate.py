@@ -84,7 +84,9 @@ MUTANTS: List[Mutant] = [
         "gptj_ref/reference.py",
         "x_swapped[..., 0::2] = -x[..., 1::2]                 # (x0, x1) -> (-x1, x0)\n"
         "    x_swapped[..., 1::2] = x[..., 0::2]",
-        "half = x.shape[-1] // 2\n    x_swapped[..., :half] = -x[..., half:]\n    x_swapped[..., half:] = x[..., :half]",
+        "half = x.shape[-1] // 2\n"
+        "    x_swapped[..., :half] = -x[..., half:]\n"
+        "    x_swapped[..., half:] = x[..., :half]",
         ("tests/test_reference.py",),
         "NeoX/LLaMA's rotate_half pairing on GPT-J weights",
     ),

@@ -74,9 +74,10 @@ def kjv_chapters() -> list:
 
 
 def web_chapters() -> list:
-    """The World English Bible with Deuterocanon (Debian sword-text-web, read with `diatheke`) as (book, text)
-    chapters, footnotes removed. Markup the plain filter leaves in a few lines is removed, so are psalm titles repeated on
-    lines that are not theirs; over-long "verses" (the glossary the module appends to the last verse) are dropped."""
+    """The World English Bible with Deuterocanon (Debian sword-text-web, read with `diatheke`) as (book,
+    text) chapters, footnotes removed. Markup the plain filter leaves in a few lines is removed, so are psalm
+    titles repeated on lines that are not theirs; over-long "verses" (the glossary the module appends to the
+    last verse) are dropped."""
     raw = _run(
         ["diatheke", "-b", "engWEB2015eb", "-f", "plain", "-o", "f", "-k", "Genesis 1:1-Revelation 22:21"],
         "diatheke sword-text-web",
@@ -146,7 +147,8 @@ def batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_len: in
 
 def build_model(args):
     import torch
-    from transformers import GPTJConfig as HFConfig, GPTJForCausalLM
+    from transformers import GPTJConfig as HFConfig
+    from transformers import GPTJForCausalLM
 
     from gptj_ref.config import GPTJConfig
 
