@@ -56,8 +56,8 @@ struct QuadZmm {
     static void tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int8_t* w, const float* dq,
                      const float* bias, int64_t K) {
         const int64_t nb = K / kQ8Block;
-        const __m512i lo_lanes = _mm512_set_epi64(13, 12, 9, 8, 5, 4, 1, 0);   // 128-bit lanes 0, 2, 4, 6 of (a, b)
-        const __m512i hi_lanes = _mm512_set_epi64(15, 14, 11, 10, 7, 6, 3, 2); // lanes 1, 3, 5, 7
+        const __m512i lo_lanes = _mm512_set_epi64(13, 12, 9, 8, 5, 4, 1, 0);    // 128-bit lanes 0, 2, 4, 6 of (a, b)
+        const __m512i hi_lanes = _mm512_set_epi64(15, 14, 11, 10, 7, 6, 3, 2);  // lanes 1, 3, 5, 7
         const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
         __m128 acc[TM];
         for (int t = 0; t < TM; ++t) acc[t] = _mm_setzero_ps();
@@ -73,7 +73,8 @@ struct QuadZmm {
             __mmask64 nlo[4], nhi[4];
             for (int r = 0; r < 4; ++r) {
                 const __m512i w0 = _mm512_loadu_si512(w + r * K + o), w1 = _mm512_loadu_si512(w + r * K + o + 64);
-                const __m512i lo = _mm512_permutex2var_epi64(w0, lo_lanes, w1), hi = _mm512_permutex2var_epi64(w0, hi_lanes, w1);
+                const __m512i lo = _mm512_permutex2var_epi64(w0, lo_lanes, w1),
+                              hi = _mm512_permutex2var_epi64(w0, hi_lanes, w1);
                 alo[r] = _mm512_abs_epi8(lo);
                 ahi[r] = _mm512_abs_epi8(hi);
                 nlo[r] = _mm512_movepi8_mask(lo);
@@ -82,11 +83,13 @@ struct QuadZmm {
             const __m512 sw = _mm512_loadu_ps(dq + 4 * b);  // [dw_b r0..r3 | b+1 | b+2 | b+3]
             for (int t = 0; t < TM; ++t) {
                 const __m512i x0 = _mm512_loadu_si512(qx + t * K + o), x1 = _mm512_loadu_si512(qx + t * K + o + 64);
-                const __m512i xl = _mm512_permutex2var_epi64(x0, lo_lanes, x1), xh = _mm512_permutex2var_epi64(x0, hi_lanes, x1);
+                const __m512i xl = _mm512_permutex2var_epi64(x0, lo_lanes, x1),
+                              xh = _mm512_permutex2var_epi64(x0, hi_lanes, x1);
                 __m512i p[4];
                 for (int r = 0; r < 4; ++r)
-                    p[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), alo[r], negate_where_negative(xl, nlo[r])),
-                                               ahi[r], negate_where_negative(xh, nhi[r]));
+                    p[r] = _mm512_dpbusd_epi32(
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), alo[r], negate_where_negative(xl, nlo[r])), ahi[r],
+                        negate_where_negative(xh, nhi[r]));
                 const __m512i d = fold_quarters_i32x16x4(p[0], p[1], p[2], p[3]);  // [b: r0..r3 | b+1 | b+2 | b+3]
                 const __m512 sx = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(dx + t * nb + b)));
                 const __m512 s = _mm512_mul_ps(sw, sx);
@@ -99,8 +102,10 @@ struct QuadZmm {
         }
         for (; b < nb; ++b) {  // the blocks left over, 256 bits at a time
             const int64_t o = b * kQ8Block;
-            const i8x32 wr[4] = {load_i8x32(w + o), load_i8x32(w + K + o), load_i8x32(w + 2 * K + o), load_i8x32(w + 3 * K + o)};
-            const i8x32 awr[4] = {_mm256_abs_epi8(wr[0]), _mm256_abs_epi8(wr[1]), _mm256_abs_epi8(wr[2]), _mm256_abs_epi8(wr[3])};
+            const i8x32 wr[4] = {load_i8x32(w + o), load_i8x32(w + K + o), load_i8x32(w + 2 * K + o),
+                                 load_i8x32(w + 3 * K + o)};
+            const i8x32 awr[4] = {_mm256_abs_epi8(wr[0]), _mm256_abs_epi8(wr[1]), _mm256_abs_epi8(wr[2]),
+                                  _mm256_abs_epi8(wr[3])};
             const __m128 sw = _mm_loadu_ps(dq + 4 * b);
             for (int t = 0; t < TM; ++t) {
                 const __m128i d = add_halves_i32x8(quad_dots(qx + t * K + o, wr, awr));
