@@ -31,6 +31,7 @@ import platform
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -90,16 +91,17 @@ def build_file(path: str, config: GPTJConfig) -> None:
     print(f"wrote {path} ({os.path.getsize(path) / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def ensure_file(path: str) -> None:
+def ensure_file(path: str, dtype: str = "q8", build: Callable[[str, GPTJConfig], None] = build_file) -> None:
+    """Keep `path` when it is a GPT-J 6B native file of `dtype`; else write it with `build(path, config)`."""
     config = GPTJConfig()
     if os.path.exists(path):
         try:
             native = open_native(path)
-            if native.dtype == "q8" and native.config == config:
+            if native.dtype == dtype and native.config == config:
                 return
         except Exception as e:  # a damaged or different file is rebuilt
             print(f"rebuilding {path}: {e}")
-    build_file(path, config)
+    build(path, config)
 
 
 def warm_page_cache(path: str) -> float:
@@ -110,6 +112,19 @@ def warm_page_cache(path: str) -> float:
         while f.readinto(buf):
             pass
     return time.perf_counter() - start
+
+
+def stream_read_bandwidth(threads: int, repeats: int) -> float:
+    """Streaming-read bandwidth in bytes/s: the median of `repeats` reads of 2 GiB (`_core.stream_read`)."""
+    from gptj_ref import _core
+
+    big = np.ones(1 << 29, np.float32)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _core.stream_read(big, threads=threads)
+        times.append(time.perf_counter() - t0)
+    return big.nbytes / float(np.median(times))
 
 
 def weight_bytes_per_token(path: str) -> int:
@@ -183,6 +198,23 @@ def child(path: str, threads: int, batch: bool) -> None:
 
     out["peak_rss_gb"] = peak_rss_gb()
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def model_run(path: str, threads: int, batch: bool = True) -> dict:
+    """`child` in a fresh subprocess (so its peak RSS is the model's), its progress echoed; its results."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--file", path, "--threads", str(threads)]
+    if not batch:
+        cmd.append("--no-batch")
+    result = {}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT ") :])
+            else:
+                print(line, end="", flush=True)
+    if proc.returncode != 0 or not result:
+        raise SystemExit(f"the model run on {path} failed (exit code {proc.returncode})")
+    return result
 
 
 def peak_rss_gb() -> float:
@@ -311,14 +343,7 @@ def main() -> None:
         f"file {args.file}: {os.path.getsize(args.file) / 1e9:.2f} GB; threads {args.threads}; kernels {_core.isa()}",
         flush=True,
     )
-    big = np.ones(1 << 29, np.float32)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        _core.stream_read(big, threads=args.threads)
-        times.append(time.perf_counter() - t0)
-    bandwidth = big.nbytes / float(np.median(times))
-    del big
+    bandwidth = stream_read_bandwidth(args.threads, repeats=3)
     per_token = weight_bytes_per_token(args.file)
     roofline = bandwidth / per_token
     print(
@@ -329,18 +354,7 @@ def main() -> None:
     print(f"warm page cache: read the file in {warm_page_cache(args.file):.1f} s", flush=True)
 
     print("model run (subprocess):", flush=True)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--file", args.file, "--threads", str(args.threads)]
-    if args.no_batch:
-        cmd.append("--no-batch")
-    result = {}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
-        for line in proc.stdout:
-            if line.startswith("RESULT "):
-                result = json.loads(line[len("RESULT ") :])
-            else:
-                print(line, end="", flush=True)
-    if proc.returncode != 0 or not result:
-        raise SystemExit(f"the model run failed (exit code {proc.returncode})")
+    result = model_run(args.file, args.threads, batch=not args.no_batch)
 
     print("\nsummary (targets in brackets):")
     print(

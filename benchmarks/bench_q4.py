@@ -16,9 +16,7 @@ prompt; q4 peak RSS <= 4.5 GB after a 512-token prompt.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -28,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_int8  # noqa: E402
 
 from gptj_ref.config import GPTJConfig  # noqa: E402
-from gptj_ref.native import native_metadata, native_specs, open_native  # noqa: E402
+from gptj_ref.native import native_metadata, native_specs  # noqa: E402
 from gptj_ref.safetensors_file import write_safetensors  # noqa: E402
 
 DEFAULT_Q4 = "/tmp/gptj6b-random-q4.gptj"
@@ -67,41 +65,6 @@ def build_q4(path: str, config: GPTJConfig) -> None:
     print(f"wrote {path} ({os.path.getsize(path) / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def ensure_q4(path: str) -> None:
-    config = GPTJConfig()
-    if os.path.exists(path):
-        try:
-            native = open_native(path)
-            if native.dtype == "q4" and native.config == config:
-                return
-        except Exception as e:  # a damaged or different file is rebuilt
-            print(f"rebuilding {path}: {e}")
-    build_q4(path, config)
-
-
-def model_run(path: str, threads: int) -> dict:
-    cmd = [
-        sys.executable,
-        os.path.abspath(bench_int8.__file__),
-        "--child",
-        "--no-batch",
-        "--file",
-        path,
-        "--threads",
-        str(threads),
-    ]
-    result = {}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
-        for line in proc.stdout:
-            if line.startswith("RESULT "):
-                result = json.loads(line[len("RESULT ") :])
-            else:
-                print(line, end="", flush=True)
-    if proc.returncode != 0 or not result:
-        raise SystemExit(f"the model run on {path} failed (exit code {proc.returncode})")
-    return result
-
-
 def kernels_alone(threads: int) -> dict:
     """Seconds per call of one layer's q8 and q4 linears (fc_in and fc_out shapes) at M = 1 (weights from
     memory: a fresh copy each call, from a pool larger than any cache) and M = 512."""
@@ -116,10 +79,8 @@ def kernels_alone(threads: int) -> dict:
         for fmt, row_bytes in (("q8", K), ("q4", K // 2)):
             size = N * row_bytes
             copies = [pool[i * size : (i + 1) * size].reshape(N, row_bytes) for i in range(len(pool) // size)]
-            if fmt == "q8":
-                copies = [
-                    c.view(np.int8) for c in copies
-                ]  # random bytes: -128 included, which the kernels take exactly
+            if fmt == "q8":  # random bytes: -128 included, which the kernels take exactly
+                copies = [c.view(np.int8) for c in copies]
             for M in (1, 512):
                 x = rng.standard_normal((M, K)).astype(np.float32)
                 _core.format_linear(fmt, x, copies[-1], s, None, threads=threads)
@@ -139,20 +100,13 @@ def main() -> None:
     p.add_argument("--build-only", action="store_true")
     args = p.parse_args()
     bench_int8.ensure_file(args.q8)
-    ensure_q4(args.q4)
+    bench_int8.ensure_file(args.q4, "q4", build_q4)
     if args.build_only:
         return
     from gptj_ref import _core
 
     print(f"threads {args.threads}; kernels {_core.isa()}", flush=True)
-    big = np.ones(1 << 29, np.float32)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        _core.stream_read(big, threads=args.threads)
-        times.append(time.perf_counter() - t0)
-    bandwidth = big.nbytes / float(np.median(times))
-    del big
+    bandwidth = bench_int8.stream_read_bandwidth(args.threads, repeats=5)
     print(f"streaming read: {bandwidth / 1e9:.1f} GB/s (median of 5)", flush=True)
     results = {}
     for fmt, path in (("q8", args.q8), ("q4", args.q4)):
@@ -164,7 +118,7 @@ def main() -> None:
             f"{bench_int8.warm_page_cache(path):.1f} s",
             flush=True,
         )
-        r = model_run(path, args.threads)
+        r = bench_int8.model_run(path, args.threads, batch=False)
         r["roofline"] = roofline
         results[fmt] = r
 
