@@ -427,21 +427,27 @@ def test_safetensors_header_length_beyond_the_file(safetensors_copy):
         open_checkpoint(path)
 
 
-def test_safetensors_offsets_outside_the_file(safetensors_copy):
+@pytest.mark.parametrize(
+    "entry, data_bytes, message",
+    [
+        pytest.param(
+            {"dtype": "F32", "shape": [99], "data_offsets": [400, 796]},
+            400,
+            r"'lm_head\.bias': data ends at byte 796 but the file holds only 400",
+            id="offsets outside the file",
+        ),
+        pytest.param(
+            {"dtype": "F8_E4M3", "shape": [99], "data_offsets": [0, 99]},
+            99,
+            r"'lm_head\.bias': unknown dtype 'F8_E4M3'; supported: F64, F32",
+            id="unknown dtype",
+        ),
+    ],
+)
+def test_a_damaged_safetensors_entry_is_refused(safetensors_copy, entry, data_bytes, message):
     path, weights = safetensors_copy
-    write_raw_safetensors(
-        weights, {"lm_head.bias": {"dtype": "F32", "shape": [99], "data_offsets": [400, 796]}}, b"\0" * 400
-    )
-    with pytest.raises(CheckpointError, match=r"'lm_head\.bias': data ends at byte 796 but the file holds only 400"):
-        open_checkpoint(path)
-
-
-def test_safetensors_unknown_dtype(safetensors_copy):
-    path, weights = safetensors_copy
-    write_raw_safetensors(
-        weights, {"lm_head.bias": {"dtype": "F8_E4M3", "shape": [99], "data_offsets": [0, 99]}}, b"\0" * 99
-    )
-    with pytest.raises(CheckpointError, match=r"'lm_head\.bias': unknown dtype 'F8_E4M3'; supported: F64, F32"):
+    write_raw_safetensors(weights, {"lm_head.bias": entry}, b"\0" * data_bytes)
+    with pytest.raises(CheckpointError, match=message):
         open_checkpoint(path)
 
 

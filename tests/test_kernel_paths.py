@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import report_diff
+from test_kernels import attention64  # the float64 oracle of causal attention, owned by test_kernels.py
 
 _core = pytest.importorskip("gptj_ref._core")
 
@@ -79,20 +80,6 @@ def test_softmax_of_scores_beyond_exps_range(isa, N, offset):
     p, shifted = softmax64(x)
     # Tolerance as in test_kernels.py: (|x - max| + N + 6) u relative to each p, 1.2e-38 absolute.
     assert_within(y, p, 1.1 * (np.abs(shifted) + N + 6) * U * p + 1.2e-38)
-
-
-def attention64(q, k, v, start):
-    """Causal attention in float64, and for each (query, head) the largest |q| . |k_j| / sqrt(d)."""
-    T, H, d = q.shape
-    out, magnitude = np.zeros((T, H, d)), np.zeros((T, H))
-    for t in range(T):
-        n = start + t + 1
-        for h in range(H):
-            s = k[h, :n].astype(np.float64) @ q[t, h] / np.sqrt(d)
-            p = np.exp(s - s.max())
-            out[t, h] = (p / p.sum()) @ v[h, :n]
-            magnitude[t, h] = (np.abs(k[h, :n]).astype(np.float64) @ np.abs(q[t, h])).max() / np.sqrt(d)
-    return out, magnitude
 
 
 # attention_avx2.cpp: queries in groups of kQueryGroup = 4 (shared keys read once per group); dot

@@ -219,7 +219,9 @@ def test_rotary_matches_reference(isa, T, n_head, d_head_pairs, data):
 
 
 def attention64(q, k, v, start):
-    """q (T, H, d), k, v (H, S, d) -> (T, H, d): query t sees slots [0, start + t]."""
+    """Causal attention in float64, q (T, H, d), k, v (H, S, d) -> (T, H, d): query t sees slots
+    [0, start + t]. Also, for each (query, head), the largest |q| . |k_j| / sqrt(d), which the error
+    bounds scale with. tests/test_kernel_paths.py uses it too."""
     T, H, d = q.shape
     out = np.zeros((T, H, d))
     bound = np.zeros((T, H))
