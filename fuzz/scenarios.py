@@ -134,77 +134,44 @@ def model(**kw):
     return CppModel(c, random_weights(c), threads=1)
 ids = np.arange(5)
 """
-api(
-    CACHE,
-    "wider deeper model, smaller model's cache",
-    MODELS
-    + """
-big, small = model(n_embd=128, n_layer=4), model()
-refused(lambda: big.forward(ids, small.new_cache(32)))""",
-)
-api(
-    CACHE,
-    "smaller model, bigger model's cache",
-    MODELS
-    + """
-big, small = model(n_embd=128, n_layer=4), model()
-refused(lambda: small.forward(ids, big.new_cache(32)))""",
-)
-api(
-    CACHE,
-    "same widths, more heads",
-    MODELS
-    + """
-a, b = model(n_head=4), model(n_head=2)
-refused(lambda: a.forward(ids, b.new_cache(32)))""",
-)
-api(
-    CACHE,
-    "cache with more slots than the rotary table",
-    MODELS
-    + """
-short, long = model(n_positions=16), model(n_positions=64)
-cache = long.new_cache(64)
-refused(lambda: [short.forward(np.arange(10), cache) for _ in range(5)])""",
-)
-api(
-    CACHE,
-    "float16 cache to a float32 model",
-    MODELS
-    + """
-a = model(); b = CppModel(a.config, a.weight_views(), threads=1, kv_dtype="float16")
-refused(lambda: a.forward(ids, b.new_cache(32)))""",
-)
-api(
-    CACHE,
-    "reference cache to the cpp model",
-    MODELS
-    + """
-from gptj_ref.reference import Reference
-a = model(); r = Reference(a.config, a.weight_views())
-refused(lambda: a.forward(ids, r.new_cache(32)))""",
-)
-api(
-    CACHE,
-    "new_cache batch=10**7",
-    """
+# A cache made by one model handed to another: (name, the models, the call that must be refused).
+for name, models, call in (
+    (
+        "wider deeper model, smaller model's cache",
+        "big, small = model(n_embd=128, n_layer=4), model()",
+        "big.forward(ids, small.new_cache(32))",
+    ),
+    (
+        "smaller model, bigger model's cache",
+        "big, small = model(n_embd=128, n_layer=4), model()",
+        "small.forward(ids, big.new_cache(32))",
+    ),
+    ("same widths, more heads", "a, b = model(n_head=4), model(n_head=2)", "a.forward(ids, b.new_cache(32))"),
+    (
+        "cache with more slots than the rotary table",
+        "short, long = model(n_positions=16), model(n_positions=64); cache = long.new_cache(64)",
+        "[short.forward(np.arange(10), cache) for _ in range(5)]",
+    ),
+    (
+        "float16 cache to a float32 model",
+        'a = model(); b = CppModel(a.config, a.weight_views(), threads=1, kv_dtype="float16")',
+        "a.forward(ids, b.new_cache(32))",
+    ),
+    (
+        "reference cache to the cpp model",
+        "from gptj_ref.reference import Reference; a = model(); r = Reference(a.config, a.weight_views())",
+        "a.forward(ids, r.new_cache(32))",
+    ),
+):
+    api(CACHE, name, MODELS + f"\n{models}\nrefused(lambda: {call})")
+for batch, slots in (("10**7", 256), ("10**18", 256), ("2.5", 16)):
+    api(
+        CACHE,
+        f"new_cache batch={batch}",
+        f"""
 m = gptj_ref.load(None, backend="cpp")
-refused(lambda: m.backend.new_cache(256, batch=10**7))""",
-)
-api(
-    CACHE,
-    "new_cache batch=10**18",
-    """
-m = gptj_ref.load(None, backend="cpp")
-refused(lambda: m.backend.new_cache(256, batch=10**18))""",
-)
-api(
-    CACHE,
-    "new_cache batch=2.5",
-    """
-m = gptj_ref.load(None, backend="cpp")
-refused(lambda: m.backend.new_cache(16, batch=2.5))""",
-)
+refused(lambda: m.backend.new_cache({slots}, batch={batch}))""",
+    )
 api(
     CACHE,
     "one cache, four threads",
@@ -476,35 +443,45 @@ sys.argv = ["gptj", "convert", "{work}/ck", "{work}/big.gptj", "--dtype", "f32",
 from gptj_ref.cli import main
 sys.exit(main())')""",
 )
+# A conversion of the fixture checkpoint (f32) in a child process, slowed to 0.3 s a tensor, signalled 3 s
+# in: in the middle of writing.
+SLOW_CONVERT = '''
+import subprocess, time, signal, glob
+SLOW_CHILD = """
+import time
+import gptj_ref.convert as c
+write = c.write_native
+def slow(*a, **k):
+    progress = k.get("progress")
+    def each_tensor(name, nb):
+        time.sleep(0.3)
+        progress and progress(name, nb)
+    k["progress"] = each_tensor
+    return write(*a, **k)
+c.write_native = slow
+c.convert(CK, OUT, dtype="f32", progress=False)
+"""
+def signal_mid_convert(out, signum):
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    p = subprocess.Popen([sys.executable, "-c", f"CK, OUT = {CK!r}, {out!r}" + SLOW_CHILD])
+    time.sleep(3)
+    p.send_signal(signum); p.wait()
+'''
 api(
     CONV,
     "SIGTERM mid-convert leaves no temp file",
-    """
-import subprocess, time, signal, glob
-os.makedirs(W + "/term", exist_ok=True)
-p = subprocess.Popen([sys.executable, "-c", "import time, gptj_ref.native as n; w = n.write_native\\n"
-    "def slow(*a, **k):\\n    p = k.get('progress')\\n"
-    "    def pr(name, nb):\\n        time.sleep(0.3)\\n        p and p(name, nb)\\n"
-    "    k['progress'] = pr\\n    return w(*a, **k)\\nimport gptj_ref.convert as c; c.write_native = slow\\n"
-    f"c.convert({CK!r}, {W + '/term/out.gptj'!r}, dtype='f32', progress=False)"])
-time.sleep(3)
-p.send_signal(signal.SIGTERM); p.wait()
+    SLOW_CONVERT
+    + """
+signal_mid_convert(W + "/term/out.gptj", signal.SIGTERM)
 left = glob.glob(W + "/term/.tmp-*") + glob.glob(W + "/term/out.gptj")
 print("OK" if not left else f"LEFT {left}")""",
 )
 api(
     CONV,
     "leftover temp from kill -9 removed by the next convert",
-    """
-import subprocess, time, signal, glob
-os.makedirs(W + "/kill", exist_ok=True)
-p = subprocess.Popen([sys.executable, "-c", "import time, gptj_ref.native as n; w = n.write_native\\n"
-    "def slow(*a, **k):\\n    p = k.get('progress')\\n"
-    "    def pr(name, nb):\\n        time.sleep(0.3)\\n        p and p(name, nb)\\n"
-    "    k['progress'] = pr\\n    return w(*a, **k)\\nimport gptj_ref.convert as c; c.write_native = slow\\n"
-    f"c.convert({CK!r}, {W + '/kill/out.gptj'!r}, dtype='f32', progress=False)"])
-time.sleep(3)
-p.send_signal(signal.SIGKILL); p.wait()
+    SLOW_CONVERT
+    + """
+signal_mid_convert(W + "/kill/out.gptj", signal.SIGKILL)
 had = glob.glob(W + "/kill/.tmp-*")
 from gptj_ref.convert import convert
 convert(CK, W + "/kill/out.gptj", dtype="q8", progress=False)
