@@ -54,6 +54,13 @@ def random_weight(rng, N, K):
     return q, scales
 
 
+def random_linear(rng, M, N, K, with_bias=True):
+    """A drawn problem for the linear: activations (M, K), a q8 weight (N, K) with its scales, a bias or None."""
+    q, scales = random_weight(rng, N, K)
+    bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
+    return random_activations(rng, M, K), q, scales, bias
+
+
 def c_linear(qx, dx, q, scales, bias=None, threads=None):
     return _core.q8_linear(qx, dx, q, scales.view(np.uint16), bias, threads=threads)
 
@@ -117,19 +124,12 @@ def test_quantize_activations_never_minus_128(isa):
     seed=st.integers(0, 2**31 - 1),
 )
 def test_q8_linear_matches_emulation(isa, M, N, nb, with_bias, seed):
-    rng = np.random.default_rng(seed)
-    K = 32 * nb
-    q, scales = random_weight(rng, N, K)
-    bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
-    check_linear(random_activations(rng, M, K), q, scales, bias, isa)
+    check_linear(*random_linear(np.random.default_rng(seed), M, N, 32 * nb, with_bias), isa)
 
 
 @pytest.mark.parametrize("M,N,K", [(1, 4100, 288), (8, 100, 1024), (33, 67, 160), (70, 45, 96)])
 def test_q8_linear_larger_shapes(isa, M, N, K):
-    rng = np.random.default_rng(M * N + K)
-    q, scales = random_weight(rng, N, K)
-    bias = rng.standard_normal(N).astype(np.float32)
-    check_linear(random_activations(rng, M, K), q, scales, bias, isa)
+    check_linear(*random_linear(np.random.default_rng(M * N + K), M, N, K), isa)
 
 
 # Sizes that exercise the packed (prompt) path: M >= 64, with tails of every tiling of it.
@@ -140,10 +140,7 @@ PACKED_CASES = [(64, 16, 256), (67, 45, 544), (101, 100, 96), (263, 35, 288), (7
 def test_q8_linear_prompt_path_equals_decode_path_bitwise(isa, M, N, K):
     # Splitting the tokens into batches below the packed threshold runs the decode kernel on each; every
     # output element must come out bitwise the same as in one call on all M tokens.
-    rng = np.random.default_rng(M + N + K)
-    q, scales = random_weight(rng, N, K)
-    bias = rng.standard_normal(N).astype(np.float32)
-    x = random_activations(rng, M, K)
+    x, q, scales, bias = random_linear(np.random.default_rng(M + N + K), M, N, K)
     y = check_linear(x, q, scales, bias, isa)
     qx, dx = _core.q8_quantize_activations(x)
     pieces = [c_linear(qx[t : t + 7].copy(), dx[t : t + 7].copy(), q, scales, bias) for t in range(0, M, 7)]
@@ -160,11 +157,7 @@ def test_q8_linear_prompt_path_equals_decode_path_bitwise(isa, M, N, K):
     seed=st.integers(0, 2**31 - 1),
 )
 def test_q8_linear_prompt_path_matches_emulation(isa, M, N, nb, with_bias, seed):
-    rng = np.random.default_rng(seed)
-    K = 32 * nb
-    q, scales = random_weight(rng, N, K)
-    bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
-    x = random_activations(rng, M, K)
+    x, q, scales, bias = random_linear(np.random.default_rng(seed), M, N, 32 * nb, with_bias)
     y1 = check_linear(x, q, scales, bias, isa, threads=1)
     y2 = check_linear(x, q, scales, bias, isa, threads=2)
     assert np.array_equal(y1.view(np.int32), y2.view(np.int32)), report_diff(y2, y1)
@@ -185,11 +178,8 @@ def test_q8_linear_extreme_values_do_not_saturate(isa):
 
 
 def test_q8_linear_threads_bitwise_and_rows_independent_of_batch(isa):
-    rng = np.random.default_rng(5)
-    M, N, K = 11, 203, 320
-    q, scales = random_weight(rng, N, K)
-    bias = rng.standard_normal(N).astype(np.float32)
-    qx, dx = _core.q8_quantize_activations(random_activations(rng, M, K))
+    x, q, scales, bias = random_linear(np.random.default_rng(5), M=11, N=203, K=320)
+    qx, dx = _core.q8_quantize_activations(x)
     y1 = c_linear(qx, dx, q, scales, bias, threads=1)
     y2 = c_linear(qx, dx, q, scales, bias, threads=2)
     assert np.array_equal(y1.view(np.int32), y2.view(np.int32)), report_diff(y2, y1)
