@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import report_diff
+from helpers import report_diff, use_isa
 from test_kernels import attention64  # the float64 oracle of causal attention, owned by test_kernels.py
 
 _core = pytest.importorskip("gptj_ref._core")
@@ -25,12 +25,8 @@ def normal(seed, shape, scale=1.0):
 
 
 def run(isa, fn, *args, **kwargs):
-    before = _core.isa()
-    _core.set_isa(isa)
-    try:
+    with use_isa(isa):
         return fn(*args, **kwargs)
-    finally:
-        _core.set_isa(before)
 
 
 def assert_within(actual, expected, tol):

@@ -7,30 +7,18 @@ for the kernel's fp32 arithmetic, stated beside the test. u = 2^-24 is the fp32 
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import report_diff
+from helpers import report_diff, use_isa
 
 _core = pytest.importorskip("gptj_ref._core")
 
 U = 2.0**-24
 ISAS = _core.available_isas()
 FAST = settings(max_examples=30, deadline=None)
-
-
-@contextlib.contextmanager
-def use_isa(isa):
-    before = _core.isa()
-    _core.set_isa(isa)
-    try:
-        yield
-    finally:
-        _core.set_isa(before)
 
 
 def normal(seed, shape, scale=1.0):

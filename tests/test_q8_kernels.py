@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptj_ref import quant
-from helpers import report_diff
+from helpers import report_diff, use_isa
 
 _core = pytest.importorskip("gptj_ref._core")
 
@@ -33,10 +33,8 @@ ISAS = _core.available_isas()
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    before = _core.isa()
-    _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(before)
+    with use_isa(request.param):
+        yield request.param
 
 
 def random_activations(rng, M, K, zero_blocks=True):

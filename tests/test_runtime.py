@@ -10,7 +10,6 @@ pair, a missing bias, an off-by-one position) moves logits by 1e-2 of their scal
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -25,23 +24,13 @@ from gptj_ref.config import GPTJConfig
 from gptj_ref.errors import CheckpointError, InputError, SettingsError
 from gptj_ref.layout import random_weights
 from gptj_ref.reference import Reference
-from helpers import CONFIGS, report_diff
+from helpers import CONFIGS, report_diff, use_isa
 
 runtime = pytest.importorskip("gptj_ref.runtime")
 from gptj_ref.runtime import CppModel  # noqa: E402
 
 ISAS = runtime._core.available_isas()
 REL_TOL = 1e-4
-
-
-@contextlib.contextmanager
-def use_isa(isa):
-    before = runtime.kernel_isa()
-    runtime.set_kernel_isa(isa)
-    try:
-        yield
-    finally:
-        runtime.set_kernel_isa(before)
 
 
 def assert_logits_close(actual, expected, rel=REL_TOL):
