@@ -107,16 +107,9 @@ def load(
             dtype="f32",
         )
     builtin = path is None
-    path = DEMO_PATH if builtin else os.fspath(path)
-    if not os.path.exists(path):
-        from . import hub
+    from .hub import local_or_hub
 
-        if not hub.looks_like_hub_name(path):
-            raise CheckpointError(
-                f"no model at {path!r}: give a Hugging Face GPT-J directory, a native .gptj file "
-                "or a Hub name (org/name) in the local Hugging Face cache"
-            )
-        path = hub.resolve(path)
+    path = DEMO_PATH if builtin else local_or_hub(os.fspath(path))
     from .memory import check_memory, estimate_memory
 
     format_version = None

@@ -66,3 +66,16 @@ def resolve(name: str) -> str:
             "the directory, or set HF_HOME / HF_HUB_CACHE to the cache that holds it"
         )
     return found
+
+
+def local_or_hub(path: str) -> str:
+    """`path` when it exists; else the cached snapshot of the Hub name (org/name) it spells; else
+    CheckpointError saying what a model path can be."""
+    if os.path.exists(path):
+        return path
+    if not looks_like_hub_name(path):
+        raise CheckpointError(
+            f"no model at {path!r}: give a Hugging Face GPT-J directory, a native .gptj file "
+            "or a Hub name (org/name) in the local Hugging Face cache"
+        )
+    return resolve(path)

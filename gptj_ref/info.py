@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-from .errors import CheckpointError, SettingsError
+from .errors import SettingsError
 
 
 def describe_model(path: Optional[str], threads: Optional[int] = None, context: Optional[int] = None) -> List[str]:
@@ -21,15 +21,10 @@ def describe_model(path: Optional[str], threads: Optional[int] = None, context: 
     from .threads import check_threads, describe_threads
 
     lines: List[str] = []
-    if path is not None and path != TINY_RANDOM and not os.path.exists(path):
-        from . import hub
+    if path is not None and path != TINY_RANDOM:
+        from .hub import local_or_hub
 
-        if not hub.looks_like_hub_name(path):
-            raise CheckpointError(
-                f"no model at {path!r}: give a Hugging Face GPT-J directory, a native .gptj file "
-                "or a Hub name (org/name) in the local Hugging Face cache"
-            )
-        path = hub.resolve(path)
+        path = local_or_hub(path)
     format_version = None
     if path == TINY_RANDOM:
         config, dtype, size = TINY, "f32 (in memory)", None
