@@ -100,6 +100,18 @@ def _row_chunk(K: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(K, 1))
 
 
+def _finite_blocks(w: np.ndarray, start: int, stop: int, n_blocks: int, qk: int) -> np.ndarray:
+    """Rows start..stop of the weight w as float32 blocks [n, nb, qk]; InputError at a NaN or infinity."""
+    blocks = np.asarray(w[start:stop], dtype=np.float32).reshape(stop - start, n_blocks, qk)
+    if not np.isfinite(blocks).all():
+        bad = np.argwhere(~np.isfinite(blocks))[0]
+        raise InputError(
+            f"the weight holds {blocks[tuple(bad)]} at row {start + bad[0]}, column "
+            f"{bad[1] * qk + bad[2]}; only finite weights can be quantized"
+        )
+    return blocks
+
+
 def weight_scales(amax: np.ndarray) -> np.ndarray:
     """float16 block scales from block maxima: the smallest float16 >= amax / 127, elementwise.
 
@@ -127,13 +139,7 @@ def quantize_blocks(w: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.ndarray
     step = _row_chunk(K)
     for start in range(0, N, step):
         stop = min(start + step, N)
-        blocks = np.asarray(w[start:stop], dtype=np.float32).reshape(stop - start, n_blocks, qk)  # [n, nb, qk]
-        if not np.isfinite(blocks).all():
-            bad = np.argwhere(~np.isfinite(blocks))[0]
-            raise InputError(
-                f"the weight holds {blocks[tuple(bad)]} at row {start + bad[0]}, column "
-                f"{bad[1] * qk + bad[2]}; only finite weights can be quantized"
-            )
+        blocks = _finite_blocks(w, start, stop, n_blocks, qk)  # [n, nb, qk]
         amax = np.abs(blocks).max(axis=-1)  # [n, nb]
         if amax.max(initial=0.0) > QMAX * F16_MAX:
             raise InputError(
@@ -318,13 +324,7 @@ def q4_quantize_blocks(w: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.ndar
     step = _row_chunk(K)
     for start in range(0, N, step):
         stop = min(start + step, N)
-        blocks = np.asarray(w[start:stop], dtype=np.float32).reshape(stop - start, n_blocks, qk)
-        if not np.isfinite(blocks).all():
-            bad = np.argwhere(~np.isfinite(blocks))[0]
-            raise InputError(
-                f"the weight holds {blocks[tuple(bad)]} at row {start + bad[0]}, column "
-                f"{bad[1] * qk + bad[2]}; only finite weights can be quantized"
-            )
+        blocks = _finite_blocks(w, start, stop, n_blocks, qk)  # [n, nb, qk]
         amax = np.abs(blocks).max(axis=-1)  # [n, nb]
         if amax.max(initial=0.0) > Q4_DIVISORS[0] * F16_MAX:
             raise InputError(
