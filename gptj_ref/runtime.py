@@ -7,8 +7,8 @@ own sequence with its own cache length: padding is never computed (pad positions
 linear layers run over the real tokens of all rows at once, so a batched decode step reads each weight once
 for every row.
 
-Kernel level: `set_kernel_isa("auto" | "scalar" | "avx2" | "avxvnni" | "avx512" | "amx")`, `kernel_isa()`;
-the environment variable GPTJ_FORCE_SCALAR=1 selects the scalar kernels at import.
+Kernel level: `set_kernel_isa("auto" | "scalar" | "avx2" | "avxvnni" | "avx512" | "amx")`, `kernel_isa()`,
+`available_kernel_isas()`; the environment variable GPTJ_FORCE_SCALAR=1 selects the scalar kernels at import.
 """
 
 from __future__ import annotations
@@ -55,18 +55,13 @@ def set_kernel_isa(isa: str = "auto") -> None:
     _core.set_isa(isa)
 
 
-def available_isas() -> list:
-    """The kernel levels this CPU, OS and build can run, best last (e.g. ["scalar", "avx2", "avxvnni", "amx"])."""
-    return list(_core.available_isas())
-
-
 def kernel_isa() -> str:
     """The kernel level in use: "scalar", "avx2", "avxvnni", "avx512" or "amx"."""
     return _core.isa()
 
 
 def available_kernel_isas() -> list:
-    """The kernels this CPU, OS and build can run, from "scalar" up to the best."""
+    """The kernel levels this CPU, OS and build can run, best last (e.g. ["scalar", "avx2", "avxvnni", "amx"])."""
     return list(_core.available_isas())
 
 
