@@ -293,15 +293,12 @@ def generate_group(model, jobs: List[Job]) -> List[dict]:
             pass
         for (i, ids), row in zip(runnable, run.rows):
             text = cut_at_stop(model.tokenizer.decode(row.new), settings.stop)
-            # a row's finish reason: RowState.finish_reason once the per-row generation state of the
-            # server branch is merged, Row.reason before it
-            reason = getattr(row, "finish_reason", None) or row.reason
             records[i] = {
                 "id": jobs[i].id,
                 "text": text,
                 "tokens": len(row.new),
                 "prompt_tokens": len(ids),
-                "finish_reason": reason,
+                "finish_reason": row.finish_reason,  # a RowState's; every row has one when the steps end
             }
     return [records[i] for i in range(len(jobs))]
 
