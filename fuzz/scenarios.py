@@ -733,9 +733,9 @@ def run(s: Scenario, work: str) -> Tuple[bool, str]:
             errors="replace",
             timeout=TIME_LIMIT,
             env=env,
-            cwd=work,
+            cwd=work,  # not the checkout: gptj_ref must come from CODE
             preexec_fn=limit,
-        )  # not the checkout: gptj_ref must come from CODE
+        )
     except subprocess.TimeoutExpired:
         return False, f"hang (> {TIME_LIMIT} s)"
     out = (p.stdout.strip() + "\n" + p.stderr.strip()).strip()

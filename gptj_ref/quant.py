@@ -280,9 +280,8 @@ def q8_linear_error_bound(
     lead = x.shape[:-1]
     qx, dx = quantize_activations(np.asarray(x, dtype=np.float32).reshape(-1, K), qk)
     abs_dots = block_dots(np.abs(qx.astype(np.int16)), np.abs(q.astype(np.int16)), qk)  # |-128| = 128 needs int16
-    total = np.einsum(
-        "tnb,nb,tb->tn", abs_dots.astype(np.float64), np.abs(scales.astype(np.float64)), dx.astype(np.float64)
-    )  # |scale|: q4 scales may be negative
+    abs_scales = np.abs(scales.astype(np.float64))  # q4 scales may be negative
+    total = np.einsum("tnb,nb,tb->tn", abs_dots.astype(np.float64), abs_scales, dx.astype(np.float64))
     if bias is not None:
         total = total + np.abs(np.asarray(bias, dtype=np.float64))
     m = (K // qk) * lanes + 3

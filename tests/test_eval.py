@@ -238,8 +238,8 @@ def run_gptj(*args):
         text=True,
         timeout=300,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        cwd=os.path.dirname(sys.executable),
-    )  # not the source tree: it has no compiled extension
+        cwd=os.path.dirname(sys.executable),  # not the source tree: it has no compiled extension
+    )
 
 
 def run_gptj_json(*args):

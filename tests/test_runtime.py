@@ -313,6 +313,6 @@ def test_kernel_isa_switch_and_environment():
         capture_output=True,
         text=True,
         check=True,
-        cwd=tempfile.gettempdir(),
-    )  # not the source tree, whose gptj_ref has no _core
+        cwd=tempfile.gettempdir(),  # not the source tree, whose gptj_ref has no _core
+    )
     assert out.stdout.strip() == "scalar"
