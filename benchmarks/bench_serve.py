@@ -53,28 +53,9 @@ def env():
 
 def gptj_generate_rate(path: str, threads: int, tokens: int) -> float:
     """Decode tokens/s that `gptj generate` reports for a greedy run on the file."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gptj_ref.cli",
-            "generate",
-            "--model",
-            path,
-            "--threads",
-            str(threads),
-            "-n",
-            str(tokens),
-            "--min-new-tokens",
-            str(tokens),
-            "--no-stream",
-            PROMPT_WORDS[0],
-        ],
-        env=env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    command = [sys.executable, "-m", "gptj_ref.cli", "generate", "--model", path, "--threads", str(threads)]
+    command += ["-n", str(tokens), "--min-new-tokens", str(tokens), "--no-stream", PROMPT_WORDS[0]]
+    out = subprocess.run(command, env=env(), capture_output=True, text=True, check=True)
     m = re.search(r"new tokens at ([0-9.]+) tokens/s", out.stderr)
     if not m:
         raise RuntimeError(f"cannot read the rate from gptj generate's output:\n{out.stderr}")
@@ -85,26 +66,9 @@ def start_server(path: str, threads: int, max_batch: int):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gptj_ref.cli",
-            "serve",
-            "--model",
-            path,
-            "--threads",
-            str(threads),
-            "--port",
-            str(port),
-            "--max-batch",
-            str(max_batch),
-            "--model-name",
-            "bench",
-        ],
-        env=env(),
-        stderr=subprocess.DEVNULL,
-    )
+    command = [sys.executable, "-m", "gptj_ref.cli", "serve", "--model", path, "--model-name", "bench"]
+    command += ["--threads", str(threads), "--port", str(port), "--max-batch", str(max_batch)]
+    proc = subprocess.Popen(command, env=env(), stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     import httpx
 

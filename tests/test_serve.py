@@ -485,27 +485,9 @@ def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, weights):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd()] + sys.path)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gptj_ref.cli",
-            "serve",
-            "--model",
-            str(path),
-            "--port",
-            str(port),
-            "--threads",
-            "1",
-            "--model-name",
-            NAME,
-            "--grace",
-            "60",
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    command = [sys.executable, "-m", "gptj_ref.cli", "serve", "--model", str(path), "--model-name", NAME]
+    command += ["--port", str(port), "--threads", "1", "--grace", "60"]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, 60)
