@@ -100,16 +100,29 @@ def _row_chunk(K: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(K, 1))
 
 
-def _finite_blocks(w: np.ndarray, start: int, stop: int, n_blocks: int, qk: int) -> np.ndarray:
-    """Rows start..stop of the weight w as float32 blocks [n, nb, qk]; InputError at a NaN or infinity."""
-    blocks = np.asarray(w[start:stop], dtype=np.float32).reshape(stop - start, n_blocks, qk)
-    if not np.isfinite(blocks).all():
-        bad = np.argwhere(~np.isfinite(blocks))[0]
-        raise InputError(
-            f"the weight holds {blocks[tuple(bad)]} at row {start + bad[0]}, column "
-            f"{bad[1] * qk + bad[2]}; only finite weights can be quantized"
-        )
-    return blocks
+def _weight_row_blocks(w: np.ndarray, qk: int, divisor: float, scale: str, dtype: str):
+    """The weight w [N, K] (K a multiple of qk) in slices of rows, so the temporaries stay small whatever N
+    is (w may be a memory-mapped array; it is only read): (start, stop, blocks [n, nb, qk] float32,
+    amax [n, nb]) for each slice. InputError at a NaN or an infinity, and at a block whose `scale`,
+    amax / divisor, would overflow float16."""
+    N, K = w.shape
+    step = _row_chunk(K)
+    for start in range(0, N, step):
+        stop = min(start + step, N)
+        blocks = np.asarray(w[start:stop], dtype=np.float32).reshape(stop - start, K // qk, qk)
+        if not np.isfinite(blocks).all():
+            bad = np.argwhere(~np.isfinite(blocks))[0]
+            raise InputError(
+                f"the weight holds {blocks[tuple(bad)]} at row {start + bad[0]}, column "
+                f"{bad[1] * qk + bad[2]}; only finite weights can be quantized"
+            )
+        amax = np.abs(blocks).max(axis=-1)
+        if amax.max(initial=0.0) > divisor * F16_MAX:
+            raise InputError(
+                f"a weight block has max |w| = {amax.max():.4g}; {scale} does not fit in float16 "
+                f"(max {F16_MAX}); such weights cannot be stored as {dtype}"
+            )
+        yield start, stop, blocks, amax
 
 
 def weight_scales(amax: np.ndarray) -> np.ndarray:
@@ -136,16 +149,7 @@ def quantize_blocks(w: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.ndarray
     N, K = w.shape
     q = np.empty((N, K), dtype=np.int8)
     scales = np.empty((N, n_blocks), dtype=np.float16)
-    step = _row_chunk(K)
-    for start in range(0, N, step):
-        stop = min(start + step, N)
-        blocks = _finite_blocks(w, start, stop, n_blocks, qk)  # [n, nb, qk]
-        amax = np.abs(blocks).max(axis=-1)  # [n, nb]
-        if amax.max(initial=0.0) > QMAX * F16_MAX:
-            raise InputError(
-                f"a weight block has max |w| = {amax.max():.4g}; its scale max|w|/127 does not fit "
-                f"in float16 (max {F16_MAX}); such weights cannot be stored as q8"
-            )
+    for start, stop, blocks, amax in _weight_row_blocks(w, qk, QMAX, "its scale max|w|/127", "q8"):
         d16 = weight_scales(amax)  # [n, nb]
         scales[start:stop] = d16
         q[start:stop] = _round_to_int8(blocks, d16.astype(np.float32)).reshape(stop - start, K)
@@ -320,16 +324,7 @@ def q4_quantize_blocks(w: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.ndar
     N, K = w.shape
     values = np.empty((N, K // 2), dtype=np.uint8)
     scales = np.empty((N, n_blocks), dtype=np.float16)
-    step = _row_chunk(K)
-    for start in range(0, N, step):
-        stop = min(start + step, N)
-        blocks = _finite_blocks(w, start, stop, n_blocks, qk)  # [n, nb, qk]
-        amax = np.abs(blocks).max(axis=-1)  # [n, nb]
-        if amax.max(initial=0.0) > Q4_DIVISORS[0] * F16_MAX:
-            raise InputError(
-                f"a weight block has max |w| = {amax.max():.4g}; its 4-bit scale does not fit in "
-                f"float16 (max {F16_MAX}); such weights cannot be stored as q4"
-            )
+    for start, stop, blocks, amax in _weight_row_blocks(w, qk, Q4_DIVISORS[0], "its 4-bit scale", "q4"):
         q, d16 = _q4_best_scale(blocks, amax)
         scales[start:stop] = d16
         values[start:stop] = q4_pack(q.reshape(stop - start, K))
