@@ -14,8 +14,9 @@ three ways, each into a fresh output file:
 
 For each: the wall time of the whole job (reading, planning, for Ray the actors' start and model load,
 generating, the durable writes) as prompts/s and generated tokens/s, and the time to the first result
-written (for Ray: mostly starting the actors and loading the model in them, the fixed cost of a job). Starting Ray itself (ray.init) is printed apart: a cluster is
-started once and serves many jobs. The three outputs are checked to be the same records.
+written (for Ray: mostly starting the actors and loading the model in them, the fixed cost of a job).
+Starting Ray itself (ray.init) is printed apart: a cluster is started once and serves many jobs. The three
+outputs are checked to be the same records.
 With no --model the built-in demo model runs (2 layers, width 64): its tokens cost almost nothing, so the
 Ray overhead shows at its largest. `--small` writes (once) and runs a q8 file of 4 layers at width 1024
 with random weights and the real vocabulary (~0.3 GB), memory-mapped as the real model is, where a token
@@ -52,8 +53,17 @@ def build_small(path: str) -> None:
 def write_input(path: str, prompts: int, new_tokens: int) -> None:
     with open(path, "w") as f:
         for i in range(prompts):
-            f.write(json.dumps({"id": i, "prompt": f"Story number {i} begins when the", "max_new_tokens": new_tokens,
-                                "stop_at_eos": False}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": i,
+                        "prompt": f"Story number {i} begins when the",
+                        "max_new_tokens": new_tokens,
+                        "stop_at_eos": False,
+                    }
+                )
+                + "\n"
+            )
 
 
 def timed_job(in_path: str, out_path: str, max_batch: int, run) -> dict:
@@ -70,9 +80,14 @@ def timed_job(in_path: str, out_path: str, max_batch: int, run) -> dict:
     run(job)
     wall = time.perf_counter() - started
     summary = job.close()
-    return {"wall_s": wall, "rows": summary.written, "tokens": summary.tokens,
-            "prompts_per_s": summary.written / wall, "tokens_per_s": summary.tokens / wall,
-            "first_result_s": stamps[0] - started}
+    return {
+        "wall_s": wall,
+        "rows": summary.written,
+        "tokens": summary.tokens,
+        "prompts_per_s": summary.written / wall,
+        "tokens_per_s": summary.tokens / wall,
+        "first_result_s": stamps[0] - started,
+    }
 
 
 def main() -> int:
@@ -96,15 +111,19 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="bench-batch-")
     in_path = os.path.join(work, "in.jsonl")
     write_input(in_path, args.prompts, args.new_tokens)
-    print(f"model: {args.model or 'built-in demo'}; threads {args.threads}; {args.prompts} prompts x {args.new_tokens} new tokens, "
-          f"batches of {args.max_batch}; {os.cpu_count()} CPUs; ray {ray.__version__}")
+    print(
+        f"model: {args.model or 'built-in demo'}; threads {args.threads}; "
+        f"{args.prompts} prompts x {args.new_tokens} new tokens, "
+        f"batches of {args.max_batch}; {os.cpu_count()} CPUs; ray {ray.__version__}"
+    )
 
     results = {}
     started = time.perf_counter()
     model = load(args.model, threads=args.threads)
     load_s = time.perf_counter() - started
-    results["local"] = timed_job(in_path, os.path.join(work, "local.jsonl"), args.max_batch,
-                                 lambda job: run_local(job, model))
+    results["local"] = timed_job(
+        in_path, os.path.join(work, "local.jsonl"), args.max_batch, lambda job: run_local(job, model)
+    )
     results["local"]["wall_s_with_load"] = results["local"]["wall_s"] + load_s
 
     started = time.perf_counter()
@@ -112,13 +131,17 @@ def main() -> int:
     ray_init_s = time.perf_counter() - started
     half = max(args.threads // 2, 1)
     for name, actors, threads in (("ray x1", 1, args.threads), ("ray x2", 2, half)):
-        results[name] = timed_job(in_path, os.path.join(work, name.replace(" ", "") + ".jsonl"), args.max_batch,
-                                  lambda job, a=actors, t=threads: run_ray(job, args.model, actors=a,
-                                                                           threads_per_actor=t))
+        results[name] = timed_job(
+            in_path,
+            os.path.join(work, name.replace(" ", "") + ".jsonl"),
+            args.max_batch,
+            lambda job, a=actors, t=threads: run_ray(job, args.model, actors=a, threads_per_actor=t),
+        )
     ray.shutdown()
     # local once more, after the Ray runs: the spread between the two local runs is the machine's noise
-    results["local 2"] = timed_job(in_path, os.path.join(work, "local2.jsonl"), args.max_batch,
-                                   lambda job: run_local(job, model))
+    results["local 2"] = timed_job(
+        in_path, os.path.join(work, "local2.jsonl"), args.max_batch, lambda job: run_local(job, model)
+    )
 
     def records(name):
         with open(os.path.join(work, name.replace(" ", "") + ".jsonl")) as f:
@@ -128,8 +151,10 @@ def main() -> int:
     print(f"model load (local): {load_s:.2f} s; ray.init: {ray_init_s:.1f} s; same records in all three: {same}")
     print(f"{'':8} {'wall s':>8} {'prompts/s':>10} {'tokens/s':>9} {'first result s':>15}")
     for name, r in results.items():
-        print(f"{name:8} {r['wall_s']:8.2f} {r['prompts_per_s']:10.2f} {r['tokens_per_s']:9.1f} "
-              f"{r['first_result_s']:15.2f}")
+        print(
+            f"{name:8} {r['wall_s']:8.2f} {r['prompts_per_s']:10.2f} {r['tokens_per_s']:9.1f} "
+            f"{r['first_result_s']:15.2f}"
+        )
     print(json.dumps({"load_s": load_s, "ray_init_s": ray_init_s, **results, "same_records": same}))
     return 0 if same else 1
 

@@ -49,7 +49,7 @@ def alternate(contenders: dict, reps: int) -> dict:
     names = list(contenders)
     times = {n: [] for n in names}
     for r in range(reps):
-        for n in (names if r % 2 == 0 else names[::-1]):
+        for n in names if r % 2 == 0 else names[::-1]:
             start = time.perf_counter()
             contenders[n]()
             times[n].append(time.perf_counter() - start)
@@ -60,20 +60,24 @@ def bench_kernels(threads: int, reps: int) -> None:
     rng = np.random.default_rng(0)
     ghz = clock_ghz()
     peak = threads * 2 * 8 * 2 * ghz
-    print(f"kernels: isa {kernel_isa()}, {threads} threads, clock {ghz:.2f} GHz, "
-          f"fp32 FMA peak {threads} x 2 x 8 x 2 x {ghz:.2f} = {peak:.1f} GFLOP/s")
+    print(
+        f"kernels: isa {kernel_isa()}, {threads} threads, clock {ghz:.2f} GHz, "
+        f"fp32 FMA peak {threads} x 2 x 8 x 2 x {ghz:.2f} = {peak:.1f} GFLOP/s"
+    )
 
     # 1. Matrix-vector (and small batches) against a streaming read of a 1 GiB buffer.
     stream = np.ones(1 << 28, np.float32)
-    weights = {"16384x4096": rng.standard_normal((16384, 4096), dtype=np.float32),
-               "4096x16384": rng.standard_normal((4096, 16384), dtype=np.float32)}
+    weights = {
+        "16384x4096": rng.standard_normal((16384, 4096), dtype=np.float32),
+        "4096x16384": rng.standard_normal((4096, 16384), dtype=np.float32),
+    }
     contenders = {"stream read 1 GiB": lambda s=stream: _core.stream_read(s, threads=threads)}
     sizes = {"stream read 1 GiB": stream.nbytes}
     for name, w in weights.items():
         for M in (1, 4, 8):
             x = rng.standard_normal((M, w.shape[1]), dtype=np.float32)
             label = f"linear M={M} W {name}"
-            contenders[label] = (lambda x=x, w=w: _core.linear(x, w, threads=threads))
+            contenders[label] = lambda x=x, w=w: _core.linear(x, w, threads=threads)
             sizes[label] = w.nbytes
     for f in contenders.values():
         f()  # warm up: page in, spin up threads
@@ -84,21 +88,28 @@ def bench_kernels(threads: int, reps: int) -> None:
         if label.startswith("linear"):
             M = int(label.split("M=")[1].split()[0])
             gbs = sizes[label] / sec / 1e9
-            print(f"  {label:26s} {sec * 1e3:7.2f} ms  {gbs:6.1f} GB/s of weights = {gbs / bandwidth:5.0%} of the "
-                  f"read  ({M} tokens per weight pass)")
+            print(
+                f"  {label:26s} {sec * 1e3:7.2f} ms  {gbs:6.1f} GB/s of weights = {gbs / bandwidth:5.0%} of the "
+                f"read  ({M} tokens per weight pass)"
+            )
     del stream, weights
 
     # 2. Matrix-matrix at 6B shapes.
     shapes = [(T, N, K) for T in (128, 512) for N, K in ((4096, 4096), (16384, 4096), (4096, 16384))]
     xs = {K: rng.standard_normal((512, K), dtype=np.float32) for K in (4096, 16384)}
-    ws = {(N, K): rng.standard_normal((N, K), dtype=np.float32) for N, K in ((4096, 4096), (16384, 4096), (4096, 16384))}
-    contenders = {s: (lambda s=s: _core.linear(xs[s[2]][:s[0]], ws[s[1:]], threads=threads)) for s in shapes}
+    ws = {
+        (N, K): rng.standard_normal((N, K), dtype=np.float32) for N, K in ((4096, 4096), (16384, 4096), (4096, 16384))
+    }
+    contenders = {s: (lambda s=s: _core.linear(xs[s[2]][: s[0]], ws[s[1:]], threads=threads)) for s in shapes}
     for f in contenders.values():
         f()
     med = alternate(contenders, max(3, reps // 2))
     for (T, N, K), sec in med.items():
         gflops = 2 * T * N * K / sec / 1e9
-        print(f"  linear T={T:3d} N={N:5d} K={K:5d}   {sec * 1e3:7.1f} ms  {gflops:6.1f} GFLOP/s = {gflops / peak:5.0%} of peak")
+        print(
+            f"  linear T={T:3d} N={N:5d} K={K:5d}   {sec * 1e3:7.1f} ms  "
+            f"{gflops:6.1f} GFLOP/s = {gflops / peak:5.0%} of peak"
+        )
 
 
 def hf_model(config: GPTJConfig, weights: dict, threads: int):
@@ -133,21 +144,26 @@ class HFBackend:
     def forward(self, ids, cache):
         torch = self.torch
         with torch.no_grad():
-            out = self.model(torch.from_numpy(np.asarray(ids, np.int64))[None], past_key_values=cache["past"],
-                             use_cache=True)
+            out = self.model(
+                torch.from_numpy(np.asarray(ids, np.int64))[None], past_key_values=cache["past"], use_cache=True
+            )
         cache["past"] = out.past_key_values
         return out.logits[0].numpy()
 
 
 def bench_model(threads: int, reps: int, prompt_len: int, with_hf: bool) -> None:
     config = GPTJConfig(n_layer=2)
-    print(f"\n2-layer slice of GPT-J 6B (d_model {config.n_embd}, {config.n_head} heads of {config.head_dim}, "
-          f"rotary {config.rotary_dim}, d_ff {config.d_ff}, vocab {config.vocab_size}), random weights, "
-          f"{threads} threads")
+    print(
+        f"\n2-layer slice of GPT-J 6B (d_model {config.n_embd}, {config.n_head} heads of {config.head_dim}, "
+        f"rotary {config.rotary_dim}, d_ff {config.d_ff}, vocab {config.vocab_size}), random weights, "
+        f"{threads} threads"
+    )
     start = time.perf_counter()
     weights = random_weights(config, seed=0)
-    print(f"  weights: {sum(w.nbytes for w in weights.values()) / 1e9:.2f} GB fp32, made in "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"  weights: {sum(w.nbytes for w in weights.values()) / 1e9:.2f} GB fp32, made in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     backends = {"reference (NumPy)": Reference(config, weights), "cpp fp32": CppModel(config, weights, threads=threads)}
     if with_hf:
         model = hf_model(config, weights, threads)
@@ -164,12 +180,16 @@ def bench_model(threads: int, reps: int, prompt_len: int, with_hf: bool) -> None
     logits = {name: b.forward(prompt[:8], b.new_cache(16)) for name, b in backends.items()}
     ref = logits["reference (NumPy)"]
     for name, out in logits.items():
-        print(f"  check {name:18s} max |logit - reference| = {np.abs(out - ref).max():.2e} "
-              f"(max |logit| {np.abs(ref).max():.2f})")
+        print(
+            f"  check {name:18s} max |logit - reference| = {np.abs(out - ref).max():.2e} "
+            f"(max |logit| {np.abs(ref).max():.2f})"
+        )
 
     # Prompt pass, alternating backends.
-    med = alternate({name: (lambda b=b: b.forward(prompt, b.new_cache(prompt_len + n_steps + 1)))
-                     for name, b in backends.items()}, max(2, reps // 2))
+    med = alternate(
+        {name: (lambda b=b: b.forward(prompt, b.new_cache(prompt_len + n_steps + 1))) for name, b in backends.items()},
+        max(2, reps // 2),
+    )
     prompt_tps = {name: prompt_len / sec for name, sec in med.items()}
 
     # Decode steps after a 32-token prompt, alternating backends step by step.
@@ -178,8 +198,9 @@ def bench_model(threads: int, reps: int, prompt_len: int, with_hf: bool) -> None
         caches[name] = b.new_cache(32 + n_steps + 1)
         b.forward(prompt[:32], caches[name])
     step_ids = iter(rng.integers(0, 50257, size=(n_steps * len(backends) + 4)))
-    med_decode = alternate({name: (lambda b=b, c=caches[name]: b.forward([next(step_ids)], c))
-                            for name, b in backends.items()}, n_steps)
+    med_decode = alternate(
+        {name: (lambda b=b, c=caches[name]: b.forward([next(step_ids)], c)) for name, b in backends.items()}, n_steps
+    )
 
     print(f"  {'backend':20s} {'decode ms/token':>16s} {f'prompt ({prompt_len}) tokens/s':>24s}")
     for name in backends:
@@ -187,8 +208,10 @@ def bench_model(threads: int, reps: int, prompt_len: int, with_hf: bool) -> None
     cpp = med_decode["cpp fp32"]
     for name in backends:
         if name != "cpp fp32":
-            print(f"  cpp speed / {name} speed: decode {med_decode[name] / cpp:.2f}x, prompt "
-                  f"{prompt_tps['cpp fp32'] / prompt_tps[name]:.2f}x")
+            print(
+                f"  cpp speed / {name} speed: decode {med_decode[name] / cpp:.2f}x, prompt "
+                f"{prompt_tps['cpp fp32'] / prompt_tps[name]:.2f}x"
+            )
 
     # Batched decode on the C++ runtime: one weight pass per step for all rows.
     cpp_model = backends["cpp fp32"]
@@ -196,10 +219,12 @@ def bench_model(threads: int, reps: int, prompt_len: int, with_hf: bool) -> None
     for B in (1, 4, 8):
         cache = cpp_model.new_cache(8 + n_steps + 1, batch=B)
         cpp_model.forward(rng.integers(0, 50257, size=(B, 8)), cache)
-        rows[B] = (lambda B=B, cache=cache: cpp_model.forward(rng.integers(0, 50257, size=(B, 1)), cache))
+        rows[B] = lambda B=B, cache=cache: cpp_model.forward(rng.integers(0, 50257, size=(B, 1)), cache)
     med_b = alternate(rows, n_steps)
-    print("  cpp batched decode: " + ", ".join(f"B={B}: {sec * 1e3:.1f} ms/step = {B / sec:.1f} tokens/s"
-                                             for B, sec in med_b.items()))
+    print(
+        "  cpp batched decode: "
+        + ", ".join(f"B={B}: {sec * 1e3:.1f} ms/step = {B / sec:.1f} tokens/s" for B, sec in med_b.items())
+    )
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ measures, on the same random token ids:
     log-softmax, in strided windows when tokens exceed the context), as `gptj eval perplexity` runs;
 and prints scored tokens/s beside prompt tokens/s. Then multiple choice, `questions` questions of a
 64-token context and 4 continuations of 16 tokens: scored together (the context runs once and its KV
-cache is copied to each continuation's row) against each pair in its own forward pass. Scoring is prompt-shaped work plus lm_head on every
-position (50400 x 4096 MACs per token, ~3% of the model's) and the log-softmax, so it should run close
-to the prompt rate. Times are the best of `repeats` (the machine is shared; the best is the least
-disturbed).
+cache is copied to each continuation's row) against each pair in its own forward pass. Scoring is
+prompt-shaped work plus lm_head on every position (50400 x 4096 MACs per token, ~3% of the model's) and the
+log-softmax, so it should run close to the prompt rate. Times are the best of `repeats` (the machine is
+shared; the best is the least disturbed).
 """
 
 from __future__ import annotations
@@ -65,20 +65,27 @@ def main() -> None:
         t0 = time.perf_counter()
         scores = model.score(ids, stride=args.stride)
         score_s.append(time.perf_counter() - t0)
-        print(f"  prompt {prompt_len}: {prompt_len / prompt_s[-1]:.1f} tokens/s; "
-              f"score {len(scores.token_ids)}: {len(scores.token_ids) / score_s[-1]:.1f} scored tokens/s", flush=True)
+        print(
+            f"  prompt {prompt_len}: {prompt_len / prompt_s[-1]:.1f} tokens/s; "
+            f"score {len(scores.token_ids)}: {len(scores.token_ids) / score_s[-1]:.1f} scored tokens/s",
+            flush=True,
+        )
 
     prompt_rate = prompt_len / min(prompt_s)
     score_rate = len(scores.token_ids) / min(score_s)
     print(f"CPU: {cpu_name()}, {backend.threads} threads, {kernel_isa()} kernels")
     print(f"model: {model.description} ({backend.name}, {backend.kv_dtype} KV cache)")
     print(f"prompt: {prompt_rate:.1f} tokens/s ({prompt_len} tokens, logits of the last position only)")
-    print(f"score:  {score_rate:.1f} scored tokens/s ({len(scores.token_ids)} tokens scored, every position's "
-          f"logits and log-softmax) = {score_rate / prompt_rate:.2f} x the prompt rate (best of {args.repeats})")
+    print(
+        f"score:  {score_rate:.1f} scored tokens/s ({len(scores.token_ids)} tokens scored, every position's "
+        f"logits and log-softmax) = {score_rate / prompt_rate:.2f} x the prompt rate (best of {args.repeats})"
+    )
     if args.questions:
         shared_s, separate_s = multiple_choice(model, args.questions)
-        print(f"multiple choice, {args.questions} x (64-token context, 4 x 16-token choices): {shared_s:.1f} s with "
-              f"the context run once, {separate_s:.1f} s pair by pair ({separate_s / shared_s:.2f} x)")
+        print(
+            f"multiple choice, {args.questions} x (64-token context, 4 x 16-token choices): {shared_s:.1f} s with "
+            f"the context run once, {separate_s:.1f} s pair by pair ({separate_s / shared_s:.2f} x)"
+        )
 
 
 def multiple_choice(model, questions: int):

@@ -31,6 +31,7 @@ import platform
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -48,6 +49,7 @@ TARGETS = {"decode_tokens_per_s": 3.8, "prompt_tokens_per_s": 21.0, "peak_rss_gb
 # The model file
 # -------------------------------------------------------------------------------------------------
 
+
 def cpu_name() -> str:
     """The CPU's model name, for labelling measured figures."""
     try:
@@ -63,23 +65,23 @@ def cpu_name() -> str:
 def build_file(path: str, config: GPTJConfig) -> None:
     """Write a q8 native file of `config` with random values, one tensor at a time."""
     rng = np.random.default_rng(0)
-    pool = rng.integers(-127, 128, size=1 << 28, dtype=np.int8)          # 256 MB of int8 values
-    d = np.float16(0.02 / 73)                                              # std(q) ~ 73: weights of std ~0.02
+    pool = rng.integers(-127, 128, size=1 << 28, dtype=np.int8)  # 256 MB of int8 values
+    d = np.float16(0.02 / 73)  # std(q) ~ 73: weights of std ~0.02
 
     def produce(name: str) -> np.ndarray:
         spec = shapes[name]
         n = int(np.prod(spec))
         if name.endswith("_scale"):
             return (rng.uniform(0.5, 1.5, spec) * d).astype(np.float16)
-        if dtypes[name] == "I8":                 # the linears and (file version 2) the embedding rows
+        if dtypes[name] == "I8":  # the linears and (file version 2) the embedding rows
             if n > pool.size:
                 return np.resize(pool, n).reshape(spec)
-            start = int(rng.integers(0, pool.size - n + 1))   # a different window of the pool per tensor
-            return pool[start:start + n].reshape(spec)
+            start = int(rng.integers(0, pool.size - n + 1))  # a different window of the pool per tensor
+            return pool[start : start + n].reshape(spec)
         if len(spec) == 1:
             base = 1.0 if name.endswith("weight") and ("ln_" in name) else 0.0
             return (base + 0.02 * rng.standard_normal(spec)).astype(np.float32)
-        return (0.02 * rng.standard_normal(spec, dtype=np.float32))        # the embedding table
+        return 0.02 * rng.standard_normal(spec, dtype=np.float32)  # the embedding table
 
     specs = native_specs(config, "q8")
     shapes = {name: shape for name, _, shape in specs}
@@ -89,16 +91,17 @@ def build_file(path: str, config: GPTJConfig) -> None:
     print(f"wrote {path} ({os.path.getsize(path) / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def ensure_file(path: str) -> None:
+def ensure_file(path: str, dtype: str = "q8", build: Callable[[str, GPTJConfig], None] = build_file) -> None:
+    """Keep `path` when it is a GPT-J 6B native file of `dtype`; else write it with `build(path, config)`."""
     config = GPTJConfig()
     if os.path.exists(path):
         try:
             native = open_native(path)
-            if native.dtype == "q8" and native.config == config:
+            if native.dtype == dtype and native.config == config:
                 return
         except Exception as e:  # a damaged or different file is rebuilt
             print(f"rebuilding {path}: {e}")
-    build_file(path, config)
+    build(path, config)
 
 
 def warm_page_cache(path: str) -> float:
@@ -111,6 +114,19 @@ def warm_page_cache(path: str) -> float:
     return time.perf_counter() - start
 
 
+def stream_read_bandwidth(threads: int, repeats: int) -> float:
+    """Streaming-read bandwidth in bytes/s: the median of `repeats` reads of 2 GiB (`_core.stream_read`)."""
+    from gptj_ref import _core
+
+    big = np.ones(1 << 29, np.float32)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _core.stream_read(big, threads=threads)
+        times.append(time.perf_counter() - t0)
+    return big.nbytes / float(np.median(times))
+
+
 def weight_bytes_per_token(path: str) -> int:
     native = open_native(path)
     return sum(native.tensor(n).nbytes for n in native.names() if is_quantized(n.replace("_scale", "")))
@@ -119,6 +135,7 @@ def weight_bytes_per_token(path: str) -> int:
 # -------------------------------------------------------------------------------------------------
 # The model run (in a child process)
 # -------------------------------------------------------------------------------------------------
+
 
 def child(path: str, threads: int, batch: bool) -> None:
     import gptj_ref
@@ -145,9 +162,11 @@ def child(path: str, threads: int, batch: bool) -> None:
     out["decode_ms_per_token"] = 1e3 * float(np.median(times))
     out["decode_ms_mean"] = 1e3 * float(np.mean(times))
     out["decode_tokens_per_s"] = 1e3 / out["decode_ms_per_token"]
-    print(f"  decode: {out['decode_ms_per_token']:.0f} ms/token (median of 64; mean {out['decode_ms_mean']:.0f})",
-          flush=True)
-    out["peak_rss_decode_gb"] = peak_rss_gb()   # load + 8-token prompt + 64 tokens: the chat-sized case
+    print(
+        f"  decode: {out['decode_ms_per_token']:.0f} ms/token (median of 64; mean {out['decode_ms_mean']:.0f})",
+        flush=True,
+    )
+    out["peak_rss_decode_gb"] = peak_rss_gb()  # load + 8-token prompt + 64 tokens: the chat-sized case
 
     # Prompts, as generation runs them: logits for the last position only (last_only=True).
     for T in (128, 512):
@@ -169,14 +188,33 @@ def child(path: str, threads: int, batch: bool) -> None:
             prompts = [list(rng.integers(0, 50000, 8)) for _ in range(B)]
             gen = BatchGeneration(backend, prompts, settings, eos_id=50256)
             steps = sum(1 for _ in gen.steps())
-            tokens = B * (steps - 1)   # the first step's tokens come from the prompt pass
+            tokens = B * (steps - 1)  # the first step's tokens come from the prompt pass
             out[f"batch{B}_tokens_per_s"] = tokens / gen.decode_seconds
-            print(f"  batch {B}: {tokens / gen.decode_seconds:.2f} tokens/s decoding "
-                  f"({1e3 * gen.decode_seconds / (steps - 1):.0f} ms/step, prompt pass {gen.prompt_seconds:.1f} s)",
-                  flush=True)
+            print(
+                f"  batch {B}: {tokens / gen.decode_seconds:.2f} tokens/s decoding "
+                f"({1e3 * gen.decode_seconds / (steps - 1):.0f} ms/step, prompt pass {gen.prompt_seconds:.1f} s)",
+                flush=True,
+            )
 
     out["peak_rss_gb"] = peak_rss_gb()
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def model_run(path: str, threads: int, batch: bool = True) -> dict:
+    """`child` in a fresh subprocess (so its peak RSS is the model's), its progress echoed; its results."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--file", path, "--threads", str(threads)]
+    if not batch:
+        cmd.append("--no-batch")
+    result = {}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT ") :])
+            else:
+                print(line, end="", flush=True)
+    if proc.returncode != 0 or not result:
+        raise SystemExit(f"the model run on {path} failed (exit code {proc.returncode})")
+    return result
 
 
 def peak_rss_gb() -> float:
@@ -192,6 +230,7 @@ def peak_rss_gb() -> float:
 # Kernels alone and torch
 # -------------------------------------------------------------------------------------------------
 
+
 def kernel_breakdown(threads: int) -> dict:
     """Seconds of the int8 linears of one block and of lm_head for M = 1 and 512 (random data).
 
@@ -203,10 +242,10 @@ def kernel_breakdown(threads: int) -> dict:
     rng = np.random.default_rng(2)
     E, F, V = 4096, 16384, 50400
     shapes = {"q,k,v,out (4x)": (E, E, 4), "fc_in": (F, E, 1), "fc_out": (E, F, 1), "lm_head": (V, E, 1)}
-    pool = np.frombuffer(rng.bytes(1_500_000_000), np.int8) % 127   # values in [-126, 126]
+    pool = np.frombuffer(rng.bytes(1_500_000_000), np.int8) % 127  # values in [-126, 126]
     result = {}
     for name, (N, K, count) in shapes.items():
-        copies = [pool[i * N * K:(i + 1) * N * K].reshape(N, K) for i in range(len(pool) // (N * K))]
+        copies = [pool[i * N * K : (i + 1) * N * K].reshape(N, K) for i in range(len(pool) // (N * K))]
         s = (rng.uniform(0.5, 1.5, (N, K // 32)) * 2.7e-4).astype(np.float16).view(np.uint16)
         for M in (1, 512):
             qx, dx = _core.q8_quantize_activations(rng.standard_normal((M, K)).astype(np.float32))
@@ -252,7 +291,7 @@ def torch_slices(threads: int) -> dict:
     import torch
     import transformers
 
-    warnings.simplefilter("ignore")                   # quantize_dynamic's deprecation notices
+    warnings.simplefilter("ignore")  # quantize_dynamic's deprecation notices
     transformers.logging.set_verbosity_error()
 
     torch.set_num_threads(threads)
@@ -271,7 +310,7 @@ def torch_slices(threads: int) -> dict:
                 times.append(time.perf_counter() - t0)
                 past = o.past_key_values
             out[(layers, "decode_s")] = float(np.median(times[2:]))
-            model(torch.randint(0, 50000, (1, 64)))   # warm-up of the prompt path
+            model(torch.randint(0, 50000, (1, 64)))  # warm-up of the prompt path
             t0 = time.perf_counter()
             model(torch.randint(0, 50000, (1, 512)))
             out[(layers, "prompt512_s")] = time.perf_counter() - t0
@@ -280,6 +319,7 @@ def torch_slices(threads: int) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,45 +339,40 @@ def main() -> None:
         return
     from gptj_ref import _core
 
-    print(f"file {args.file}: {os.path.getsize(args.file) / 1e9:.2f} GB; threads {args.threads}; "
-          f"kernels {_core.isa()}", flush=True)
-    big = np.ones(1 << 29, np.float32)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        _core.stream_read(big, threads=args.threads)
-        times.append(time.perf_counter() - t0)
-    bandwidth = big.nbytes / float(np.median(times))
-    del big
+    print(
+        f"file {args.file}: {os.path.getsize(args.file) / 1e9:.2f} GB; threads {args.threads}; kernels {_core.isa()}",
+        flush=True,
+    )
+    bandwidth = stream_read_bandwidth(args.threads, repeats=3)
     per_token = weight_bytes_per_token(args.file)
     roofline = bandwidth / per_token
-    print(f"streaming read: {bandwidth / 1e9:.1f} GB/s; int8 weights + scales per token: {per_token / 1e9:.2f} GB "
-          f"-> decode roofline {roofline:.2f} tokens/s ({1e3 / roofline:.0f} ms/token)", flush=True)
+    print(
+        f"streaming read: {bandwidth / 1e9:.1f} GB/s; int8 weights + scales per token: {per_token / 1e9:.2f} GB "
+        f"-> decode roofline {roofline:.2f} tokens/s ({1e3 / roofline:.0f} ms/token)",
+        flush=True,
+    )
     print(f"warm page cache: read the file in {warm_page_cache(args.file):.1f} s", flush=True)
 
     print("model run (subprocess):", flush=True)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--file", args.file, "--threads", str(args.threads)]
-    if args.no_batch:
-        cmd.append("--no-batch")
-    result = {}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
-        for line in proc.stdout:
-            if line.startswith("RESULT "):
-                result = json.loads(line[len("RESULT "):])
-            else:
-                print(line, end="", flush=True)
-    if proc.returncode != 0 or not result:
-        raise SystemExit(f"the model run failed (exit code {proc.returncode})")
+    result = model_run(args.file, args.threads, batch=not args.no_batch)
 
     print("\nsummary (targets in brackets):")
-    print(f"  decode        {result['decode_tokens_per_s']:.2f} tokens/s, {result['decode_ms_per_token']:.0f} ms/token "
-          f"[>= {TARGETS['decode_tokens_per_s']}]; {result['decode_tokens_per_s'] / roofline:.0%} of the roofline")
-    print(f"  prompt        {result['prompt128_tokens_per_s']:.1f} tokens/s (128), "
-          f"{result['prompt512_tokens_per_s']:.1f} tokens/s (512) [>= {TARGETS['prompt_tokens_per_s']}]")
-    print(f"  peak RSS      {result['peak_rss_decode_gb']:.2f} GB after load + decode of 72 tokens, "
-          f"{result['peak_rss_gb']:.2f} GB after the 512-token prompt (its {result['kv_cache']}) "
-          f"[<= {TARGETS['peak_rss_gb']}]")
-    print(f"  first token   {result['first_token_s']:.2f} s warm (load + 8-token prompt) [<= {TARGETS['first_token_s']}]")
+    print(
+        f"  decode        {result['decode_tokens_per_s']:.2f} tokens/s, {result['decode_ms_per_token']:.0f} ms/token "
+        f"[>= {TARGETS['decode_tokens_per_s']}]; {result['decode_tokens_per_s'] / roofline:.0%} of the roofline"
+    )
+    print(
+        f"  prompt        {result['prompt128_tokens_per_s']:.1f} tokens/s (128), "
+        f"{result['prompt512_tokens_per_s']:.1f} tokens/s (512) [>= {TARGETS['prompt_tokens_per_s']}]"
+    )
+    print(
+        f"  peak RSS      {result['peak_rss_decode_gb']:.2f} GB after load + decode of 72 tokens, "
+        f"{result['peak_rss_gb']:.2f} GB after the 512-token prompt (its {result['kv_cache']}) "
+        f"[<= {TARGETS['peak_rss_gb']}]"
+    )
+    print(
+        f"  first token   {result['first_token_s']:.2f} s warm (load + 8-token prompt) [<= {TARGETS['first_token_s']}]"
+    )
     for B in (1, 4, 8):
         if f"batch{B}_tokens_per_s" in result:
             print(f"  batch {B}       {result[f'batch{B}_tokens_per_s']:.2f} tokens/s")
@@ -350,10 +385,14 @@ def main() -> None:
         print(f"  {name:16s} M={M:<4d} {1e3 * v:9.2f} ms")
     dec = result["decode_ms_per_token"] / 1e3
     pr = 512 / result["prompt512_tokens_per_s"]
-    print(f"  decode: linears {1e3 * decode_lin:.0f} ms of {1e3 * dec:.0f} ms/token ({decode_lin / dec:.0%}); "
-          f"the rest (quantize, LayerNorm, attention, GELU, rotary, Python) {1e3 * (dec - decode_lin):.0f} ms")
-    print(f"  prompt 512: linears {prompt_lin:.1f} s of {pr:.1f} s ({prompt_lin / pr:.0%}); "
-          f"the linears alone would give {512 / prompt_lin:.1f} tokens/s")
+    print(
+        f"  decode: linears {1e3 * decode_lin:.0f} ms of {1e3 * dec:.0f} ms/token ({decode_lin / dec:.0%}); "
+        f"the rest (quantize, LayerNorm, attention, GELU, rotary, Python) {1e3 * (dec - decode_lin):.0f} ms"
+    )
+    print(
+        f"  prompt 512: linears {prompt_lin:.1f} s of {pr:.1f} s ({prompt_lin / pr:.0%}); "
+        f"the linears alone would give {512 / prompt_lin:.1f} tokens/s"
+    )
 
     by_isa = prompt_kernels_by_isa(args.threads)
     print("\nint8 linear at M = 512 by kernel level, GMAC/s (best of 2):")
@@ -367,13 +406,17 @@ def main() -> None:
             ts = None
         if ts:
             a, b = TORCH_SLICES
-            print(f"\ntorch quantize_dynamic int8 (fbgemm), {a}- and {b}-layer slices, extrapolated to 28 layers "
-                  f"(the per-layer cost is the difference of the two):")
+            print(
+                f"\ntorch quantize_dynamic int8 (fbgemm), {a}- and {b}-layer slices, extrapolated to 28 layers "
+                f"(the per-layer cost is the difference of the two):"
+            )
             for key, T in (("decode_s", 1), ("prompt512_s", 512)):
                 per_layer = (ts[(b, key)] - ts[(a, key)]) / (b - a)
                 full = ts[(a, key)] + (28 - a) * per_layer
-                print(f"  {key:12s} {a} layers {ts[(a, key)]:.3f} s, {b} layers {ts[(b, key)]:.3f} s -> 28 layers "
-                      f"{full:.2f} s = {T / full:.2f} tokens/s")
+                print(
+                    f"  {key:12s} {a} layers {ts[(a, key)]:.3f} s, {b} layers {ts[(b, key)]:.3f} s -> 28 layers "
+                    f"{full:.2f} s = {T / full:.2f} tokens/s"
+                )
 
 
 if __name__ == "__main__":

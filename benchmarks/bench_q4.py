@@ -16,9 +16,7 @@ prompt; q4 peak RSS <= 4.5 GB after a 512-token prompt.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -28,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_int8  # noqa: E402
 
 from gptj_ref.config import GPTJConfig  # noqa: E402
-from gptj_ref.native import native_metadata, native_specs, open_native  # noqa: E402
+from gptj_ref.native import native_metadata, native_specs  # noqa: E402
 from gptj_ref.safetensors_file import write_safetensors  # noqa: E402
 
 DEFAULT_Q4 = "/tmp/gptj6b-random-q4.gptj"
@@ -37,9 +35,9 @@ DEFAULT_Q4 = "/tmp/gptj6b-random-q4.gptj"
 def build_q4(path: str, config: GPTJConfig) -> None:
     """Write a q4 native file of `config` with random packed values, one tensor at a time."""
     rng = np.random.default_rng(0)
-    pool = np.frombuffer(rng.bytes(1 << 28), np.uint8)                   # 256 MB of packed nibbles
-    d = np.float16(0.02 / 4.6)                                             # std(q) ~ 4.6: weights of std ~0.02
-    d8 = np.float16(0.02 / 73)                                             # the q8 embedding rows: std(q) ~ 73
+    pool = np.frombuffer(rng.bytes(1 << 28), np.uint8)  # 256 MB of packed nibbles
+    d = np.float16(0.02 / 4.6)  # std(q) ~ 4.6: weights of std ~0.02
+    d8 = np.float16(0.02 / 73)  # the q8 embedding rows: std(q) ~ 73
     specs = native_specs(config, "q4")
     shapes = {name: shape for name, _, shape in specs}
     dtypes = {name: st for name, st, _ in specs}
@@ -48,7 +46,7 @@ def build_q4(path: str, config: GPTJConfig) -> None:
         shape = shapes[name]
         n = int(np.prod(shape))
         if name.endswith("_scale"):
-            step = d8 if dtypes[name[:-len("_scale")]] == "I8" else d
+            step = d8 if dtypes[name[: -len("_scale")]] == "I8" else d
             return (rng.uniform(0.5, 1.5, shape) * step).astype(np.float16)
         if dtypes[name] == "I8":
             return pool[:n].view(np.int8).clip(-127, 127).reshape(shape)
@@ -56,7 +54,7 @@ def build_q4(path: str, config: GPTJConfig) -> None:
             if n > pool.size:
                 return np.resize(pool, n).reshape(shape)
             start = int(rng.integers(0, pool.size - n + 1))
-            return pool[start:start + n].reshape(shape)
+            return pool[start : start + n].reshape(shape)
         if len(shape) == 1:
             base = 1.0 if name.endswith("weight") and ("ln_" in name) else 0.0
             return (base + 0.02 * rng.standard_normal(shape)).astype(np.float32)
@@ -65,33 +63,6 @@ def build_q4(path: str, config: GPTJConfig) -> None:
     start = time.perf_counter()
     write_safetensors(path, specs, produce, native_metadata(config, "q4", ""))
     print(f"wrote {path} ({os.path.getsize(path) / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s", flush=True)
-
-
-def ensure_q4(path: str) -> None:
-    config = GPTJConfig()
-    if os.path.exists(path):
-        try:
-            native = open_native(path)
-            if native.dtype == "q4" and native.config == config:
-                return
-        except Exception as e:  # a damaged or different file is rebuilt
-            print(f"rebuilding {path}: {e}")
-    build_q4(path, config)
-
-
-def model_run(path: str, threads: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(bench_int8.__file__), "--child", "--no-batch", "--file", path,
-           "--threads", str(threads)]
-    result = {}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
-        for line in proc.stdout:
-            if line.startswith("RESULT "):
-                result = json.loads(line[len("RESULT "):])
-            else:
-                print(line, end="", flush=True)
-    if proc.returncode != 0 or not result:
-        raise SystemExit(f"the model run on {path} failed (exit code {proc.returncode})")
-    return result
 
 
 def kernels_alone(threads: int) -> dict:
@@ -107,9 +78,9 @@ def kernels_alone(threads: int) -> dict:
         s = (rng.uniform(0.5, 1.5, (N, K // 32)) * 2.7e-4).astype(np.float16).view(np.uint16)
         for fmt, row_bytes in (("q8", K), ("q4", K // 2)):
             size = N * row_bytes
-            copies = [pool[i * size:(i + 1) * size].reshape(N, row_bytes) for i in range(len(pool) // size)]
-            if fmt == "q8":
-                copies = [c.view(np.int8) for c in copies]   # random bytes: -128 included, which the kernels take exactly
+            copies = [pool[i * size : (i + 1) * size].reshape(N, row_bytes) for i in range(len(pool) // size)]
+            if fmt == "q8":  # random bytes: -128 included, which the kernels take exactly
+                copies = [c.view(np.int8) for c in copies]
             for M in (1, 512):
                 x = rng.standard_normal((M, K)).astype(np.float32)
                 _core.format_linear(fmt, x, copies[-1], s, None, threads=threads)
@@ -129,45 +100,47 @@ def main() -> None:
     p.add_argument("--build-only", action="store_true")
     args = p.parse_args()
     bench_int8.ensure_file(args.q8)
-    ensure_q4(args.q4)
+    bench_int8.ensure_file(args.q4, "q4", build_q4)
     if args.build_only:
         return
     from gptj_ref import _core
 
     print(f"threads {args.threads}; kernels {_core.isa()}", flush=True)
-    big = np.ones(1 << 29, np.float32)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        _core.stream_read(big, threads=args.threads)
-        times.append(time.perf_counter() - t0)
-    bandwidth = big.nbytes / float(np.median(times))
-    del big
+    bandwidth = bench_int8.stream_read_bandwidth(args.threads, repeats=5)
     print(f"streaming read: {bandwidth / 1e9:.1f} GB/s (median of 5)", flush=True)
     results = {}
     for fmt, path in (("q8", args.q8), ("q4", args.q4)):
         per_token = bench_int8.weight_bytes_per_token(path)
         roofline = bandwidth / per_token
-        print(f"\n{fmt}: {path} ({os.path.getsize(path) / 1e9:.2f} GB); weights + scales per token "
-              f"{per_token / 1e9:.2f} GB -> roofline {roofline:.2f} tokens/s; page cache warmed in "
-              f"{bench_int8.warm_page_cache(path):.1f} s", flush=True)
-        r = model_run(path, args.threads)
+        print(
+            f"\n{fmt}: {path} ({os.path.getsize(path) / 1e9:.2f} GB); weights + scales per token "
+            f"{per_token / 1e9:.2f} GB -> roofline {roofline:.2f} tokens/s; page cache warmed in "
+            f"{bench_int8.warm_page_cache(path):.1f} s",
+            flush=True,
+        )
+        r = bench_int8.model_run(path, args.threads, batch=False)
         r["roofline"] = roofline
         results[fmt] = r
 
     q8, q4 = results["q8"], results["q4"]
     print("\nsummary (targets in brackets):")
     for fmt, r in results.items():
-        print(f"  {fmt}: decode {r['decode_tokens_per_s']:.2f} tokens/s ({r['decode_tokens_per_s'] / r['roofline']:.0%} "
-              f"of its roofline {r['roofline']:.2f}); prompt {r['prompt128_tokens_per_s']:.1f} (128) / "
-              f"{r['prompt512_tokens_per_s']:.1f} (512) tokens/s; first token {r['first_token_s']:.2f} s; peak RSS "
-              f"{r['peak_rss_decode_gb']:.2f} GB after decode, {r['peak_rss_gb']:.2f} GB after the 512-token prompt")
-    print(f"  q4 / q8 decode {q4['decode_tokens_per_s'] / q8['decode_tokens_per_s']:.2f}x [>= 1.7]; q4 at "
-          f"{q4['decode_tokens_per_s'] / q4['roofline']:.0%} of its roofline [>= 85%]; q8 at "
-          f"{q8['decode_tokens_per_s'] / q8['roofline']:.0%} of its roofline [>= 90%]")
-    print(f"  q4 / q8 prompt {q4['prompt128_tokens_per_s'] / q8['prompt128_tokens_per_s']:.2f}x (128), "
-          f"{q4['prompt512_tokens_per_s'] / q8['prompt512_tokens_per_s']:.2f}x (512) [>= 0.8]; q4 peak RSS "
-          f"{q4['peak_rss_gb']:.2f} GB [<= 4.5]")
+        print(
+            f"  {fmt}: decode {r['decode_tokens_per_s']:.2f} tokens/s ({r['decode_tokens_per_s'] / r['roofline']:.0%} "
+            f"of its roofline {r['roofline']:.2f}); prompt {r['prompt128_tokens_per_s']:.1f} (128) / "
+            f"{r['prompt512_tokens_per_s']:.1f} (512) tokens/s; first token {r['first_token_s']:.2f} s; peak RSS "
+            f"{r['peak_rss_decode_gb']:.2f} GB after decode, {r['peak_rss_gb']:.2f} GB after the 512-token prompt"
+        )
+    print(
+        f"  q4 / q8 decode {q4['decode_tokens_per_s'] / q8['decode_tokens_per_s']:.2f}x [>= 1.7]; q4 at "
+        f"{q4['decode_tokens_per_s'] / q4['roofline']:.0%} of its roofline [>= 85%]; q8 at "
+        f"{q8['decode_tokens_per_s'] / q8['roofline']:.0%} of its roofline [>= 90%]"
+    )
+    print(
+        f"  q4 / q8 prompt {q4['prompt128_tokens_per_s'] / q8['prompt128_tokens_per_s']:.2f}x (128), "
+        f"{q4['prompt512_tokens_per_s'] / q8['prompt512_tokens_per_s']:.2f}x (512) [>= 0.8]; q4 peak RSS "
+        f"{q4['peak_rss_gb']:.2f} GB [<= 4.5]"
+    )
 
     ka = kernels_alone(args.threads)
     print("\nlinears alone (random data), ms per call:")

@@ -35,8 +35,16 @@ sys.path.insert(0, HERE)
 
 from bench_int8 import DEFAULT_FILE, cpu_name, ensure_file, warm_page_cache  # noqa: E402
 
-PROMPT_WORDS = ["The dog", "Once upon a time", "In the beginning", "A long way from home", "She said that",
-                "The results show", "We propose a", "It was the best"]
+PROMPT_WORDS = [
+    "The dog",
+    "Once upon a time",
+    "In the beginning",
+    "A long way from home",
+    "She said that",
+    "The results show",
+    "We propose a",
+    "It was the best",
+]
 
 
 def env():
@@ -45,9 +53,9 @@ def env():
 
 def gptj_generate_rate(path: str, threads: int, tokens: int) -> float:
     """Decode tokens/s that `gptj generate` reports for a greedy run on the file."""
-    out = subprocess.run([sys.executable, "-m", "gptj_ref.cli", "generate", "--model", path, "--threads", str(threads),
-                          "-n", str(tokens), "--min-new-tokens", str(tokens), "--no-stream", PROMPT_WORDS[0]],
-                         env=env(), capture_output=True, text=True, check=True)
+    command = [sys.executable, "-m", "gptj_ref.cli", "generate", "--model", path, "--threads", str(threads)]
+    command += ["-n", str(tokens), "--min-new-tokens", str(tokens), "--no-stream", PROMPT_WORDS[0]]
+    out = subprocess.run(command, env=env(), capture_output=True, text=True, check=True)
     m = re.search(r"new tokens at ([0-9.]+) tokens/s", out.stderr)
     if not m:
         raise RuntimeError(f"cannot read the rate from gptj generate's output:\n{out.stderr}")
@@ -58,9 +66,9 @@ def start_server(path: str, threads: int, max_batch: int):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "gptj_ref.cli", "serve", "--model", path, "--threads", str(threads),
-                             "--port", str(port), "--max-batch", str(max_batch), "--model-name", "bench"],
-                            env=env(), stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "gptj_ref.cli", "serve", "--model", path, "--model-name", "bench"]
+    command += ["--threads", str(threads), "--port", str(port), "--max-batch", str(max_batch)]
+    proc = subprocess.Popen(command, env=env(), stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     import httpx
 
@@ -82,8 +90,15 @@ def stream_one(url: str, prompt, tokens: int, result: dict) -> None:
     """One streaming client: arrival time of each chunk, and the usage the server reports."""
     import httpx
 
-    body = {"model": "bench", "prompt": prompt, "max_tokens": tokens, "min_tokens": tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "bench",
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "min_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     result["start"] = time.perf_counter()
     result["times"] = []
     with httpx.Client(timeout=600) as http, http.stream("POST", url + "/v1/completions", json=body) as r:
@@ -100,8 +115,10 @@ def stream_one(url: str, prompt, tokens: int, result: dict) -> None:
 
 def run_clients(url: str, n: int, tokens: int) -> dict:
     results = [dict() for _ in range(n)]
-    threads = [threading.Thread(target=stream_one, args=(url, f"{PROMPT_WORDS[k % 8]} ({k})", tokens, results[k]))
-               for k in range(n)]
+    threads = [
+        threading.Thread(target=stream_one, args=(url, f"{PROMPT_WORDS[k % 8]} ({k})", tokens, results[k]))
+        for k in range(n)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -111,10 +128,15 @@ def run_clients(url: str, n: int, tokens: int) -> dict:
     decode_tokens = sum(r["tokens"] - 1 for r in results)
     ttft = [r["times"][0] - r["start"] for r in results]
     gaps = np.concatenate([np.diff(r["times"]) for r in results])
-    return {"clients": n, "tokens": sum(r["tokens"] for r in results),
-            "decode_tokens_per_s": decode_tokens / (max(lasts) - min(firsts)),
-            "ttft_p50_s": float(np.percentile(ttft, 50)), "ttft_p95_s": float(np.percentile(ttft, 95)),
-            "itl_p50_ms": 1e3 * float(np.percentile(gaps, 50)), "itl_p95_ms": 1e3 * float(np.percentile(gaps, 95))}
+    return {
+        "clients": n,
+        "tokens": sum(r["tokens"] for r in results),
+        "decode_tokens_per_s": decode_tokens / (max(lasts) - min(firsts)),
+        "ttft_p50_s": float(np.percentile(ttft, 50)),
+        "ttft_p95_s": float(np.percentile(ttft, 95)),
+        "itl_p50_ms": 1e3 * float(np.percentile(gaps, 50)),
+        "itl_p95_ms": 1e3 * float(np.percentile(gaps, 95)),
+    }
 
 
 def long_prompt_delay(url: str, tokens: int) -> dict:
@@ -128,8 +150,11 @@ def long_prompt_delay(url: str, tokens: int) -> dict:
     stream_one(url, list(np.random.default_rng(0).integers(0, 50000, 1024).tolist()), 1, long)
     t.join()
     gaps = np.diff(decoding["times"])
-    return {"decode_gap_median_ms": 1e3 * float(np.median(gaps)), "decode_gap_max_ms": 1e3 * float(gaps.max()),
-            "long_prompt_ttft_s": long["times"][0] - long["start"]}
+    return {
+        "decode_gap_median_ms": 1e3 * float(np.median(gaps)),
+        "decode_gap_max_ms": 1e3 * float(gaps.max()),
+        "long_prompt_ttft_s": long["times"][0] - long["start"],
+    }
 
 
 def main() -> None:
@@ -148,26 +173,37 @@ def main() -> None:
 
     proc, url = start_server(args.file, args.threads, max(args.clients))
     try:
-        run_clients(url, 1, 4)   # warm-up: the first forward touches every weight page
+        run_clients(url, 1, 4)  # warm-up: the first forward touches every weight page
         rows = []
         for n in args.clients:
             row = run_clients(url, n, args.tokens)
             rows.append(row)
-            print(f"{n:2d} clients: {row['decode_tokens_per_s']:6.2f} tokens/s aggregate decode; "
-                  f"TTFT p50 {row['ttft_p50_s']:.2f} s p95 {row['ttft_p95_s']:.2f} s; "
-                  f"inter-token p50 {row['itl_p50_ms']:.0f} ms p95 {row['itl_p95_ms']:.0f} ms", flush=True)
+            print(
+                f"{n:2d} clients: {row['decode_tokens_per_s']:6.2f} tokens/s aggregate decode; "
+                f"TTFT p50 {row['ttft_p50_s']:.2f} s p95 {row['ttft_p95_s']:.2f} s; "
+                f"inter-token p50 {row['itl_p50_ms']:.0f} ms p95 {row['itl_p95_ms']:.0f} ms",
+                flush=True,
+            )
         delay = long_prompt_delay(url, args.tokens)
-        print(f"a 1024-token prompt arriving (prefill chunk 64): the decoding client's median gap "
-              f"{delay['decode_gap_median_ms']:.0f} ms, largest {delay['decode_gap_max_ms']:.0f} ms; "
-              f"the long prompt's first token after {delay['long_prompt_ttft_s']:.1f} s", flush=True)
+        print(
+            f"a 1024-token prompt arriving (prefill chunk 64): the decoding client's median gap "
+            f"{delay['decode_gap_median_ms']:.0f} ms, largest {delay['decode_gap_max_ms']:.0f} ms; "
+            f"the long prompt's first token after {delay['long_prompt_ttft_s']:.1f} s",
+            flush=True,
+        )
         proc.terminate()
         proc.wait(120)
     finally:
         if proc.poll() is None:
             proc.kill()
     by_n = {r["clients"]: r for r in rows}
-    summary = {"cpu": cpu_name(), "threads": args.threads, "gptj_generate_tokens_per_s": baseline, "rows": rows,
-               "long_prompt": delay}
+    summary = {
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "gptj_generate_tokens_per_s": baseline,
+        "rows": rows,
+        "long_prompt": delay,
+    }
     if 1 in by_n:
         single = by_n[1]["decode_tokens_per_s"]
         summary["single_vs_generate"] = single / baseline

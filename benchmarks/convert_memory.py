@@ -72,11 +72,16 @@ def make_checkpoint(path: str, n_layer: int, dtype: str) -> dict:
     if not os.path.exists(target):
         started = time.perf_counter()
         write_safetensors(target, [(n, st_dtype, s) for n, s in shapes.items()], produce)
-        print(f"  built {path}: {os.path.getsize(target) / 1e9:.2f} GB in {time.perf_counter() - started:.0f} s",
-              flush=True)
+        print(
+            f"  built {path}: {os.path.getsize(target) / 1e9:.2f} GB in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
     itemsize = np.dtype(np_dtype).itemsize
-    return {"config": config, "total": sum(int(np.prod(s)) * itemsize for s in shapes.values()),
-            "largest": max(int(np.prod(s)) * itemsize for s in shapes.values())}
+    return {
+        "config": config,
+        "total": sum(int(np.prod(s)) * itemsize for s in shapes.values()),
+        "largest": max(int(np.prod(s)) * itemsize for s in shapes.values()),
+    }
 
 
 def read_status(pid: int) -> dict:
@@ -93,8 +98,11 @@ def read_status(pid: int) -> dict:
 
 
 def measure(src: str, dst: str, dtype: str) -> dict:
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(root=ROOT, src=src, dst=dst, dtype=dtype)],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD.format(root=ROOT, src=src, dst=dst, dtype=dtype)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert child.stdout.readline().strip() == "ready"
     peak_anon = peak_file = 0
     while child.poll() is None:
@@ -118,8 +126,11 @@ def main() -> None:
     args = parser.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="gptj-convert-memory-")
     layers = [int(n) for n in args.layers.split(",")]
-    runs = [("fp32", n, "q8") for n in layers] + [("fp32", layers[-1], "f16"), ("fp32", layers[-1], "f32"),
-                                                   ("fp16", layers[-1], "q8")]
+    runs = [("fp32", n, "q8") for n in layers] + [
+        ("fp32", layers[-1], "f16"),
+        ("fp32", layers[-1], "f32"),
+        ("fp16", layers[-1], "q8"),
+    ]
     print(f"workdir {workdir}; every checkpoint at GPT-J 6B width (wte and lm_head: 50400 x 4096)")
     rows = []
     try:
@@ -130,27 +141,37 @@ def main() -> None:
             r = measure(src, dst, dtype)
             os.unlink(dst)
             rows.append((source, n_layer, dtype, info, r))
-            print(f"  {source} {n_layer}L -> {dtype}: peak RSS {r['hwm'] / MB:.0f} MB in {r['seconds']:.1f} s", flush=True)
+            print(
+                f"  {source} {n_layer}L -> {dtype}: peak RSS {r['hwm'] / MB:.0f} MB in {r['seconds']:.1f} s", flush=True
+            )
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print()
-    print(f"{'source':<6} {'layers':>6} {'to':<4} {'ckpt MB':>8} {'largest MB':>10} {'base MB':>8} {'peak RSS MB':>11} "
-          f"{'growth MB':>9} {'growth/largest':>14} {'anon MB':>8} {'mapped MB':>9} {'s':>6} {'MB/s':>6}")
+    print(
+        f"{'source':<6} {'layers':>6} {'to':<4} {'ckpt MB':>8} {'largest MB':>10} {'base MB':>8} {'peak RSS MB':>11} "
+        f"{'growth MB':>9} {'growth/largest':>14} {'anon MB':>8} {'mapped MB':>9} {'s':>6} {'MB/s':>6}"
+    )
     for source, n_layer, dtype, info, r in rows:
         growth = r["hwm"] - r["before"]
-        print(f"{source:<6} {n_layer:>6} {dtype:<4} {info['total'] / MB:8.0f} {info['largest'] / MB:10.0f} "
-              f"{r['before'] / MB:8.0f} {r['hwm'] / MB:11.0f} {growth / MB:9.0f} {growth / info['largest']:14.2f} "
-              f"{r['peak_anon'] / MB:8.0f} {r['peak_file'] / MB:9.0f} {r['seconds']:6.1f} "
-              f"{info['total'] / MB / r['seconds']:6.0f}")
+        print(
+            f"{source:<6} {n_layer:>6} {dtype:<4} {info['total'] / MB:8.0f} {info['largest'] / MB:10.0f} "
+            f"{r['before'] / MB:8.0f} {r['hwm'] / MB:11.0f} {growth / MB:9.0f} {growth / info['largest']:14.2f} "
+            f"{r['peak_anon'] / MB:8.0f} {r['peak_file'] / MB:9.0f} {r['seconds']:6.1f} "
+            f"{info['total'] / MB / r['seconds']:6.0f}"
+        )
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     print(f"\nru_maxrss over all conversion children: {children / MB:.0f} MB")
-    largest = max(int(np.prod(s)) for s in weight_shapes(GPTJ_6B).values()) * 4
-    print(f"GPT-J 6B fp32: {sum(int(np.prod(s)) for s in weight_shapes(GPTJ_6B).values()) * 4 / 1e9:.1f} GB, largest tensor "
-          f"{largest / MB:.0f} MB (the same wte/lm_head as above); q8 output {native_size(GPTJ_6B, 'q8') / 1e9:.2f} GB.")
-    print("Bound: peak RSS <= base + largest source tensor (mapped, released after each tensor) "
-          "+ its converted copy + ~30 MB of row-slice temporaries; the number of layers does not enter.")
+    fp32_bytes = [int(np.prod(s)) * 4 for s in weight_shapes(GPTJ_6B).values()]
+    print(
+        f"GPT-J 6B fp32: {sum(fp32_bytes) / 1e9:.1f} GB, largest tensor {max(fp32_bytes) / MB:.0f} MB "
+        f"(the same wte/lm_head as above); q8 output {native_size(GPTJ_6B, 'q8') / 1e9:.2f} GB."
+    )
+    print(
+        "Bound: peak RSS <= base + largest source tensor (mapped, released after each tensor) "
+        "+ its converted copy + ~30 MB of row-slice temporaries; the number of layers does not enter."
+    )
 
 
 if __name__ == "__main__":

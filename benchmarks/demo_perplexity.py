@@ -40,10 +40,10 @@ def perplexity(model, ids: np.ndarray, window: int) -> tuple:
     """(perplexity, tokens scored) over non-overlapping windows of `window` tokens."""
     total, count = 0.0, 0
     for start in range(0, len(ids) - 1, window):
-        chunk = ids[start:start + window]
+        chunk = ids[start : start + window]
         if len(chunk) < 2:
             break
-        logits = model.backend.forward(chunk).astype(np.float64)            # [T, vocab]
+        logits = model.backend.forward(chunk).astype(np.float64)  # [T, vocab]
         logits -= logits.max(axis=-1, keepdims=True)
         log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
         total -= log_probs[np.arange(len(chunk) - 1), chunk[1:]].sum()
@@ -53,11 +53,12 @@ def perplexity(model, ids: np.ndarray, window: int) -> tuple:
 
 def load_seconds(repeats: int) -> list:
     """Wall time of gptj_ref.load() (the shipped demo file, cpp backend) in fresh processes, after import."""
-    code = ("import time, gptj_ref; t = time.perf_counter(); m = gptj_ref.load(); "
-            "print(time.perf_counter() - t)")
+    code = "import time, gptj_ref; t = time.perf_counter(); m = gptj_ref.load(); print(time.perf_counter() - t)"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    return [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                 env=env).stdout) for _ in range(repeats)]
+    return [
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout)
+        for _ in range(repeats)
+    ]
 
 
 def main() -> int:
@@ -70,11 +71,13 @@ def main() -> int:
 
     ids = heldout_ids(os.path.join(args.run, "corpus", "heldout.txt"))
     if args.max_tokens:
-        ids = ids[:args.max_tokens]
-    runs = [("fp32 reference (trained checkpoint)", os.path.join(args.run, "hf"), "reference"),
-            ("fp32 cpp (trained checkpoint)", os.path.join(args.run, "hf"), "cpp"),
-            ("int8 cpp (shipped file)", args.model, "cpp"),
-            ("reference on the dequantized int8 weights", args.model, "reference")]
+        ids = ids[: args.max_tokens]
+    runs = [
+        ("fp32 reference (trained checkpoint)", os.path.join(args.run, "hf"), "reference"),
+        ("fp32 cpp (trained checkpoint)", os.path.join(args.run, "hf"), "cpp"),
+        ("int8 cpp (shipped file)", args.model, "cpp"),
+        ("reference on the dequantized int8 weights", args.model, "reference"),
+    ]
     results = {}
     for label, path, backend in runs:
         model = gptj_ref.load(path, backend=backend)
@@ -85,8 +88,11 @@ def main() -> int:
     fp32, int8 = results[runs[0][0]], results[runs[2][0]]
     print(f"int8 / fp32 perplexity: {int8 / fp32:.4f} ({100 * (int8 / fp32 - 1):+.2f}%)")
     times = load_seconds(args.load_repeats)
-    print(f"gptj_ref.load() of {args.model} ({os.path.getsize(args.model) / 1e6:.1f} MB): median "
-          f"{statistics.median(times):.3f} s over {len(times)} fresh processes (min {min(times):.3f}, max {max(times):.3f})")
+    print(
+        f"gptj_ref.load() of {args.model} ({os.path.getsize(args.model) / 1e6:.1f} MB): median "
+        f"{statistics.median(times):.3f} s over {len(times)} fresh processes "
+        f"(min {min(times):.3f}, max {max(times):.3f})"
+    )
     return 0
 
 

@@ -52,13 +52,18 @@ def main() -> None:
     for _ in range(4):
         logits = backend.forward(np.array([int(np.argmax(logits[-1]))]), cache, last_only=True)
     s = status_gb()
-    print(f"{prompt_tokens}-token prompt + 4 tokens, {cache.core.dtype} KV cache of {cache.core.nbytes / 1e9:.2f} GB "
-          f"(prompt {prompt_tokens / prompt_s:.1f} tokens/s): peak RSS {s['VmHWM']:.2f} GB; at the end "
-          f"{s['RssFile']:.2f} GB file pages + {s['RssAnon']:.2f} GB anonymous")
-    estimate = estimate_memory(backend.config, model.dtype, "cpp", prompt_tokens + 4, backend.kv_dtype,
-                               threads=backend.threads)
-    print(f"estimate before the load: {estimate.describe()}; estimate / peak RSS = "
-          f"{estimate.total / 1e9 / s['VmHWM']:.3f}")
+    print(
+        f"{prompt_tokens}-token prompt + 4 tokens, {cache.core.dtype} KV cache of {cache.core.nbytes / 1e9:.2f} GB "
+        f"(prompt {prompt_tokens / prompt_s:.1f} tokens/s): peak RSS {s['VmHWM']:.2f} GB; at the end "
+        f"{s['RssFile']:.2f} GB file pages + {s['RssAnon']:.2f} GB anonymous"
+    )
+    estimate = estimate_memory(
+        backend.config, model.dtype, "cpp", prompt_tokens + 4, backend.kv_dtype, threads=backend.threads
+    )
+    print(
+        f"estimate before the load: {estimate.describe()}; estimate / peak RSS = "
+        f"{estimate.total / 1e9 / s['VmHWM']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from helpers import CONFIGS, make_hf_model, state_dict_numpy  # noqa: E402
-
 from gptj_ref.config import GPTJConfig  # noqa: E402
 from gptj_ref.reference import Reference  # noqa: E402
+from helpers import CONFIGS, make_hf_model, state_dict_numpy  # noqa: E402
 
 
 def backends(config, weights):

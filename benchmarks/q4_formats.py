@@ -77,7 +77,7 @@ CANDIDATES = {"sym7": sym7, "q4_0": q4_0, "q4_1": q4_1, "errmin": errmin}
 
 
 def in_chunks(fn, w, rows=1024):
-    return np.concatenate([fn(w[i:i + rows]) for i in range(0, w.shape[0], rows)])
+    return np.concatenate([fn(w[i : i + rows]) for i in range(0, w.shape[0], rows)])
 
 
 def quantized_weights(weights, scheme, lm_head_q8=False):
@@ -94,24 +94,35 @@ def quantized_weights(weights, scheme, lm_head_q8=False):
 def weight_errors():
     rng = np.random.default_rng(0)
     print("1. weight error, relative rms, [4096, 4096]:")
-    for dist, w in (("gaussian", rng.standard_normal((4096, 4096))),
-                    ("student-t(5)", rng.standard_t(5, (4096, 4096)))):
+    for dist, w in (("gaussian", rng.standard_normal((4096, 4096))), ("student-t(5)", rng.standard_t(5, (4096, 4096)))):
         w = (0.02 * w / w.std()).astype(np.float32)
-        row = {name: np.sqrt(np.mean((in_chunks(fn, w) - w) ** 2)) / w.std() for name, fn in
-               list(CANDIDATES.items()) + [("q8", q8)]}
+        row = {
+            name: np.sqrt(np.mean((in_chunks(fn, w) - w) ** 2)) / w.std()
+            for name, fn in list(CANDIDATES.items()) + [("q8", q8)]
+        }
         print(f"   {dist:13s} " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
 
 
 def layer_logits():
     rng = np.random.default_rng(1)
-    config = GPTJConfig(vocab_size=8192, n_positions=64, n_embd=4096, n_layer=1, n_head=16, rotary_dim=64,
-                        bos_token_id=0, eos_token_id=0)
+    config = GPTJConfig(
+        vocab_size=8192,
+        n_positions=64,
+        n_embd=4096,
+        n_layer=1,
+        n_head=16,
+        rotary_dim=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     weights = {}
     from gptj_ref.layout import weight_shapes
+
     for name, shape in weight_shapes(config).items():
         if len(shape) == 1:
-            weights[name] = ((1.0 if "ln_" in name and name.endswith("weight") else 0.0)
-                             + 0.02 * rng.standard_normal(shape)).astype(np.float32)
+            weights[name] = (
+                (1.0 if "ln_" in name and name.endswith("weight") else 0.0) + 0.02 * rng.standard_normal(shape)
+            ).astype(np.float32)
         else:
             t = rng.standard_t(5, shape).astype(np.float32)
             weights[name] = (0.02 * t / t.std()).astype(np.float32)
@@ -122,10 +133,12 @@ def layer_logits():
     for scheme in ["q8"] + list(CANDIDATES):
         t0 = time.perf_counter()
         got = Reference(config, quantized_weights(weights, scheme)).forward(ids).astype(np.float64)
-        rel = np.sqrt(np.mean((got - full) ** 2)) / np.sqrt(np.mean(full ** 2))
+        rel = np.sqrt(np.mean((got - full) ** 2)) / np.sqrt(np.mean(full**2))
         top1 = np.mean(got.argmax(-1) == full.argmax(-1))
-        print(f"   {scheme:8s} rel rms {rel:.4f}  top-1 agreement {top1:.2f}  ({time.perf_counter() - t0:.0f} s)",
-              flush=True)
+        print(
+            f"   {scheme:8s} rel rms {rel:.4f}  top-1 agreement {top1:.2f}  ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
 
 
 def perplexity(model_dir, text_path, n_tokens):
@@ -137,7 +150,7 @@ def perplexity(model_dir, text_path, n_tokens):
     weights = {name: np.asarray(ckpt.read(name), np.float32) for name in ckpt.names()}
     tok = default_tokenizer()
     with open(text_path, encoding="utf-8") as f:
-        ids = np.array(tok.encode(f.read())[:n_tokens + 1])
+        ids = np.array(tok.encode(f.read())[: n_tokens + 1])
     window = config.n_positions
     print(f"3. held-out perplexity, {model_dir}, first {len(ids) - 1} tokens of {text_path}, windows of {window}:")
 
@@ -145,8 +158,8 @@ def perplexity(model_dir, text_path, n_tokens):
         model = Reference(config, w)
         nll, count = 0.0, 0
         for s in range(0, len(ids) - 1, window):
-            x, y = ids[s:s + window], ids[s + 1:s + window + 1]
-            x = x[:len(y)]
+            x, y = ids[s : s + window], ids[s + 1 : s + window + 1]
+            x = x[: len(y)]
             logits = model.forward(x).astype(np.float64)
             logits -= logits.max(-1, keepdims=True)
             logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

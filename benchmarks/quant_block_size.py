@@ -32,10 +32,19 @@ from gptj_ref.quant import dequantize_blocks, is_quantized, q8_linear, quantize_
 from gptj_ref.reference import Reference  # noqa: E402
 
 GEOMETRIES = {
-    "width-256": GPTJConfig(vocab_size=1000, n_positions=128, n_embd=256, n_layer=4, n_head=4, rotary_dim=32,
-                            bos_token_id=0, eos_token_id=0),
-    "real-heads-1024": GPTJConfig(vocab_size=4000, n_positions=128, n_embd=1024, n_layer=4, n_head=4, rotary_dim=64,
-                                  bos_token_id=0, eos_token_id=0),
+    "width-256": GPTJConfig(
+        vocab_size=1000, n_positions=128, n_embd=256, n_layer=4, n_head=4, rotary_dim=32, bos_token_id=0, eos_token_id=0
+    ),
+    "real-heads-1024": GPTJConfig(
+        vocab_size=4000,
+        n_positions=128,
+        n_embd=1024,
+        n_layer=4,
+        n_head=4,
+        rotary_dim=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    ),
 }
 BLOCK_SIZES = (32, 64)
 TOKENS = 48
@@ -58,7 +67,7 @@ class Q8Matrix:
 
 
 def make_weights(config: GPTJConfig, seed: int, outliers: bool):
-    weights = random_weights(config, seed=seed, std=1.5 / config.n_embd ** 0.5)
+    weights = random_weights(config, seed=seed, std=1.5 / config.n_embd**0.5)
     if outliers:
         channels = np.random.default_rng(seed + 1).choice(config.n_embd, 4, replace=False)
         for name, w in weights.items():
@@ -72,8 +81,10 @@ def compare(name, logits, reference):
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     delta = np.abs(a - b).max()
     top1 = (a.argmax(-1) == b.argmax(-1)).mean()
-    return (f"{name:<13} cos mean {cos.mean():.6f} min {cos.min():.6f}   max|Δ| {delta:.4f} "
-            f"({delta / np.abs(b).max():.2%} of max|logit| {np.abs(b).max():.2f})   top-1 agree {top1:.1%}")
+    return (
+        f"{name:<13} cos mean {cos.mean():.6f} min {cos.min():.6f}   max|Δ| {delta:.4f} "
+        f"({delta / np.abs(b).max():.2%} of max|logit| {np.abs(b).max():.2f})   top-1 agree {top1:.1%}"
+    )
 
 
 def main() -> None:
@@ -82,8 +93,10 @@ def main() -> None:
             weights = make_weights(config, seed=0, outliers=outliers)
             ids = np.random.default_rng(1).integers(0, config.vocab_size, TOKENS)
             reference = Reference(config, weights).forward(ids)
-            print(f"\n{label} ({config.n_layer} layers, n_embd {config.n_embd}, vocab {config.vocab_size}), "
-                  f"{'4 outlier channels x20' if outliers else 'Gaussian weights'}, {TOKENS} tokens")
+            print(
+                f"\n{label} ({config.n_layer} layers, n_embd {config.n_embd}, vocab {config.vocab_size}), "
+                f"{'4 outlier channels x20' if outliers else 'Gaussian weights'}, {TOKENS} tokens"
+            )
             for qk in BLOCK_SIZES:
                 started = time.perf_counter()
                 quantized = {n: quantize_blocks(w, qk) for n, w in weights.items() if is_quantized(n)}
@@ -91,8 +104,11 @@ def main() -> None:
                 emulated = {n: Q8Matrix(*quantized[n]) if n in quantized else w for n, w in weights.items()}
                 print(f"  block {qk} ({1 + 2 / qk:.4f} bytes/weight):")
                 print("   ", compare("weights-only", Reference(config, dequantized).forward(ids), reference))
-                print("   ", compare("w8a8", Reference(config, emulated).forward(ids), reference),
-                      f"  [{time.perf_counter() - started:.1f} s]")
+                print(
+                    "   ",
+                    compare("w8a8", Reference(config, emulated).forward(ids), reference),
+                    f"  [{time.perf_counter() - started:.1f} s]",
+                )
 
 
 if __name__ == "__main__":

@@ -43,25 +43,36 @@ def main() -> int:
     ap.add_argument("--replicas", type=int, default=2)
     args = ap.parse_args()
     size = os.path.getsize(args.file)
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, args.file], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True) for _ in range(args.replicas)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, args.file], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(args.replicas)
+    ]
     started = time.perf_counter()
     try:
         for p in procs:
             if p.stdout.readline().strip() != "ready":
                 raise SystemExit("a replica failed to load the model")
-        print(f"file {args.file}: {size / 1e9:.2f} GB; {args.replicas} processes ready after "
-              f"{time.perf_counter() - started:.0f} s")
+        print(
+            f"file {args.file}: {size / 1e9:.2f} GB; {args.replicas} processes ready after "
+            f"{time.perf_counter() - started:.0f} s"
+        )
         total_pss = 0
         for p in procs:
             r = rollup(p.pid)
             private = r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
             shared = r.get("Shared_Clean", 0) + r.get("Shared_Dirty", 0)
             total_pss += r["Pss"]
-            print(f"pid {p.pid}: Rss {r['Rss'] / 1e9:.2f} GB, Pss {r['Pss'] / 1e9:.2f} GB, "
-                  f"shared {shared / 1e9:.2f} GB, private {private / 1e9:.2f} GB (anonymous {r.get('Anonymous', 0) / 1e9:.2f} GB)")
-        print(f"sum of Pss (the node's memory for all replicas): {total_pss / 1e9:.2f} GB "
-              f"(not shared it would be about {args.replicas} x Rss)")
+            print(
+                f"pid {p.pid}: Rss {r['Rss'] / 1e9:.2f} GB, Pss {r['Pss'] / 1e9:.2f} GB, "
+                f"shared {shared / 1e9:.2f} GB, private {private / 1e9:.2f} GB "
+                f"(anonymous {r.get('Anonymous', 0) / 1e9:.2f} GB)"
+            )
+        print(
+            f"sum of Pss (the node's memory for all replicas): {total_pss / 1e9:.2f} GB "
+            f"(not shared it would be about {args.replicas} x Rss)"
+        )
     finally:
         for p in procs:
             p.stdin.close()

@@ -94,7 +94,7 @@ PyModel make_model(const py::dict& weights, const py::dict& formats, const py::a
     const int64_t E = c.n_embd, F = c.d_ff, V = c.n_vocab;
     const std::string wte = "transformer.wte.weight";
     const std::string wte_format = formats.contains(wte) ? formats[py::str(wte)].cast<std::string>() : "f32";
-    if (wte_format == "q8") {   // int8 embedding rows (native file version 2), dequantized on lookup
+    if (wte_format == "q8") {  // int8 embedding rows (native file version 2), dequantized on lookup
         if (E % k::kQ8Block != 0) throw py::value_error("an int8 embedding needs n_embd to be a multiple of 32");
         py::object entry = weight_entry(weights, wte);
         if (!py::isinstance<py::tuple>(entry) || py::len(entry) != 2)
@@ -178,8 +178,9 @@ py::tuple run_model(PyModel& pm, const py::array& ids, const py::array& counts, 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "gptj_ref C++ core: the GPT-J runtime over a table of weight formats (f32, q8, q4) x CPU levels "
-              "(scalar, avx2, avxvnni, avx512, amx), and its kernels one by one";
+    m.doc() =
+        "gptj_ref C++ core: the GPT-J runtime over a table of weight formats (f32, q8, q4) x CPU levels "
+        "(scalar, avx2, avxvnni, avx512, amx), and its kernels one by one";
 
     // CPU levels and the formats table ----------------------------------------------------------
     m.def(
@@ -191,8 +192,9 @@ PYBIND11_MODULE(_core, m) {
             return names;
         },
         "The CPU levels this build can run on this CPU, from the portable to the fastest");
-    m.def("set_isa", [](const std::string& name) { k::set_isa(parse_isa(name)); }, py::arg("isa"),
-          "Use the kernels of this level from now on (process-wide): 'scalar', 'avx2', 'avxvnni', 'avx512' or 'amx'");
+    m.def(
+        "set_isa", [](const std::string& name) { k::set_isa(parse_isa(name)); }, py::arg("isa"),
+        "Use the kernels of this level from now on (process-wide): 'scalar', 'avx2', 'avxvnni', 'avx512' or 'amx'");
     m.def("isa", [] { return std::string(k::isa_name(k::isa())); }, "The CPU level in use");
     m.def(
         "weight_formats",
@@ -238,31 +240,39 @@ PYBIND11_MODULE(_core, m) {
 
     // The model -------------------------------------------------------------------------------
     py::class_<PyCache>(m, "KVCache", "Keys and values of `batch` independent sequences")
-        .def(py::init([](const PyModel& pm, int64_t batch, int64_t max_tokens, const std::string& dtype) {
-                 const rt::Config& c = pm.model->config();
-                 if (batch < 1 || max_tokens < 1 || max_tokens > c.n_ctx)
-                     throw py::value_error("a cache needs batch >= 1 and 1 <= max_tokens <= " + std::to_string(c.n_ctx));
-                 if (dtype != "float32" && dtype != "float16")
-                     throw py::value_error("a cache's dtype is 'float32' or 'float16', got '" + dtype + "'");
-                 const auto precision = dtype == "float16" ? rt::KVPrecision::F16 : rt::KVPrecision::F32;
-                 return PyCache{std::make_unique<rt::KVCache>(c, batch, max_tokens, precision)};
-             }),
-             py::arg("model"), py::arg("batch"), py::arg("max_tokens"), py::arg("dtype") = "float32")
-        .def_property_readonly("dtype", [](const PyCache& pc) {
-            return std::string(pc.cache->precision() == rt::KVPrecision::F16 ? "float16" : "float32");
-        }, "Precision of the stored keys and values")
-        .def_property_readonly("nbytes", [](const PyCache& pc) { return pc.cache->nbytes(); },
-                               "Bytes of keys and values, all slots (pages are mapped as tokens are written)")
+        .def(
+            py::init([](const PyModel& pm, int64_t batch, int64_t max_tokens, const std::string& dtype) {
+                const rt::Config& c = pm.model->config();
+                if (batch < 1 || max_tokens < 1 || max_tokens > c.n_ctx)
+                    throw py::value_error("a cache needs batch >= 1 and 1 <= max_tokens <= " + std::to_string(c.n_ctx));
+                if (dtype != "float32" && dtype != "float16")
+                    throw py::value_error("a cache's dtype is 'float32' or 'float16', got '" + dtype + "'");
+                const auto precision = dtype == "float16" ? rt::KVPrecision::F16 : rt::KVPrecision::F32;
+                return PyCache{std::make_unique<rt::KVCache>(c, batch, max_tokens, precision)};
+            }),
+            py::arg("model"), py::arg("batch"), py::arg("max_tokens"), py::arg("dtype") = "float32")
+        .def_property_readonly(
+            "dtype",
+            [](const PyCache& pc) {
+                return std::string(pc.cache->precision() == rt::KVPrecision::F16 ? "float16" : "float32");
+            },
+            "Precision of the stored keys and values")
+        .def_property_readonly(
+            "nbytes", [](const PyCache& pc) { return pc.cache->nbytes(); },
+            "Bytes of keys and values, all slots (pages are mapped as tokens are written)")
         .def_property_readonly("batch", [](const PyCache& pc) { return pc.cache->batch(); })
         .def_property_readonly("max_tokens", [](const PyCache& pc) { return pc.cache->max_tokens(); })
         .def_property_readonly("n_layer", [](const PyCache& pc) { return pc.cache->n_layer(); })
         .def_property_readonly("n_head", [](const PyCache& pc) { return pc.cache->n_head(); })
         .def_property_readonly("head_dim", [](const PyCache& pc) { return pc.cache->d_head(); })
-        .def_property_readonly("lengths", [](const PyCache& pc) {
-            std::vector<int64_t> out(size_t(pc.cache->batch()));
-            for (int64_t r = 0; r < pc.cache->batch(); ++r) out[size_t(r)] = pc.cache->length(r);
-            return out;
-        }, "Tokens held by each row")
+        .def_property_readonly(
+            "lengths",
+            [](const PyCache& pc) {
+                std::vector<int64_t> out(size_t(pc.cache->batch()));
+                for (int64_t r = 0; r < pc.cache->batch(); ++r) out[size_t(r)] = pc.cache->length(r);
+                return out;
+            },
+            "Tokens held by each row")
         .def(
             "reset_row",
             [](PyCache& pc, int64_t row) {
@@ -285,8 +295,10 @@ PYBIND11_MODULE(_core, m) {
                 const bool half = c.precision() == rt::KVPrecision::F16;
                 py::array out(py::dtype(half ? "float16" : "float32"), std::vector<int64_t>{H, n, dh});
                 auto copy = [&](const auto* block) {  // the row's (n_head, max_tokens, d_head) block
-                    auto* dst = static_cast<std::remove_const_t<std::remove_pointer_t<decltype(block)>>*>(out.mutable_data());
-                    for (int64_t h = 0; h < H; ++h) std::copy(block + h * S * dh, block + (h * S + n) * dh, dst + h * n * dh);
+                    auto* dst =
+                        static_cast<std::remove_const_t<std::remove_pointer_t<decltype(block)>>*>(out.mutable_data());
+                    for (int64_t h = 0; h < H; ++h)
+                        std::copy(block + h * S * dh, block + (h * S + n) * dh, dst + h * n * dh);
                 };
                 if (half)
                     copy(which == "keys" ? c.keys<uint16_t>(layer, row) : c.values<uint16_t>(layer, row));
@@ -309,7 +321,8 @@ PYBIND11_MODULE(_core, m) {
                                           " tokens; cannot copy " + std::to_string(n));
                 const int64_t H = c.n_head(), dh = c.d_head(), S = c.max_tokens();
                 auto copy = [&](auto* from, auto* to) {  // one (n_head, max_tokens, d_head) block per row
-                    for (int64_t h = 0; h < H; ++h) std::copy(from + h * S * dh, from + (h * S + n) * dh, to + h * S * dh);
+                    for (int64_t h = 0; h < H; ++h)
+                        std::copy(from + h * S * dh, from + (h * S + n) * dh, to + h * S * dh);
                 };
                 if (src != dst)
                     for (int64_t l = 0; l < c.n_layer(); ++l) {
@@ -340,7 +353,8 @@ PYBIND11_MODULE(_core, m) {
             })
         .def(
             "forward",
-            [](PyModel& pm, const py::array& ids, const py::array& counts, PyCache& cache, const py::object& logit_rows) {
+            [](PyModel& pm, const py::array& ids, const py::array& counts, PyCache& cache,
+               const py::object& logit_rows) {
                 if (!logit_rows.is_none() && !py::isinstance<py::array>(logit_rows))
                     throw py::type_error("logit_rows must be an int64 numpy array or None");
                 return py::object(run_model(pm, ids, counts, cache, false, logit_rows)[0]);

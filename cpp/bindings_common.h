@@ -27,7 +27,9 @@ inline std::string shape_str(const std::vector<int64_t>& shape) {
     return s.str();
 }
 
-inline std::vector<int64_t> shape_of(const py::array& a) { return std::vector<int64_t>(a.shape(), a.shape() + a.ndim()); }
+inline std::vector<int64_t> shape_of(const py::array& a) {
+    return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
 
 // Check a is a C-contiguous array of T with the given shape (-1 = any size on that axis).
 template <typename T>
@@ -76,8 +78,8 @@ inline k::Isa parse_isa(const std::string& name) {
 
 // A weight W (N, K) stored in `format`: values (N, K * bits / 8) of float32 (32 bits), int8 (8) or uint8
 // (4: two values a byte), and for block formats scales (N, K / block) uint16 (float16 bits). N < 0: any.
-inline k::WeightData weight_data(const k::WeightFormat& f, const py::array& values, const py::object& scales,
-                                 int64_t N, int64_t K, const std::string& what) {
+inline k::WeightData weight_data(const k::WeightFormat& f, const py::array& values, const py::object& scales, int64_t N,
+                                 int64_t K, const std::string& what) {
     const std::string name = std::string(f.name) + " weight " + what;
     if (f.block > 1 && K % f.block != 0)
         throw py::value_error(name + " has " + std::to_string(K) + " inputs, not a multiple of its block " +
@@ -90,12 +92,13 @@ inline k::WeightData weight_data(const k::WeightFormat& f, const py::array& valu
     else if (f.bits == 4)
         w.values = in_ptr<uint8_t>(values, name + " (two 4-bit values a byte)", {N, K / 2});
     else
-        throw py::value_error("format " + std::string(f.name) + " has no binding for " + std::to_string(f.bits) + "-bit values");
+        throw py::value_error("format " + std::string(f.name) + " has no binding for " + std::to_string(f.bits) +
+                              "-bit values");
     if (f.block > 1) {
         if (!py::isinstance<py::array>(scales)) throw py::value_error(name + " needs its block scales as an array");
         const int64_t rows = values.shape(0);
-        w.scales = in_ptr<uint16_t>(py::reinterpret_borrow<py::array>(scales), "scales of " + name +
-                                    " (float16 viewed as uint16)", {rows, f.scales_per_row(K)});
+        w.scales = in_ptr<uint16_t>(py::reinterpret_borrow<py::array>(scales),
+                                    "scales of " + name + " (float16 viewed as uint16)", {rows, f.scales_per_row(K)});
     }
     return w;
 }

@@ -203,8 +203,8 @@ void bind_kernels(py::module_& m) {
             with_threads(threads, [&] { k::format_linear(yp, in, k::WeightData{wp, sp}, bp, N, q8); });
             return y;
         },
-        py::arg("qx").noconvert(), py::arg("dx").noconvert(), py::arg("w").noconvert(),
-        py::arg("scales").noconvert(), py::arg("b").noconvert() = py::none(), py::arg("threads") = py::none(),
+        py::arg("qx").noconvert(), py::arg("dx").noconvert(), py::arg("w").noconvert(), py::arg("scales").noconvert(),
+        py::arg("b").noconvert() = py::none(), py::arg("threads") = py::none(),
         "y = x @ W.T + b on int8 blocks.  qx (M, K) int8, dx (M, K/32) float32, w (N, K) int8, "
         "scales (N, K/32) uint16 (float16 bits: pass scales.view(np.uint16)), b (N) or None -> y (M, N)");
 

@@ -30,8 +30,8 @@ import zipfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-TIME_LIMIT = 20            # seconds for one batch's single input (checked per input by the parent)
-MEMORY_LIMIT = 2 << 30     # address space of a child
+TIME_LIMIT = 20  # seconds for one batch's single input (checked per input by the parent)
+MEMORY_LIMIT = 2 << 30  # address space of a child
 BATCH = 200
 
 
@@ -44,8 +44,9 @@ def seeds(work: str) -> dict:
     from gptj_ref.native import write_native
     from gptj_ref.safetensors_file import save_tensors
 
-    config = GPTJConfig(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
-                        bos_token_id=299, eos_token_id=299)
+    config = GPTJConfig(
+        vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, bos_token_id=299, eos_token_id=299
+    )
     weights = random_weights(config, seed=3)
     save_tensors(os.path.join(work, "s.safetensors"), weights)
     write_native(os.path.join(work, "m.gptj"), config, weights.__getitem__, "q8", "")
@@ -57,7 +58,7 @@ def seeds(work: str) -> dict:
         native = f.read()
     vocab = {"!": 0, "a": 1, "b": 2, "ab": 3, "<|endoftext|>": 4}
     return {
-        "safetensors": safetensors[:8 + struct.unpack("<Q", safetensors[:8])[0] + 256],
+        "safetensors": safetensors[: 8 + struct.unpack("<Q", safetensors[:8])[0] + 256],
         "native": native,
         "torchzip": buffer.getvalue(),
         "config": json.dumps(config.to_hf()).encode(),
@@ -76,12 +77,32 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         if kind < 0.45:
             out[pos] = rng.randrange(256)
         elif kind < 0.6:
-            del out[pos:pos + rng.randint(1, 64)]
+            del out[pos : pos + rng.randint(1, 64)]
         elif kind < 0.75:
-            out[pos:pos] = out[pos:pos + rng.randint(1, 64)] * rng.randint(1, 8)
+            out[pos:pos] = out[pos : pos + rng.randint(1, 64)] * rng.randint(1, 8)
         elif kind < 0.85:
-            out[pos:pos] = rng.choice([b"[", b"{", b"9" * 30, b"-1", b"NaN", b"\xff", b"h\x00", b"(", b"t", b"\x94",
-                                       b"0", b"}", b"s", b"u", b"R", b"b", b"Q", b"\x85" * 50])
+            out[pos:pos] = rng.choice(
+                [
+                    b"[",
+                    b"{",
+                    b"9" * 30,
+                    b"-1",
+                    b"NaN",
+                    b"\xff",
+                    b"h\x00",
+                    b"(",
+                    b"t",
+                    b"\x94",
+                    b"0",
+                    b"}",
+                    b"s",
+                    b"u",
+                    b"R",
+                    b"b",
+                    b"Q",
+                    b"\x85" * 50,
+                ]
+            )
         else:
             del out[pos:]
     return bytes(out)
@@ -90,13 +111,30 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 def random_json(rng: random.Random, depth: int = 0):
     kind = rng.random()
     if depth > 4 or kind < 0.4:
-        return rng.choice([None, True, 0, -1, 2**64, 2**31, 1.5, "", "F32", "gptj", "x" * rng.randint(0, 40),
-                           rng.randint(-10, 10**6)])
+        return rng.choice(
+            [None, True, 0, -1, 2**64, 2**31, 1.5, "", "F32", "gptj", "x" * rng.randint(0, 40), rng.randint(-10, 10**6)]
+        )
     if kind < 0.7:
         return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    return {rng.choice(["dtype", "shape", "data_offsets", "__metadata__", "n_layer", "n_embd", "vocab_size",
-                        "n_head", "rotary_dim", "n_positions", "a", ""]): random_json(rng, depth + 1)
-            for _ in range(rng.randint(0, 5))}
+    return {
+        rng.choice(
+            [
+                "dtype",
+                "shape",
+                "data_offsets",
+                "__metadata__",
+                "n_layer",
+                "n_embd",
+                "vocab_size",
+                "n_head",
+                "rotary_dim",
+                "n_positions",
+                "a",
+                "",
+            ]
+        ): random_json(rng, depth + 1)
+        for _ in range(rng.randint(0, 5))
+    }
 
 
 def make_input(rng: random.Random, target: str, seed_files: dict) -> bytes:
@@ -109,11 +147,11 @@ def make_input(rng: random.Random, target: str, seed_files: dict) -> bytes:
         blob = json.dumps({rng.choice(["a", "b", "__metadata__"]): random_json(rng) for _ in range(3)}).encode()
         return struct.pack("<Q", len(blob)) + blob + bytes(rng.randrange(256) for _ in range(rng.randint(0, 64)))
     data = seed_files[target]
-    if target == "native":   # mutate the header region mostly: that is where the parsing is
+    if target == "native":  # mutate the header region mostly: that is where the parsing is
         n = 8 + struct.unpack("<Q", data[:8])[0]
         cut = min(len(data), n + 256) if rng.random() < 0.8 else len(data)
         return mutate(rng, data[:cut]) + data[cut:]
-    if target == "torchzip" and rng.random() < 0.6:   # mutate the pickle inside an intact archive
+    if target == "torchzip" and rng.random() < 0.6:  # mutate the pickle inside an intact archive
         src = zipfile.ZipFile(io.BytesIO(data))
         out = io.BytesIO()
         with zipfile.ZipFile(out, "w") as dst:
@@ -146,8 +184,16 @@ def parse(target: str, data: bytes, work: str) -> None:
     elif target == "torchzip":
         d = os.path.join(work, "bin")
         os.makedirs(d, exist_ok=True)
-        GPTJConfig(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
-                   bos_token_id=299, eos_token_id=299).to_json_file(os.path.join(d, "config.json"))
+        GPTJConfig(
+            vocab_size=300,
+            n_positions=32,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            rotary_dim=4,
+            bos_token_id=299,
+            eos_token_id=299,
+        ).to_json_file(os.path.join(d, "config.json"))
         with open(os.path.join(d, "pytorch_model.bin"), "wb") as f:
             f.write(data)
         with open_checkpoint(d) as ckpt:
@@ -238,7 +284,7 @@ def main() -> int:
             proc.kill()
             proc.join()
             proc, conn = start()
-        elif done % BATCH == 0:   # a fresh child now and then: nothing accumulates across inputs
+        elif done % BATCH == 0:  # a fresh child now and then: nothing accumulates across inputs
             conn.send(None)
             proc.join(5)
             proc, conn = start()

@@ -52,8 +52,14 @@ def _make_backend(backend: str, config: GPTJConfig, weights, threads: Optional[i
     return CppModel(config, weights, threads=threads, kv_dtype=kv_dtype)
 
 
-def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", threads: Optional[int] = None,
-         kv_dtype: Optional[str] = None, dtype: Optional[str] = None, context: Optional[int] = None) -> "Model":
+def load(
+    path: Optional[Union[str, os.PathLike]] = None,
+    backend: str = "auto",
+    threads: Optional[int] = None,
+    kv_dtype: Optional[str] = None,
+    dtype: Optional[str] = None,
+    context: Optional[int] = None,
+) -> "Model":
     """Load a model.
 
     path      a Hugging Face GPT-J directory (config.json + safetensors or pytorch_model.bin, sharded or
@@ -71,9 +77,9 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
               extra memory is the converter's, about one tensor). None: use the weights as stored (a
               Hugging Face directory then runs in float32: 24 GB for GPT-J 6B).
     context   at most this many tokens per sequence (prompt + generated) will be used: the memory check
-              counts the KV cache for them (default, and at most: the model's context). Before anything large is read, the memory the model needs is
-              estimated (gptj_ref.memory) and the load refused with MemoryLimitError when it exceeds the
-              memory available (or GPTJ_MEMORY_LIMIT).
+              counts the KV cache for them (default, and at most: the model's context). Before anything
+              large is read, the memory the model needs is estimated (gptj_ref.memory) and the load
+              refused with MemoryLimitError when it exceeds the memory available (or GPTJ_MEMORY_LIMIT).
     """
     from .native import NATIVE_DTYPES
 
@@ -85,24 +91,25 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
     if backend == "auto":
         backend = "cpp" if cpp_available() else "reference"
     elif backend == "cpp" and not cpp_available():
-        raise SettingsError("the cpp backend is not available: the compiled extension gptj_ref._core is missing; "
-                            "reinstall with `pip install .` or use backend='reference'")
+        raise SettingsError(
+            "the cpp backend is not available: the compiled extension gptj_ref._core is missing; "
+            "reinstall with `pip install .` or use backend='reference'"
+        )
 
     if path == TINY_RANDOM:
         if dtype not in (None, "f32"):
             raise SettingsError("the random tiny model is float32 in memory; dtype applies to a checkpoint or file")
         weights = random_weights(TINY, seed=0)
-        return Model(_make_backend(backend, TINY, weights, threads, kv_dtype), default_tokenizer(),
-                     TINY_RANDOM_DESCRIPTION, dtype="f32")
+        return Model(
+            _make_backend(backend, TINY, weights, threads, kv_dtype),
+            default_tokenizer(),
+            TINY_RANDOM_DESCRIPTION,
+            dtype="f32",
+        )
     builtin = path is None
-    path = DEMO_PATH if builtin else os.fspath(path)
-    if not os.path.exists(path):
-        from . import hub
+    from .hub import local_or_hub
 
-        if not hub.looks_like_hub_name(path):
-            raise CheckpointError(f"no model at {path!r}: give a Hugging Face GPT-J directory, a native .gptj file "
-                                  "or a Hub name (org/name) in the local Hugging Face cache")
-        path = hub.resolve(path)
+    path = DEMO_PATH if builtin else local_or_hub(os.fspath(path))
     from .memory import check_memory, estimate_memory
 
     format_version = None
@@ -120,10 +127,18 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
     if context is not None:
         if not isinstance(context, (int, np.integer)) or isinstance(context, bool) or context < 1:
             raise SettingsError(f"context must be a positive number of tokens, got {context!r}")
-        context = min(int(context), config.n_positions)   # a bound: more than the model holds counts as all
+        context = min(int(context), config.n_positions)  # a bound: more than the model holds counts as all
     converted = wanted != source_dtype
-    estimate = estimate_memory(config, wanted, backend, context, kv_dtype, threads=threads,
-                               mapped=mapped or converted, format_version=None if converted else format_version)
+    estimate = estimate_memory(
+        config,
+        wanted,
+        backend,
+        context,
+        kv_dtype,
+        threads=threads,
+        mapped=mapped or converted,
+        format_version=None if converted else format_version,
+    )
     check_memory(estimate, path)
 
     if converted:
@@ -152,13 +167,17 @@ def load(path: Optional[Union[str, os.PathLike]] = None, backend: str = "auto", 
         names = list(weight_shapes(checkpoint.config))
         bar = progress_bar(sum(checkpoint.nbytes(n) for n in names), "load")
         weights = {}
-        for name in names:   # memory-mapped arrays (or float32 copies of f16/bf16) outlive the checkpoint object
+        for name in names:  # memory-mapped arrays (or float32 copies of f16/bf16) outlive the checkpoint object
             weights[name] = checkpoint.read(name)
             bar.update(checkpoint.nbytes(name))
         bar.close()
         config, description = checkpoint.config, f"{path} ({checkpoint.format})"
-    return Model(_make_backend(backend, config, weights, threads, kv_dtype), Tokenizer.from_checkpoint_dir(path),
-                 description, dtype="f32")
+    return Model(
+        _make_backend(backend, config, weights, threads, kv_dtype),
+        Tokenizer.from_checkpoint_dir(path),
+        description,
+        dtype="f32",
+    )
 
 
 def open_model_file(path: str):
@@ -169,8 +188,9 @@ def open_model_file(path: str):
         return open_native(path)
     except CheckpointError as e:
         if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")):
-            raise CheckpointError(f"{e}. For a Hugging Face checkpoint, pass the directory that holds "
-                                  "config.json") from None
+            raise CheckpointError(
+                f"{e}. For a Hugging Face checkpoint, pass the directory that holds config.json"
+            ) from None
         raise
 
 
@@ -188,7 +208,7 @@ def _convert_on_load(path: str, dtype: str):
     finally:
         try:
             os.unlink(temporary)
-        except OSError:   # Windows cannot remove a mapped file; the OS's temp cleaning will
+        except OSError:  # Windows cannot remove a mapped file; the OS's temp cleaning will
             pass
 
 
@@ -226,10 +246,12 @@ class Model:
     def __repr__(self) -> str:
         c = self.config
         threads = getattr(self.backend, "threads", None)
-        return (f"Model({self.description!r}, backend={self.backend.name!r}, dtype={self.dtype!r}, "
-                f"kv_dtype={getattr(self.backend, 'kv_dtype', 'float32')!r}"
-                + (f", threads={threads}" if threads is not None else "")
-                + f", layers={c.n_layer}, n_embd={c.n_embd}, context={c.n_positions})")
+        return (
+            f"Model({self.description!r}, backend={self.backend.name!r}, dtype={self.dtype!r}, "
+            f"kv_dtype={getattr(self.backend, 'kv_dtype', 'float32')!r}"
+            + (f", threads={threads}" if threads is not None else "")
+            + f", layers={c.n_layer}, n_embd={c.n_embd}, context={c.n_positions})"
+        )
 
     # ---------------------------------------------------------------------------------------------
     def encode(self, text: str) -> List[int]:
@@ -257,8 +279,9 @@ class Model:
 
         return score_tokens(self.backend, text_ids(self.tokenizer, text), stride)
 
-    def loglikelihood(self, context: Union[str, Sequence[int]],
-                      continuation: Union[str, Sequence[int]]) -> Tuple[float, bool]:
+    def loglikelihood(
+        self, context: Union[str, Sequence[int]], continuation: Union[str, Sequence[int]]
+    ) -> Tuple[float, bool]:
         """(log-probability of the continuation after the context, whether greedy decoding produces it).
 
         Text pairs are tokenized as lm-evaluation-harness does (see gptj_ref.scoring); an empty context
@@ -266,8 +289,11 @@ class Model:
         """
         return self.loglikelihoods([(context, continuation)])[0]
 
-    def loglikelihoods(self, pairs: Sequence[Tuple[Union[str, Sequence[int]], Union[str, Sequence[int]]]],
-                       progress: Optional[Callable[[int], None]] = None) -> List[Tuple[float, bool]]:
+    def loglikelihoods(
+        self,
+        pairs: Sequence[Tuple[Union[str, Sequence[int]], Union[str, Sequence[int]]]],
+        progress: Optional[Callable[[int], None]] = None,
+    ) -> List[Tuple[float, bool]]:
         """`loglikelihood` of many (context, continuation) pairs; pairs that share a context (multiple
         choice) run it once. progress(k) is called as k more pairs are done."""
         from .scoring import pair_ids, score_pairs, sum_scores
@@ -310,7 +336,7 @@ class Model:
         of a stop string is held back until it is known not to be; joined, the pieces equal `generate`.
         """
         if not isinstance(prompt, str):
-            _text_prompts(prompt, "stream")   # raises InputError saying what to call instead
+            _text_prompts(prompt, "stream")  # raises InputError saying what to call instead
             raise InputError("stream takes one text prompt (a str); for several prompts use generate([...])")
         ids = self._prompt_ids(prompt)
         return self._stream(ids, make_settings(settings, prompt_tokens=len(ids)))
@@ -332,8 +358,10 @@ class Model:
         else:
             ids = prompt_token_ids(prompt, self.config.vocab_size)
         if len(ids) > self.config.n_positions:
-            raise InputError(f"the prompt has {len(ids)} tokens but the model's context is {self.config.n_positions}; "
-                             "shorten the prompt")
+            raise InputError(
+                f"the prompt has {len(ids)} tokens but the model's context is {self.config.n_positions}; "
+                "shorten the prompt"
+            )
         return ids
 
     def _start(self, prompts: List[List[int]], settings: GenerationSettings) -> BatchGeneration:
@@ -347,11 +375,15 @@ def prompt_token_ids(prompt, vocab_size: int) -> List[int]:
     """A prompt given as token ids: a sequence (list, tuple, 1-D array) of integers (Python ints or NumPy
     integer scalars; not bools, floats, strings or bytes) in [0, vocab_size)."""
     if isinstance(prompt, (bytes, bytearray, memoryview)):
-        raise InputError("a prompt is text (str) or a sequence of token ids, not bytes; decode bytes to text "
-                         "first, e.g. prompt.decode('utf-8')")
+        raise InputError(
+            "a prompt is text (str) or a sequence of token ids, not bytes; decode bytes to text "
+            "first, e.g. prompt.decode('utf-8')"
+        )
     if isinstance(prompt, np.ndarray):
         if prompt.ndim != 1 or not (np.issubdtype(prompt.dtype, np.integer) or prompt.size == 0):
-            raise InputError(f"token ids must be a 1-D array of integers, got a {prompt.ndim}-D array of {prompt.dtype}")
+            raise InputError(
+                f"token ids must be a 1-D array of integers, got a {prompt.ndim}-D array of {prompt.dtype}"
+            )
         prompt = prompt.tolist()
     if not isinstance(prompt, (list, tuple)):
         raise InputError(f"a prompt is text (str) or a sequence of token ids, got {type(prompt).__name__}")
@@ -369,8 +401,9 @@ def _text_prompts(prompt, method: str) -> List[str]:
     """A list of str prompts, or InputError saying what was given and what to call instead."""
     if isinstance(prompt, (bytes, bytearray)):
         raise InputError(f"{method} takes text, got bytes; decode them first, e.g. prompt.decode('utf-8')")
-    if isinstance(prompt, np.ndarray) or (isinstance(prompt, (list, tuple)) and prompt
-                                          and all(isinstance(p, (int, np.integer)) for p in prompt)):
+    if isinstance(prompt, np.ndarray) or (
+        isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, (int, np.integer)) for p in prompt)
+    ):
         raise InputError(f"{method} takes text; for token ids use generate_ids(ids) (or logits(ids))")
     if not isinstance(prompt, (list, tuple)):
         raise InputError(f"{method} takes a prompt as a str (or a list of str), got {type(prompt).__name__}")
@@ -393,12 +426,20 @@ class TextGenerationPipeline:
     def __init__(self, model: Model):
         self.model = model
 
-    def __call__(self, text: Union[str, Sequence[str]], max_length: Optional[int] = None,
-                 max_new_tokens: Optional[int] = None, return_full_text: bool = True,
-                 num_return_sequences: int = 1, **settings):
+    def __call__(
+        self,
+        text: Union[str, Sequence[str]],
+        max_length: Optional[int] = None,
+        max_new_tokens: Optional[int] = None,
+        return_full_text: bool = True,
+        num_return_sequences: int = 1,
+        **settings,
+    ):
         if isinstance(text, str):
             return self._one(text, max_length, max_new_tokens, return_full_text, num_return_sequences, settings)
-        return [self._one(t, max_length, max_new_tokens, return_full_text, num_return_sequences, settings) for t in text]
+        return [
+            self._one(t, max_length, max_new_tokens, return_full_text, num_return_sequences, settings) for t in text
+        ]
 
     def _one(self, text, max_length, max_new_tokens, return_full_text, num_return_sequences, settings):
         settings = {**{k: v for k, v in PIPELINE_DEFAULTS.items() if k != "max_length"}, **settings}
@@ -406,8 +447,10 @@ class TextGenerationPipeline:
             total = PIPELINE_DEFAULTS["max_length"] if max_length is None else max_length
             max_new_tokens = total - len(self.model.encode(text))
             if max_new_tokens < 1:
-                raise SettingsError(f"max_length={total} leaves no room after the {total - max_new_tokens}-token prompt; "
-                                    "raise max_length or use max_new_tokens")
+                raise SettingsError(
+                    f"max_length={total} leaves no room after the {total - max_new_tokens}-token prompt; "
+                    "raise max_length or use max_new_tokens"
+                )
         results = []
         seed = settings.pop("seed", None)
         for i in range(num_return_sequences):
@@ -417,8 +460,12 @@ class TextGenerationPipeline:
         return results
 
 
-def pipeline(task: str = "text-generation", model: Union[None, str, os.PathLike, Model] = None,
-             backend: str = "auto", threads: Optional[int] = None) -> TextGenerationPipeline:
+def pipeline(
+    task: str = "text-generation",
+    model: Union[None, str, os.PathLike, Model] = None,
+    backend: str = "auto",
+    threads: Optional[int] = None,
+) -> TextGenerationPipeline:
     if task != "text-generation":
         raise SettingsError(f"unknown task {task!r}; gptj_ref provides 'text-generation'")
     if not isinstance(model, Model):

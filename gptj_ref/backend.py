@@ -22,7 +22,7 @@ from .config import GPTJConfig
 from .errors import InputError, SettingsError, is_int
 
 KV_DTYPES = ("float32", "float16")  # precisions a KV cache can store
-DEFAULT_KV_DTYPE = "float32"        # GPT-J's own precision; the int8 runtime defaults to "float16"
+DEFAULT_KV_DTYPE = "float32"  # GPT-J's own precision; the int8 runtime defaults to "float16"
 
 
 @runtime_checkable
@@ -38,16 +38,17 @@ class Cache(Protocol):
 class Backend(Protocol):
     """A GPT-J forward pass with a KV cache."""
 
-    name: str            # "reference", "cpp", "cpp-q8"
-    config: GPTJConfig   # the model's sizes
-    kv_dtype: str        # one of KV_DTYPES: the precision new_cache() stores keys and values in
+    name: str  # "reference", "cpp", "cpp-q8"
+    config: GPTJConfig  # the model's sizes
+    kv_dtype: str  # one of KV_DTYPES: the precision new_cache() stores keys and values in
 
     def new_cache(self, max_tokens: Optional[int] = None, batch: int = 1) -> Cache:
         """An empty cache for `batch` rows of `max_tokens` slots (default: the context, config.n_ctx)."""
         ...
 
-    def forward(self, token_ids, cache: Optional[Cache] = None, attention_mask=None,
-                last_only: bool = False) -> np.ndarray:
+    def forward(
+        self, token_ids, cache: Optional[Cache] = None, attention_mask=None, last_only: bool = False
+    ) -> np.ndarray:
         """Logits for T new tokens appended to the cache: ids [T] -> [T, n_vocab], [B, T] -> [B, T, n_vocab].
 
         With no cache, a fresh one just large enough is used. last_only=True returns only the last
@@ -64,6 +65,7 @@ class Backend(Protocol):
 # ---------------------------------------------------------------------------------------------------
 # Checks every backend makes on its inputs
 # ---------------------------------------------------------------------------------------------------
+
 
 def check_kv_dtype(kv_dtype) -> str:
     """kv_dtype itself when it is a precision a KV cache can store, else SettingsError."""
@@ -97,8 +99,10 @@ def check_inputs(config: GPTJConfig, token_ids, attention_mask=None):
     bad = (ids < 0) | (ids >= config.n_vocab)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"token id {int(ids[where])} at index {where if not squeeze else where[1]} is outside "
-                         f"the vocabulary [0, {config.n_vocab})")
+        raise InputError(
+            f"token id {int(ids[where])} at index {where if not squeeze else where[1]} is outside "
+            f"the vocabulary [0, {config.n_vocab})"
+        )
     if attention_mask is None:
         mask = np.ones(ids.shape, bool)
     else:
@@ -118,6 +122,8 @@ def check_cache_room(cache: Cache, batch: int, T: int) -> int:
     if cache.batch != batch:
         raise InputError(f"the cache holds {cache.batch} rows but {batch} were given")
     if cache.length + T > cache.max_tokens:
-        raise InputError(f"{cache.length} cached + {T} new tokens exceed the cache size of {cache.max_tokens} "
-                         "(the model's context is at most n_positions tokens); start a new cache or shorten the prompt")
+        raise InputError(
+            f"{cache.length} cached + {T} new tokens exceed the cache size of {cache.max_tokens} "
+            "(the model's context is at most n_positions tokens); start a new cache or shorten the prompt"
+        )
     return cache.length

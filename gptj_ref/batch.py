@@ -58,10 +58,10 @@ DEFAULT_MAX_BATCH = 8
 class Job:
     """One valid input line."""
 
-    line: int                  # 1-based line number in the input file
-    id: Any                    # str or int, as given
+    line: int  # 1-based line number in the input file
+    id: Any  # str or int, as given
     prompt: str
-    settings: Dict[str, Any]   # keyword arguments of GenerationSettings, validated
+    settings: Dict[str, Any]  # keyword arguments of GenerationSettings, validated
 
     def to_dict(self) -> dict:
         return {"line": self.line, "id": self.id, "prompt": self.prompt, "settings": self.settings}
@@ -83,7 +83,7 @@ def parse_line(line_no: int, text: str) -> Job:
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
-        raise InputError(f"expected a JSON object {{\"id\": ..., \"prompt\": ...}}, found {type(obj).__name__}")
+        raise InputError(f'expected a JSON object {{"id": ..., "prompt": ...}}, found {type(obj).__name__}')
     if "id" not in obj:
         raise InputError('no "id": every line needs a unique string or integer id')
     job_id = obj.pop("id")
@@ -92,7 +92,7 @@ def parse_line(line_no: int, text: str) -> Job:
     prompt = obj.pop("prompt", None)
     if not isinstance(prompt, str) or not prompt:
         raise InputError('"prompt" must be non-empty text')
-    check_text(prompt, '"prompt"')   # a lone surrogate (JSON's \ud800) fails this line, not the whole job
+    check_text(prompt, '"prompt"')  # a lone surrogate (JSON's \ud800) fails this line, not the whole job
     for alias, name in ALIASES.items():
         if alias in obj:
             if name in obj:
@@ -108,7 +108,7 @@ def settings_of(given: Dict[str, Any]) -> Dict[str, Any]:
         settings = dataclasses.asdict(make_settings(given))
     except GPTJError:
         raise
-    except (TypeError, ValueError) as e:   # a value of the wrong JSON type, e.g. "stop": 5
+    except (TypeError, ValueError) as e:  # a value of the wrong JSON type, e.g. "stop": 5
         raise SettingsError(f"invalid settings: {e}") from None
     defaults = dataclasses.asdict(GenerationSettings())
     return {name: value for name, value in settings.items() if value != defaults[name]}
@@ -135,8 +135,13 @@ def read_jobs(path: str) -> Tuple[List[Job], List[dict]]:
                 continue
             key = id_key(job.id)
             if key in first_line:
-                errors.append({"line": line_no, "id": job.id,
-                               "error": f"duplicate id {key}: first used on line {first_line[key]}"})
+                errors.append(
+                    {
+                        "line": line_no,
+                        "id": job.id,
+                        "error": f"duplicate id {key}: first used on line {first_line[key]}",
+                    }
+                )
                 continue
             first_line[key] = line_no
             jobs.append(job)
@@ -155,6 +160,7 @@ def _id_if_any(text: str):
 # Durable appending
 # ---------------------------------------------------------------------------------------------------
 
+
 class JsonlAppender:
     """Appends JSON lines to a file so that each line is on disk, whole, before `append` returns.
 
@@ -170,16 +176,18 @@ class JsonlAppender:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(self.fd)
-                raise SettingsError(f"{path} is being written by another gptj batch job; wait for it to finish "
-                                    "or give another output file") from None
-        self.done_ids = set()      # id_key of every complete line
-        self.dropped_partial = 0   # bytes of a partial last line removed at open
+                raise SettingsError(
+                    f"{path} is being written by another gptj batch job; wait for it to finish "
+                    "or give another output file"
+                ) from None
+        self.done_ids = set()  # id_key of every complete line
+        self.dropped_partial = 0  # bytes of a partial last line removed at open
         self._recover()
 
     def _recover(self) -> None:
         with open(self.path, "rb") as f:
             data = f.read()
-        end = data.rfind(b"\n") + 1   # everything after the last newline is a cut-short write
+        end = data.rfind(b"\n") + 1  # everything after the last newline is a cut-short write
         if end < len(data):
             self.dropped_partial = len(data) - end
             os.ftruncate(self.fd, end)
@@ -189,14 +197,16 @@ class JsonlAppender:
                 record = json.loads(raw)
                 self.done_ids.add(id_key(record["id"]))
             except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
-                raise InputError(f"{self.path} line {line_no} is not a result line of gptj batch; give an output "
-                                 "file that only this command writes") from None
+                raise InputError(
+                    f"{self.path} line {line_no} is not a result line of gptj batch; give an output "
+                    "file that only this command writes"
+                ) from None
 
     def append(self, record: dict) -> None:
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         view = memoryview(data)
         while view:  # os.write may write less than asked (rare for regular files, but allowed)
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(self.fd, view) :]
         os.fsync(self.fd)
         if "id" in record:
             self.done_ids.add(id_key(record["id"]))
@@ -214,13 +224,14 @@ class JsonlAppender:
 
 
 def default_errors_path(out_path: str) -> str:
-    stem = out_path[:-len(".jsonl")] if out_path.endswith(".jsonl") else out_path
+    stem = out_path[: -len(".jsonl")] if out_path.endswith(".jsonl") else out_path
     return stem + ".errors.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------------
 # Planning and generating
 # ---------------------------------------------------------------------------------------------------
+
 
 def runs_alone(settings: Dict[str, Any]) -> bool:
     """A seeded sampled row must not share the batch loop's one random generator with other rows."""
@@ -267,23 +278,28 @@ def generate_group(model, jobs: List[Job]) -> List[dict]:
         ids = model.encode(job.prompt)
         max_new = job.settings.get("max_new_tokens", GenerationSettings.max_new_tokens)
         if len(ids) + max_new > n_ctx:
-            records[i] = {"line": job.line, "id": job.id,
-                          "error": f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new}) exceed the "
-                                   f"model's context of {n_ctx} tokens; shorten the prompt or lower max_new_tokens"}
+            records[i] = {
+                "line": job.line,
+                "id": job.id,
+                "error": f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new}) exceed the "
+                f"model's context of {n_ctx} tokens; shorten the prompt or lower max_new_tokens",
+            }
         else:
             runnable.append((i, ids))
     if runnable:
         settings = GenerationSettings(**jobs[runnable[0][0]].settings)
-        run = model._start([ids for _, ids in runnable], settings)   # the batch loop Model.generate runs
+        run = model._start([ids for _, ids in runnable], settings)  # the batch loop Model.generate runs
         for _ in run.steps():
             pass
         for (i, ids), row in zip(runnable, run.rows):
             text = cut_at_stop(model.tokenizer.decode(row.new), settings.stop)
-            # a row's finish reason: RowState.finish_reason once the per-row generation state of the
-            # server branch is merged, Row.reason before it
-            reason = getattr(row, "finish_reason", None) or row.reason
-            records[i] = {"id": jobs[i].id, "text": text, "tokens": len(row.new), "prompt_tokens": len(ids),
-                          "finish_reason": reason}
+            records[i] = {
+                "id": jobs[i].id,
+                "text": text,
+                "tokens": len(row.new),
+                "prompt_tokens": len(ids),
+                "finish_reason": row.finish_reason,  # a RowState's; every row has one when the steps end
+            }
     return [records[i] for i in range(len(jobs))]
 
 
@@ -295,13 +311,14 @@ def is_error(record: dict) -> bool:
 # The job
 # ---------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class BatchSummary:
-    total: int = 0        # valid lines in the input
-    skipped: int = 0      # already in the output
-    written: int = 0      # results written by this run
-    errors: int = 0       # bad lines (input and generation)
-    tokens: int = 0       # generated tokens written by this run
+    total: int = 0  # valid lines in the input
+    skipped: int = 0  # already in the output
+    written: int = 0  # results written by this run
+    errors: int = 0  # bad lines (input and generation)
+    tokens: int = 0  # generated tokens written by this run
     seconds: float = 0.0
 
 
@@ -309,12 +326,18 @@ class BatchJob:
     """Reads the input, opens the output for appending and knows what is left to do; the runners
     (local or Ray) generate the planned groups and hand each group's records to `record`."""
 
-    def __init__(self, in_path: str, out_path: str, errors_path: Optional[str] = None,
-                 max_batch: int = DEFAULT_MAX_BATCH, progress: Optional[bool] = None):
+    def __init__(
+        self,
+        in_path: str,
+        out_path: str,
+        errors_path: Optional[str] = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        progress: Optional[bool] = None,
+    ):
         if os.path.abspath(in_path) == os.path.abspath(out_path):
             raise SettingsError("the output file must not be the input file")
         if not os.path.isfile(in_path):
-            raise InputError(f"no input file {in_path!r}: give a JSONL file with one {{\"id\", \"prompt\"}} per line")
+            raise InputError(f'no input file {in_path!r}: give a JSONL file with one {{"id", "prompt"}} per line')
         self.jobs, input_errors = read_jobs(in_path)
         self.out = JsonlAppender(out_path)
         self.errors_path = errors_path or default_errors_path(out_path)
@@ -340,7 +363,7 @@ class BatchJob:
         for r in records:
             if is_error(r):
                 self._error(r)
-            elif id_key(r["id"]) not in self.out.done_ids:   # a retried group must not write an id twice
+            elif id_key(r["id"]) not in self.out.done_ids:  # a retried group must not write an id twice
                 self.out.append(r)
                 self.summary.written += 1
                 self.summary.tokens += r["tokens"]
@@ -379,9 +402,11 @@ def run_local(job: BatchJob, model) -> None:
 
 def print_summary(summary: BatchSummary, job: BatchJob, out_path: str) -> None:
     rate = summary.tokens / summary.seconds if summary.seconds > 0 else 0.0
-    print(f"gptj batch: {summary.written} new results in {out_path} ({summary.skipped} already there, "
-          f"{summary.total} valid lines), {summary.tokens} tokens in {summary.seconds:.1f} s ({rate:.1f} tokens/s)",
-          file=sys.stderr)
+    print(
+        f"gptj batch: {summary.written} new results in {out_path} ({summary.skipped} already there, "
+        f"{summary.total} valid lines), {summary.tokens} tokens in {summary.seconds:.1f} s ({rate:.1f} tokens/s)",
+        file=sys.stderr,
+    )
     if summary.errors:
         print(f"gptj batch: {summary.errors} bad lines, see {job.errors_path}", file=sys.stderr)
 
@@ -405,19 +430,30 @@ def _arguments(p) -> None:
     """The `batch` subcommand's arguments (its Command is COMMAND, listed in cli.COMMAND_MODULES)."""
     from .cli import add_model_arguments
 
-    p.add_argument("input", help="JSONL file, one {\"id\", \"prompt\", ...settings} object per line")
+    p.add_argument("input", help='JSONL file, one {"id", "prompt", ...settings} object per line')
     p.add_argument("output", help="JSONL file the results are appended to (created if missing)")
     add_model_arguments(p)
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                   help=f"rows generated together in one batch (default {DEFAULT_MAX_BATCH})")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"rows generated together in one batch (default {DEFAULT_MAX_BATCH})",
+    )
     p.add_argument("--errors", default=None, help="file for bad lines (default: OUTPUT with .errors.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
     p.add_argument("--ray", action="store_true", help="run on Ray Data (needs the ray extra: pip install '.[ray]')")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster to join (e.g. auto or ray://head:10001; default: start a local Ray)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (e.g. auto or ray://head:10001; default: start a local Ray)",
+    )
     p.add_argument("--actors", type=int, default=1, help="with --ray: model replicas, one per actor (default 1)")
-    p.add_argument("--threads-per-actor", type=int, default=None,
-                   help="with --ray: threads (and CPUs reserved) per actor (default: --threads or 1)")
+    p.add_argument(
+        "--threads-per-actor",
+        type=int,
+        default=None,
+        help="with --ray: threads (and CPUs reserved) per actor (default: --threads or 1)",
+    )
 
 
 def cmd_batch(args) -> int:
@@ -428,8 +464,15 @@ def cmd_batch(args) -> int:
         if args.ray:
             from .ray_batch import run_ray
 
-            run_ray(job, args.model, backend=args.backend, kv_dtype=args.kv_dtype, address=args.address,
-                              actors=args.actors, threads_per_actor=args.threads_per_actor or args.threads or 1)
+            run_ray(
+                job,
+                args.model,
+                backend=args.backend,
+                kv_dtype=args.kv_dtype,
+                address=args.address,
+                actors=args.actors,
+                threads_per_actor=args.threads_per_actor or args.threads or 1,
+            )
         else:
             from .api import BUILTIN_DESCRIPTION, load
 
@@ -446,8 +489,13 @@ def cmd_batch(args) -> int:
 def _command():
     from .cli import Command
 
-    return Command("batch", "generate for every line of a JSONL file (resumable; --ray for a cluster)", _arguments,
-                   cmd_batch, examples=EXAMPLES.split("\n", 1)[1])
+    return Command(
+        "batch",
+        "generate for every line of a JSONL file (resumable; --ray for a cluster)",
+        _arguments,
+        cmd_batch,
+        examples=EXAMPLES.split("\n", 1)[1],
+    )
 
 
 COMMAND = _command()

@@ -41,8 +41,8 @@ import numpy as np
 
 from .config import GPTJConfig
 from .errors import CheckpointError, is_int
-from .limits import MAX_DIM, load_json_file, open_regular, short_repr
 from .layout import LEGACY_BUFFER, weight_shapes
+from .limits import MAX_DIM, load_json_file, open_regular, short_repr
 from .safetensors_file import DTYPES, SafetensorsFile, bf16_to_f32, read_copy, release_mapped_pages
 
 # Weight files in the order they are preferred: (file name, is an index of shards, format name).
@@ -54,28 +54,31 @@ WEIGHT_FILES = (
 )
 
 FLOAT_DTYPES = ("F32", "F16", "BF16")  # what `read` converts to float32
-MAX_LISTED = 20                        # problems listed per kind in one error message
+MAX_LISTED = 20  # problems listed per kind in one error message
 
 
 # ---------------------------------------------------------------------------------------------------
 # The public API
 # ---------------------------------------------------------------------------------------------------
 
+
 def open_checkpoint(path: "str | os.PathLike[str]") -> "Checkpoint":
     """Open a Hugging Face GPT-J directory: config.json plus safetensors or pytorch_model.bin weights."""
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise CheckpointError(f"{path!r} is not a directory; a Hugging Face checkpoint is a directory "
-                              "holding config.json and the weight files")
-    for filename, sharded, fmt in WEIGHT_FILES:
-        weights = os.path.join(path, filename)
-        if os.path.isfile(weights):
-            break
-    else:
+        raise CheckpointError(
+            f"{path!r} is not a directory; a Hugging Face checkpoint is a directory "
+            "holding config.json and the weight files"
+        )
+    present = [entry for entry in WEIGHT_FILES if os.path.isfile(os.path.join(path, entry[0]))]
+    if not present:
         found = sorted(os.listdir(path))
         raise CheckpointError(
             f"{path}: no weights found. Expected one of {', '.join(f for f, _, _ in WEIGHT_FILES)}; "
-            f"the directory holds {', '.join(found) if found else 'nothing'}")
+            f"the directory holds {', '.join(found) if found else 'nothing'}"
+        )
+    filename, sharded, fmt = present[0]  # the preferred one
+    weights = os.path.join(path, filename)
     config = GPTJConfig.from_json_file(os.path.join(path, "config.json"))
     return Checkpoint(path, config, fmt, weights, _read_index(weights) if sharded else None)
 
@@ -88,21 +91,24 @@ class Checkpoint:
     nothing else. `check()` compares the whole checkpoint against `config.json`.
     """
 
-    def __init__(self, path: str, config: GPTJConfig, format: str, weights_file: str,
-                 weight_map: Optional[Dict[str, str]]):
+    def __init__(
+        self, path: str, config: GPTJConfig, format: str, weights_file: str, weight_map: Optional[Dict[str, str]]
+    ):
         self.path = path
         self.config = config
         self.format = format
         self._weights_file = weights_file
-        self._open: Dict[str, "_TensorFile"] = {}   # file name -> opened weight file
-        if weight_map is None:                       # a single file: its own names
+        self._open: Dict[str, "_TensorFile"] = {}  # file name -> opened weight file
+        if weight_map is None:  # a single file: its own names
             only = self._file(os.path.basename(weights_file))
             weight_map = {name: os.path.basename(weights_file) for name in only.names()}
-        else:                                        # shards are opened when first needed
+        else:  # shards are opened when first needed
             missing = sorted({f for f in weight_map.values() if not os.path.isfile(os.path.join(path, f))})
             if missing:
-                raise CheckpointError(f"{weights_file}: the index names shard files that do not exist: "
-                                      f"{', '.join(missing)} (the directory holds {', '.join(sorted(os.listdir(path)))})")
+                raise CheckpointError(
+                    f"{weights_file}: the index names shard files that do not exist: "
+                    f"{', '.join(missing)} (the directory holds {', '.join(sorted(os.listdir(path)))})"
+                )
         self._where = {name: f for name, f in weight_map.items() if not LEGACY_BUFFER.match(name)}
 
     # Headers ----------------------------------------------------------------------------------------
@@ -128,8 +134,10 @@ class Checkpoint:
         """The tensor as float32: a read-only memory-mapped view when stored as F32, a converted copy otherwise."""
         entry = self._entry(name)
         if entry.dtype not in FLOAT_DTYPES:
-            raise CheckpointError(f"{self.path}: tensor {name!r} is stored as {entry.dtype}; "
-                                  f"expected a float tensor ({', '.join(FLOAT_DTYPES)})")
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} is stored as {entry.dtype}; "
+                f"expected a float tensor ({', '.join(FLOAT_DTYPES)})"
+            )
         raw = self._file(self._where[name]).array(name, self.copy_reads)
         if entry.dtype == "F32":
             return raw
@@ -154,13 +162,17 @@ class Checkpoint:
                 wrong.append(f"{name}: checkpoint has shape {entry.shape}, config.json implies {shape}")
             if entry.dtype not in FLOAT_DTYPES:
                 wrong.append(f"{name}: checkpoint has dtype {entry.dtype}, expected one of {', '.join(FLOAT_DTYPES)}")
-        problems = (_listing("missing tensors", missing) + _listing("unexpected tensors", unexpected)
-                    + _listing("mismatches", wrong))
+        problems = (
+            _listing("missing tensors", missing)
+            + _listing("unexpected tensors", unexpected)
+            + _listing("mismatches", wrong)
+        )
         if problems:
-            raise CheckpointError(f"{self.path} ({self.format}) does not match its config.json "
-                                  f"(n_layer {self.config.n_layer}, n_embd {self.config.n_embd}, "
-                                  f"d_ff {self.config.d_ff}, vocab_size {self.config.vocab_size}):\n"
-                                  + "\n".join(problems))
+            raise CheckpointError(
+                f"{self.path} ({self.format}) does not match its config.json "
+                f"(n_layer {self.config.n_layer}, n_embd {self.config.n_embd}, "
+                f"d_ff {self.config.d_ff}, vocab_size {self.config.vocab_size}):\n" + "\n".join(problems)
+            )
 
     def load_weights(self) -> Dict[str, np.ndarray]:
         """check(), then every weight as float32, keyed and ordered as `layout.weight_shapes`."""
@@ -168,8 +180,8 @@ class Checkpoint:
         weights = {name: self.read(name) for name in weight_shapes(self.config)}
         from .native import check_finite
 
-        for name, w in weights.items():   # LayerNorms and biases (0.03% of the bytes) are read in full;
-            if w.ndim == 1:                # the matrices are checked when converted (see SECURITY.md)
+        for name, w in weights.items():  # LayerNorms and biases (0.03% of the bytes) are read in full;
+            if w.ndim == 1:  # the matrices are checked when converted (see SECURITY.md)
                 check_finite(w, f"{self.path}: tensor {name!r}")
         return weights
 
@@ -199,8 +211,9 @@ class Checkpoint:
     def _file(self, filename: str) -> "_TensorFile":
         if filename not in self._open:
             full = os.path.join(self.path, filename)
-            self._open[filename] = (_SafetensorsWeights(full) if filename.endswith(".safetensors")
-                                    else _TorchZipWeights(full))
+            self._open[filename] = (
+                _SafetensorsWeights(full) if filename.endswith(".safetensors") else _TorchZipWeights(full)
+            )
         return self._open[filename]
 
 
@@ -217,9 +230,10 @@ def _read_index(index_path: str) -> Dict[str, str]:
     """The `weight_map` of a sharded checkpoint's index: tensor name -> shard file in the same directory."""
     index = load_json_file(index_path, CheckpointError, "shard index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                   for k, v in weight_map.items()):
-        raise CheckpointError(f"{index_path}: expected a JSON object with \"weight_map\": {{tensor name: shard file}}")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(f'{index_path}: expected a JSON object with "weight_map": {{tensor name: shard file}}')
     for shard in set(weight_map.values()):
         if os.path.basename(shard) != shard or shard in ("", ".", ".."):
             raise CheckpointError(f"{index_path}: shard {shard!r} is not a plain file name in the checkpoint directory")
@@ -230,9 +244,10 @@ def _read_index(index_path: str) -> Dict[str, str]:
 # Weight files: one class per format, the same small interface
 # ---------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Entry:
-    dtype: str                 # safetensors dtype name: "F32", "F16", "BF16", "BOOL", "I64", ...
+    dtype: str  # safetensors dtype name: "F32", "F16", "BF16", "BOOL", "I64", ...
     shape: Tuple[int, ...]
 
 
@@ -241,7 +256,7 @@ class _TensorFile(Protocol):
 
     def names(self) -> List[str]: ...
     def entry(self, name: str) -> _Entry: ...
-    def array(self, name: str, copy: bool = False) -> np.ndarray: ...   # stored dtype (BF16 as uint16 bits)
+    def array(self, name: str, copy: bool = False) -> np.ndarray: ...  # stored dtype (BF16 as uint16 bits)
     def close(self) -> None: ...
 
 
@@ -274,9 +289,16 @@ class _SafetensorsWeights:
 
 # torch storage class -> safetensors dtype name (the NumPy dtype is DTYPES[name]).
 STORAGE_DTYPES = {
-    "FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16", "DoubleStorage": "F64",
-    "BoolStorage": "BOOL", "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16",
-    "CharStorage": "I8", "ByteStorage": "U8",
+    "FloatStorage": "F32",
+    "HalfStorage": "F16",
+    "BFloat16Storage": "BF16",
+    "DoubleStorage": "F64",
+    "BoolStorage": "BOOL",
+    "LongStorage": "I64",
+    "IntStorage": "I32",
+    "ShortStorage": "I16",
+    "CharStorage": "I8",
+    "ByteStorage": "U8",
 }
 
 
@@ -290,12 +312,14 @@ class _Sealed:
 @dataclass(frozen=True)
 class _StorageType(_Sealed):
     """Stand-in for a torch storage class such as torch.FloatStorage."""
+
     dtype: str
 
 
 @dataclass(frozen=True)
 class _Storage(_Sealed):
     """Stand-in for a storage: which zip member holds its bytes."""
+
     key: str
     dtype: str
     numel: int
@@ -304,6 +328,7 @@ class _Storage(_Sealed):
 @dataclass(frozen=True)
 class _TensorRef(_Sealed):
     """Stand-in for a tensor: a strided window into a storage."""
+
     storage: _Storage
     offset: int
     shape: Tuple[int, ...]
@@ -313,7 +338,9 @@ class _TensorRef(_Sealed):
 def _rebuild_tensor(storage, storage_offset, size, stride) -> _TensorRef:
     """Stand-in for torch._utils._rebuild_tensor; checks the arguments, builds nothing."""
     if not isinstance(storage, _Storage):
-        raise pickle.UnpicklingError(f"a tensor's storage must be a persistent storage id, got {type(storage).__name__}")
+        raise pickle.UnpicklingError(
+            f"a tensor's storage must be a persistent storage id, got {type(storage).__name__}"
+        )
     if not is_int(storage_offset) or not 0 <= storage_offset <= MAX_DIM:
         raise pickle.UnpicklingError(f"storage offset must be an int in [0, 2**63), got {short_repr(storage_offset)}")
     for what, dims in (("size", size), ("stride", stride)):
@@ -324,8 +351,9 @@ def _rebuild_tensor(storage, storage_offset, size, stride) -> _TensorRef:
     return _TensorRef(storage, storage_offset, size, stride)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None) -> _TensorRef:
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+) -> _TensorRef:
     """Stand-in for torch._utils._rebuild_tensor_v2 (requires_grad, hooks and metadata are irrelevant here)."""
     return _rebuild_tensor(storage, storage_offset, size, stride)
 
@@ -355,8 +383,9 @@ class _StateDict(collections.OrderedDict):
 
     def __setstate__(self, state):
         if not (isinstance(state, dict) and set(state) == {"_metadata"} and isinstance(state["_metadata"], dict)):
-            raise pickle.UnpicklingError("the pickle sets attributes of an OrderedDict other than the _metadata "
-                                         "of a state dict")
+            raise pickle.UnpicklingError(
+                "the pickle sets attributes of an OrderedDict other than the _metadata of a state dict"
+            )
 
 
 # (module, name) -> stand-in. Everything a torch.save of a plain state dict emits; nothing else.
@@ -372,22 +401,53 @@ _ALLOWED_GLOBALS = {
 # Bounds on what a state-dict pickle may build. A torch.save state dict nests about 5 deep, and its keys
 # (tensor names) are flat strings; the bounds are far above that and far below what could hang or
 # exhaust the process: unpickling is linear in the pickle's size once they hold.
-MAX_PICKLE_BYTES = 16 << 20     # data.pkl of GPT-J 6B is ~30 KB; this allows ~150,000 tensors
-MAX_PICKLE_DEPTH = 32           # nesting of containers
-MAX_PICKLE_HASHED = 1 << 22     # elements hashed as dict keys / set items, shared references counted each time
+MAX_PICKLE_BYTES = 16 << 20  # data.pkl of GPT-J 6B is ~30 KB; this allows ~150,000 tensors
+MAX_PICKLE_DEPTH = 32  # nesting of containers
+MAX_PICKLE_HASHED = 1 << 22  # elements hashed as dict keys / set items, shared references counted each time
 
-_ATOMS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING", "SHORT_BINSTRING",
-          "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE",
-          "BINUNICODE8", "FLOAT", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE", "EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT",
-          "EMPTY_SET", "GLOBAL", "PERSID", "EXT1", "EXT2", "EXT4"}
+_ATOMS = {
+    "INT",
+    "BININT",
+    "BININT1",
+    "BININT2",
+    "LONG",
+    "LONG1",
+    "LONG4",
+    "STRING",
+    "BINSTRING",
+    "SHORT_BINSTRING",
+    "BINBYTES",
+    "SHORT_BINBYTES",
+    "BINBYTES8",
+    "BYTEARRAY8",
+    "UNICODE",
+    "SHORT_BINUNICODE",
+    "BINUNICODE",
+    "BINUNICODE8",
+    "FLOAT",
+    "BINFLOAT",
+    "NONE",
+    "NEWTRUE",
+    "NEWFALSE",
+    "EMPTY_TUPLE",
+    "EMPTY_LIST",
+    "EMPTY_DICT",
+    "EMPTY_SET",
+    "GLOBAL",
+    "PERSID",
+    "EXT1",
+    "EXT2",
+    "EXT4",
+}
 _FIXED_TUPLES = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
-_FROM_MARK = {"TUPLE", "LIST", "DICT", "FROZENSET", "OBJ", "INST"}       # build one object from the marked items
-_INTO_TOP = {"APPENDS", "SETITEMS", "ADDITEMS"}                         # add the marked items to the object below
+_FROM_MARK = {"TUPLE", "LIST", "DICT", "FROZENSET", "OBJ", "INST"}  # build one object from the marked items
+_INTO_TOP = {"APPENDS", "SETITEMS", "ADDITEMS"}  # add the marked items to the object below
 _MARK = object()
 
 
 class _Node:
     """What the pickle check knows of one object: its size with shared references expanded, and its depth."""
+
     __slots__ = ("size", "depth", "shared")
 
     def __init__(self, children=()):
@@ -407,8 +467,9 @@ def check_pickle_shape(data: bytes, where: str) -> None:
     import pickletools
 
     if len(data) > MAX_PICKLE_BYTES:
-        raise CheckpointError(f"{where}: the pickle has {len(data)} bytes, more than the {MAX_PICKLE_BYTES >> 20} MiB "
-                              "a state dict needs")
+        raise CheckpointError(
+            f"{where}: the pickle has {len(data)} bytes, more than the {MAX_PICKLE_BYTES >> 20} MiB a state dict needs"
+        )
     stack: list = []
     memo: dict = {}
     hashed = 0
@@ -417,16 +478,16 @@ def check_pickle_shape(data: bytes, where: str) -> None:
         return CheckpointError(f"{where}: refused: {why} (not a state dict written by torch.save)")
 
     def pop(n: int = 1) -> list:
-        if len(stack) < n or any(x is _MARK for x in stack[len(stack) - n:]):
+        if len(stack) < n or any(x is _MARK for x in stack[len(stack) - n :]):
             raise bad("an opcode takes more objects than the stack holds")
-        items = stack[len(stack) - n:]
-        del stack[len(stack) - n:]
+        items = stack[len(stack) - n :]
+        del stack[len(stack) - n :]
         return items
 
     def pop_mark() -> list:
         for i in range(len(stack) - 1, -1, -1):
             if stack[i] is _MARK:
-                items = stack[i + 1:]
+                items = stack[i + 1 :]
                 del stack[i:]
                 return items
         raise bad("no MARK for an opcode that needs one")
@@ -519,24 +580,36 @@ class _StateDictUnpickler(pickle.Unpickler):
                 raise CheckpointError(
                     f"{self._where}: tensors stored as torch.{name} are not supported; expected float tensors "
                     f"(torch.FloatStorage, HalfStorage or BFloat16Storage; also readable: "
-                    f"{', '.join(sorted(set(STORAGE_DTYPES) - {'FloatStorage', 'HalfStorage', 'BFloat16Storage'}))})")
+                    f"{', '.join(sorted(set(STORAGE_DTYPES) - {'FloatStorage', 'HalfStorage', 'BFloat16Storage'}))})"
+                )
             raise CheckpointError(
                 f"{self._where}: the pickle refers to {module}.{name}, which a state dict does not need; refused "
-                f"without running it (allowed: {', '.join(m + '.' + n for m, n in _ALLOWED_GLOBALS)})")
+                f"without running it (allowed: {', '.join(m + '.' + n for m, n in _ALLOWED_GLOBALS)})"
+            )
         return standin
 
     def persistent_load(self, pid):
         """('storage', storage type, key, location, numel) -> _Storage; the same key gives the same storage."""
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and is_int(pid[4])
-                and 0 <= pid[4] <= MAX_DIM):
-            raise CheckpointError(f"{self._where}: unexpected persistent id {short_repr(pid)}; "
-                                  "expected ('storage', torch.<Type>Storage, key, location, numel)")
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[2], str)
+            and is_int(pid[4])
+            and 0 <= pid[4] <= MAX_DIM
+        ):
+            raise CheckpointError(
+                f"{self._where}: unexpected persistent id {short_repr(pid)}; "
+                "expected ('storage', torch.<Type>Storage, key, location, numel)"
+            )
         _, storage_type, key, _location, numel = pid
         storage = self._storages.setdefault(key, _Storage(key, storage_type.dtype, numel))
         if (storage.dtype, storage.numel) != (storage_type.dtype, numel):
-            raise CheckpointError(f"{self._where}: storage {short_repr(key)} is used as {storage.dtype}[{storage.numel}] "
-                                  f"and as {storage_type.dtype}[{numel}]")
+            raise CheckpointError(
+                f"{self._where}: storage {short_repr(key)} is used as {storage.dtype}[{storage.numel}] "
+                f"and as {storage_type.dtype}[{numel}]"
+            )
         return storage
 
 
@@ -561,21 +634,27 @@ class _TorchZipWeights:
             # The zip directory and the pickle are in memory and the data is mapped, so the descriptor can go
             # now (a Checkpoint that is never closed then leaks nothing but its memory map).
             self._file.close()
-        self._offsets: Dict[str, int] = {}        # storage key -> absolute offset of its bytes
+        self._offsets: Dict[str, int] = {}  # storage key -> absolute offset of its bytes
 
     def _open_zip(self) -> zipfile.ZipFile:
         if not zipfile.is_zipfile(self._file):
             self._file.seek(0)
             head = self._file.read(32)
             if head.startswith(b"PK\x03\x04"):
-                raise CheckpointError(f"{self.path}: starts like a zip archive but has no valid zip directory at "
-                                      f"its end ({self._size} bytes); the file is truncated or corrupted")
+                raise CheckpointError(
+                    f"{self.path}: starts like a zip archive but has no valid zip directory at "
+                    f"its end ({self._size} bytes); the file is truncated or corrupted"
+                )
             if self._is_legacy_pickle(head) or self._is_tar():
-                raise CheckpointError(f"{self.path} uses the legacy (pre-1.6) torch.save format, which gptj_ref does "
-                                      "not read; re-save it with a newer torch: "
-                                      "torch.save(torch.load(path), path), or use save_pretrained (safetensors)")
-            raise CheckpointError(f"{self.path} is neither a torch.save zip archive nor a legacy torch file "
-                                  f"(first bytes {head[:8]!r}); expected a pytorch_model.bin written by torch >= 1.6")
+                raise CheckpointError(
+                    f"{self.path} uses the legacy (pre-1.6) torch.save format, which gptj_ref does "
+                    "not read; re-save it with a newer torch: "
+                    "torch.save(torch.load(path), path), or use save_pretrained (safetensors)"
+                )
+            raise CheckpointError(
+                f"{self.path} is neither a torch.save zip archive nor a legacy torch file "
+                f"(first bytes {head[:8]!r}); expected a pytorch_model.bin written by torch >= 1.6"
+            )
         try:
             archive = zipfile.ZipFile(self._file)
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
@@ -601,38 +680,47 @@ class _TorchZipWeights:
     def _find_prefix(self) -> str:
         pickles = [n for n in self._zip.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
-            raise CheckpointError(f"{self.path}: expected exactly one <archive>/data.pkl in the zip, "
-                                  f"found {pickles or 'none'} among {self._zip.namelist()[:10]}")
+            raise CheckpointError(
+                f"{self.path}: expected exactly one <archive>/data.pkl in the zip, "
+                f"found {pickles or 'none'} among {self._zip.namelist()[:10]}"
+            )
         prefix = pickles[0][: -len("data.pkl")]
         byteorder = prefix + "byteorder"
         if byteorder in self._zip.namelist():
             try:
                 order = self._read_member(byteorder, 16).decode("ascii", "replace").strip()
             except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
-                raise CheckpointError(f"{self.path}: cannot read {byteorder!r} ({e}); the file is truncated or "
-                                      "corrupted") from None
+                raise CheckpointError(
+                    f"{self.path}: cannot read {byteorder!r} ({e}); the file is truncated or corrupted"
+                ) from None
             if order != "little":
-                raise CheckpointError(f"{self.path}: tensors are stored {order!r}-endian; only little-endian is supported")
+                raise CheckpointError(
+                    f"{self.path}: tensors are stored {order!r}-endian; only little-endian is supported"
+                )
         return prefix
 
     def _read_state_dict(self) -> Dict[str, _TensorRef]:
         where = f"{self.path}: {self._prefix}data.pkl"
         try:
-            data = self._read_member(self._prefix + "data.pkl", MAX_PICKLE_BYTES)   # checks the CRC
+            data = self._read_member(self._prefix + "data.pkl", MAX_PICKLE_BYTES)  # checks the CRC
             check_pickle_shape(data, where)
             state = _StateDictUnpickler(data, where).load()
         except CheckpointError:
             raise
         except (zipfile.BadZipFile, EOFError, OSError) as e:
-            raise CheckpointError(f"{where}: cannot read the pickle ({e}); the file is truncated or corrupted") from None
+            raise CheckpointError(
+                f"{where}: cannot read the pickle ({e}); the file is truncated or corrupted"
+            ) from None
         except Exception as e:  # malformed pickle: UnpicklingError, TypeError from a stand-in, ...
             raise CheckpointError(f"{where}: not a valid state-dict pickle ({type(e).__name__}: {e})") from None
         if not isinstance(state, dict):
             raise CheckpointError(f"{where}: holds a {type(state).__name__}; expected a state dict {{name: tensor}}")
         for name, tensor in state.items():
             if not isinstance(name, str) or not isinstance(tensor, _TensorRef):
-                raise CheckpointError(f"{where}: entry {short_repr(name)} is a {type(tensor).__name__}; "
-                                      "expected a state dict mapping names to tensors")
+                raise CheckpointError(
+                    f"{where}: entry {short_repr(name)} is a {type(tensor).__name__}; "
+                    "expected a state dict mapping names to tensors"
+                )
         return dict(state)
 
     def _read_member(self, member: str, limit: int) -> bytes:
@@ -640,12 +728,15 @@ class _TorchZipWeights:
         them) and at most `limit` bytes: a compressed record could inflate to any size."""
         info = self._zip.getinfo(member)
         if info.compress_type != zipfile.ZIP_STORED:
-            raise CheckpointError(f"{self.path}: member {member!r} is compressed (method {info.compress_type}); "
-                                  "torch.save stores every record uncompressed")
+            raise CheckpointError(
+                f"{self.path}: member {member!r} is compressed (method {info.compress_type}); "
+                "torch.save stores every record uncompressed"
+            )
         if info.file_size > limit or info.compress_size > limit:
-            raise CheckpointError(f"{self.path}: member {member!r} holds {info.file_size} bytes, more than the "
-                                  f"{limit} it may have")
-        return self._zip.read(member)   # checks the CRC
+            raise CheckpointError(
+                f"{self.path}: member {member!r} holds {info.file_size} bytes, more than the {limit} it may have"
+            )
+        return self._zip.read(member)  # checks the CRC
 
     # _TensorFile ------------------------------------------------------------------------------------
     def names(self) -> List[str]:
@@ -663,12 +754,16 @@ class _TorchZipWeights:
             return np.zeros(t.shape, dtype)
         contiguous = _c_strides(t.shape)
         if any(n > 1 and s != c for n, s, c in zip(t.shape, t.stride, contiguous)):
-            raise CheckpointError(f"{self.path}: tensor {name!r} has shape {t.shape} and strides {t.stride}; "
-                                  f"only C-contiguous tensors (strides {contiguous}) are supported. "
-                                  "Save .contiguous() tensors")
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} has shape {t.shape} and strides {t.stride}; "
+                f"only C-contiguous tensors (strides {contiguous}) are supported. "
+                "Save .contiguous() tensors"
+            )
         if t.offset + count > t.storage.numel:
-            raise CheckpointError(f"{self.path}: tensor {name!r} ({count} elements at offset {t.offset}) runs past "
-                                  f"the end of its storage of {t.storage.numel} elements")
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} ({count} elements at offset {t.offset}) runs past "
+                f"the end of its storage of {t.storage.numel} elements"
+            )
         start = self._storage_offset(t.storage) + t.offset * dtype.itemsize
         if copy:
             return read_copy(self.path, start, dtype, t.shape)
@@ -704,25 +799,34 @@ class _TorchZipWeights:
         except KeyError:
             raise CheckpointError(f"{self.path}: storage {storage.key!r} has no zip member {member!r}") from None
         if info.compress_type != zipfile.ZIP_STORED:
-            raise CheckpointError(f"{self.path}: member {member!r} is compressed (method {info.compress_type}); "
-                                  "torch.save stores tensor data uncompressed and gptj_ref maps it directly")
+            raise CheckpointError(
+                f"{self.path}: member {member!r} is compressed (method {info.compress_type}); "
+                "torch.save stores tensor data uncompressed and gptj_ref maps it directly"
+            )
         nbytes = storage.numel * DTYPES[storage.dtype].itemsize
         if info.file_size != nbytes:
-            raise CheckpointError(f"{self.path}: member {member!r} holds {info.file_size} bytes but storage "
-                                  f"{storage.dtype}[{storage.numel}] needs {nbytes}")
+            raise CheckpointError(
+                f"{self.path}: member {member!r} holds {info.file_size} bytes but storage "
+                f"{storage.dtype}[{storage.numel}] needs {nbytes}"
+            )
         header = self._read_at(info.header_offset, _LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size:
-            raise CheckpointError(f"{self.path}: the local header of {member!r} lies past the end of the file; "
-                                  "the file is truncated")
+            raise CheckpointError(
+                f"{self.path}: the local header of {member!r} lies past the end of the file; the file is truncated"
+            )
         signature, *_, name_len, extra_len = _LOCAL_HEADER.unpack(header)
         name_start = info.header_offset + _LOCAL_HEADER.size
         if signature != b"PK\x03\x04" or self._read_at(name_start, name_len) != member.encode():
-            raise CheckpointError(f"{self.path}: no valid local zip header for {member!r} at byte "
-                                  f"{info.header_offset}; the file is corrupted")
+            raise CheckpointError(
+                f"{self.path}: no valid local zip header for {member!r} at byte "
+                f"{info.header_offset}; the file is corrupted"
+            )
         start = name_start + name_len + extra_len
         if start + nbytes > self._size:
-            raise CheckpointError(f"{self.path}: the data of {member!r} ends at byte {start + nbytes} but the file "
-                                  f"has {self._size} bytes; the file is truncated")
+            raise CheckpointError(
+                f"{self.path}: the data of {member!r} ends at byte {start + nbytes} but the file "
+                f"has {self._size} bytes; the file is truncated"
+            )
         self._offsets[storage.key] = start
         return start
 

@@ -57,13 +57,20 @@ class GPTJConfig:
 
     def _check_limits(self) -> None:
         """Sizes beyond any GPT-J are refused before anything is allocated from them (see limits.py)."""
-        limits = {"vocab_size": MAX_VOCAB, "n_positions": MAX_POSITIONS, "n_embd": MAX_WIDTH,
-                  "n_layer": MAX_LAYERS, "d_ff": MAX_WIDTH}
+        limits = {
+            "vocab_size": MAX_VOCAB,
+            "n_positions": MAX_POSITIONS,
+            "n_embd": MAX_WIDTH,
+            "n_layer": MAX_LAYERS,
+            "d_ff": MAX_WIDTH,
+        }
         for name, limit in limits.items():
             value = getattr(self, name)
             if value > limit:
-                raise ConfigError(f"config.{name} = {value} is beyond gptj_ref's limit of {limit}; "
-                                  "the config is damaged or not a GPT-J model")
+                raise ConfigError(
+                    f"config.{name} = {value} is beyond gptj_ref's limit of {limit}; "
+                    "the config is damaged or not a GPT-J model"
+                )
 
     # The short names used inside gptj_ref (docs/design.md, "Names"); the fields above keep the names of
     # Hugging Face's config.json, which is where users meet them -------------------------------------
@@ -113,8 +120,12 @@ class GPTJConfig:
         if hf.get("rotary_dim", 64) is None:
             raise ConfigError("rotary_dim is null in config.json; gptj_ref needs an explicit rotary_dim")
         fields = {f.name for f in dataclasses.fields(cls)}
-        aliases = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
-                   "max_position_embeddings": "n_positions"}
+        aliases = {
+            "hidden_size": "n_embd",
+            "num_hidden_layers": "n_layer",
+            "num_attention_heads": "n_head",
+            "max_position_embeddings": "n_positions",
+        }
         kwargs: dict[str, Any] = {}
         for key, value in hf.items():
             name = aliases.get(key, key)
@@ -132,8 +143,15 @@ class GPTJConfig:
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face `config.json` dictionary (transformers' GPTJConfig reads it)."""
-        hf = {"architectures": ["GPTJForCausalLM"], "model_type": "gptj", "activation_function": "gelu_new",
-              "tie_word_embeddings": False, "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0}
+        hf = {
+            "architectures": ["GPTJForCausalLM"],
+            "model_type": "gptj",
+            "activation_function": "gelu_new",
+            "tie_word_embeddings": False,
+            "attn_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "resid_pdrop": 0.0,
+        }
         hf.update(dataclasses.asdict(self))
         return hf
 

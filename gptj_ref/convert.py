@@ -38,8 +38,13 @@ from .progress import progress_bar
 from .safetensors_file import release_mapped_pages
 
 
-def convert(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", dtype: str = "q8",
-            progress: bool = True, tokenizer_json: Optional[str] = None) -> None:
+def convert(
+    src: "str | os.PathLike[str]",
+    dst: "str | os.PathLike[str]",
+    dtype: str = "q8",
+    progress: bool = True,
+    tokenizer_json: Optional[str] = None,
+) -> None:
     """Convert a checkpoint to a native model file.
 
     src             a Hugging Face GPT-J directory (anything `checkpoint.open_checkpoint` reads), or an
@@ -67,8 +72,10 @@ def convert(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", dtype:
         config = source.config
         block = weight_format(dtype).block
         if config.n_embd % block or config.d_ff % block:
-            raise ConfigError(f"{dtype} needs n_embd ({config.n_embd}) and d_ff ({config.d_ff}) to be multiples of "
-                              f"{block}, its block size; convert to f16 or f32 instead")
+            raise ConfigError(
+                f"{dtype} needs n_embd ({config.n_embd}) and d_ff ({config.d_ff}) to be multiples of "
+                f"{block}, its block size; convert to f16 or f32 instead"
+            )
         source.check_tensors()
         if tokenizer_json is None:
             tokenizer_json = source.tokenizer_json()
@@ -90,7 +97,7 @@ def convert(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]", dtype:
         try:
             with _terminate_as_exit():
                 write_native(dst, config, tensor_source, dtype, tokenizer_json, progress=tensor_written)
-        except OSError as e:   # the destination: not writable, disk full, gone
+        except OSError as e:  # the destination: not writable, disk full, gone
             raise OutputError(f"cannot write {dst}: {e.strerror or e}; nothing was written") from None
         finally:
             handed_out.clear()
@@ -121,11 +128,14 @@ def _check_not_an_input(dst: str, inputs: List[str]) -> None:
     """The output must not be, or replace, any file the conversion reads."""
     target = os.path.realpath(dst)
     for path in inputs:
-        same = os.path.realpath(path) == target or (os.path.exists(dst) and os.path.exists(path)
-                                                    and os.path.samefile(path, dst))
+        same = os.path.realpath(path) == target or (
+            os.path.exists(dst) and os.path.exists(path) and os.path.samefile(path, dst)
+        )
         if same:
-            raise OutputError(f"the output {dst!r} is one of the input's files ({path}); converting would destroy "
-                              "the input: write to another file")
+            raise OutputError(
+                f"the output {dst!r} is one of the input's files ({path}); converting would destroy "
+                "the input: write to another file"
+            )
 
 
 def _check_destination(src: str, dst: str) -> None:
@@ -146,13 +156,15 @@ def _check_free_space(dst: str, needed: int) -> None:
     directory = os.path.dirname(os.path.abspath(dst))
     free = shutil.disk_usage(directory).free
     if free < needed:
-        raise OutputError(f"not enough space in {directory}: the output needs {needed / 1e9:.2f} GB, "
-                            f"{free / 1e9:.2f} GB are free")
+        raise OutputError(
+            f"not enough space in {directory}: the output needs {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB are free"
+        )
 
 
 # -------------------------------------------------------------------------------------------------
 # Sources: a Hugging Face checkpoint or an existing native file, behind one small interface
 # -------------------------------------------------------------------------------------------------
+
 
 class _CheckpointSource:
     def __init__(self, path: str):
@@ -160,11 +172,11 @@ class _CheckpointSource:
 
         self.path = path
         self._ckpt = open_checkpoint(path)
-        self._ckpt.copy_reads = True   # read, not mapped: a source truncated meanwhile is an error, not SIGBUS
+        self._ckpt.copy_reads = True  # read, not mapped: a source truncated meanwhile is an error, not SIGBUS
         self.config: GPTJConfig = self._ckpt.config
 
     def check_tensors(self) -> None:
-        self._ckpt.check()      # every tensor the config implies, with its shape and a float dtype
+        self._ckpt.check()  # every tensor the config implies, with its shape and a float dtype
 
     def read(self, name: str) -> np.ndarray:
         return self._ckpt.read(name)

@@ -47,11 +47,19 @@ def _eval_arguments(e: argparse.ArgumentParser) -> None:
     tasks = e.add_subparsers(dest="eval_task", metavar="TASK")
     tasks.required = True
 
-    p = tasks.add_parser("perplexity", help="rolling perplexity over a text file", epilog=EXAMPLES,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tasks.add_parser(
+        "perplexity",
+        help="rolling perplexity over a text file",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("file", help="UTF-8 text file")
-    p.add_argument("--stride", type=int, default=None,
-                   help="a window of the model's context starts every N tokens (default: half the context)")
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="a window of the model's context starts every N tokens (default: half the context)",
+    )
     l_ = tasks.add_parser("lambada", help='last-word accuracy and perplexity over {"text": ...} lines')
     l_.add_argument("file", help='JSONL file, one {"text": "..."} per line')
     c = tasks.add_parser("choice", help='multiple choice over {"context", "choices", "label"} lines')
@@ -103,6 +111,7 @@ def _bar(total: int, unit: str):
 # ---------------------------------------------------------------------------------------------------
 # Input files: every problem names the file and line
 # ---------------------------------------------------------------------------------------------------
+
 
 @contextmanager
 def _reading(path: str):
@@ -166,8 +175,10 @@ def _pairs_that_fit(model, path: str, items: List[Tuple[int, str, str]]):
     for n, context, continuation in items:
         ctx, cont = encode_pair(model.tokenizer, context, continuation)
         if len(cont) > n_ctx:
-            raise InputError(f"{path}:{n}: the text to score has {len(cont)} tokens, longer than any window of "
-                             f"this model ({n_ctx} tokens); shorten it or drop the line")
+            raise InputError(
+                f"{path}:{n}: the text to score has {len(cont)} tokens, longer than any window of "
+                f"this model ({n_ctx} tokens); shorten it or drop the line"
+            )
         cut += len(ctx) + len(cont) > n_ctx + 1
         out.append((ctx, cont))
     return out, cut
@@ -183,6 +194,7 @@ def _score(model, pairs, unit="pair"):
 # ---------------------------------------------------------------------------------------------------
 # The tasks
 # ---------------------------------------------------------------------------------------------------
+
 
 def _perplexity(model, text: str, args) -> dict:
     from .scoring import default_stride, score_tokens
@@ -200,9 +212,16 @@ def _perplexity(model, text: str, args) -> dict:
     seconds = time.perf_counter() - started
     nll = -scores.total
     n_bytes = sum(len(model.tokenizer.token_bytes(i)) for i in scores.token_ids)
-    return {"perplexity": math.exp(nll / len(scores.token_ids)), "bits_per_byte": nll / n_bytes / math.log(2),
-            "byte_perplexity": math.exp(nll / n_bytes), "tokens": len(scores.token_ids), "bytes": n_bytes,
-            "window": window, "stride": stride, "tokens_per_second": len(scores.token_ids) / seconds}
+    return {
+        "perplexity": math.exp(nll / len(scores.token_ids)),
+        "bits_per_byte": nll / n_bytes / math.log(2),
+        "byte_perplexity": math.exp(nll / n_bytes),
+        "tokens": len(scores.token_ids),
+        "bytes": n_bytes,
+        "window": window,
+        "stride": stride,
+        "tokens_per_second": len(scores.token_ids) / seconds,
+    }
 
 
 def _lambada(model, records, args) -> dict:
@@ -211,13 +230,16 @@ def _lambada(model, records, args) -> dict:
         text = _field(args.file, n, obj, "text", str, "a string")
         if " " not in text.strip(" "):
             raise InputError(f'{args.file}:{n}: "text" has no space, so it has no last word to predict')
-        words = text.split(" ")   # lm-eval's lambada_openai: split on single spaces
+        words = text.split(" ")  # lm-eval's lambada_openai: split on single spaces
         items.append((n, " ".join(words[:-1]), " " + words[-1]))
     pairs, cut = _pairs_that_fit(model, args.file, items)
     results = _score(model, pairs)
     lls = np.array([ll for ll, _ in results])
-    out = {"acc": float(np.mean([g for _, g in results])), "perplexity": float(np.exp(-np.mean(lls))),
-           "records": len(results)}
+    out = {
+        "acc": float(np.mean([g for _, g in results])),
+        "perplexity": float(np.exp(-np.mean(lls))),
+        "records": len(results),
+    }
     if cut:
         out["contexts_cut"] = cut
     return out
@@ -232,10 +254,11 @@ def _choice(model, records, args) -> dict:
         if not choices or not all(isinstance(c, str) and c for c in choices):
             raise InputError(f'{args.file}:{n}: "choices" must be a non-empty list of non-empty strings')
         if not 0 <= label < len(choices):
-            raise InputError(f'{args.file}:{n}: label {label} is out of range for {len(choices)} choices '
-                             f'(0..{len(choices) - 1})')
+            raise InputError(
+                f"{args.file}:{n}: label {label} is out of range for {len(choices)} choices (0..{len(choices) - 1})"
+            )
         docs.append((choices, label))
-        items += [(n, context, " " + choice) for choice in choices]   # lm-eval's target_delimiter " "
+        items += [(n, context, " " + choice) for choice in choices]  # lm-eval's target_delimiter " "
     pairs, cut = _pairs_that_fit(model, args.file, items)
     results = iter(_score(model, pairs))
     acc, acc_norm = [], []
@@ -253,16 +276,22 @@ def _choice(model, records, args) -> dict:
 def _summary(r: dict) -> str:
     lines = [f"gptj eval {r['task']}: {r['file']}", f"model: {r['model']} ({r['backend']} backend)"]
     if r["task"] == "perplexity":
-        lines += [f"perplexity: {r['perplexity']:.4f} per token",
-                  f"bits per byte: {r['bits_per_byte']:.4f}",
-                  f"tokens scored: {r['tokens']} ({r['bytes']} bytes) in windows of {r['window']}, stride {r['stride']}",
-                  f"speed: {r['tokens_per_second']:.1f} scored tokens/s"]
+        lines += [
+            f"perplexity: {r['perplexity']:.4f} per token",
+            f"bits per byte: {r['bits_per_byte']:.4f}",
+            f"tokens scored: {r['tokens']} ({r['bytes']} bytes) in windows of {r['window']}, stride {r['stride']}",
+            f"speed: {r['tokens_per_second']:.1f} scored tokens/s",
+        ]
     elif r["task"] == "lambada":
-        lines += [f"accuracy: {100 * r['acc']:.2f}% of {r['records']} records",
-                  f"perplexity: {r['perplexity']:.4f} (of the last word)"]
+        lines += [
+            f"accuracy: {100 * r['acc']:.2f}% of {r['records']} records",
+            f"perplexity: {r['perplexity']:.4f} (of the last word)",
+        ]
     else:
-        lines += [f"accuracy: {100 * r['acc']:.2f}% of {r['records']} records",
-                  f"accuracy, length-normalised: {100 * r['acc_norm']:.2f}%"]
+        lines += [
+            f"accuracy: {100 * r['acc']:.2f}% of {r['records']} records",
+            f"accuracy, length-normalised: {100 * r['acc_norm']:.2f}%",
+        ]
     if r.get("contexts_cut"):
         lines.append(f"note: {r['contexts_cut']} contexts were cut from the left to fit the model's context")
     lines.append(f"time: {r['seconds']:.1f} s")
@@ -272,6 +301,7 @@ def _summary(r: dict) -> str:
 # ---------------------------------------------------------------------------------------------------
 # lm-evaluation-harness
 # ---------------------------------------------------------------------------------------------------
+
 
 def _run_harness(args) -> int:
     try:
@@ -287,14 +317,22 @@ def _run_harness(args) -> int:
     manager = TaskManager(include_path=args.include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if not tasks or unknown:
-        raise SettingsError(f"unknown lm-eval task(s): {', '.join(unknown) or '(none given)'}; "
-                            "list them with `lm_eval ls tasks`, or add --include-path for your own YAML")
+        raise SettingsError(
+            f"unknown lm-eval task(s): {', '.join(unknown) or '(none given)'}; "
+            "list them with `lm_eval ls tasks`, or add --include-path for your own YAML"
+        )
     lm = GPTJRefLM(model=_load(args))
-    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=args.num_fewshot, limit=args.limit,
-                                      task_manager=manager)
+    results = lm_eval.simple_evaluate(
+        model=lm, tasks=tasks, num_fewshot=args.num_fewshot, limit=args.limit, task_manager=manager
+    )
     if args.json:
-        print(json.dumps({"model": lm.model.description, "backend": lm.model.backend.name,
-                          "results": results["results"]}, indent=2, default=str))
+        print(
+            json.dumps(
+                {"model": lm.model.description, "backend": lm.model.backend.name, "results": results["results"]},
+                indent=2,
+                default=str,
+            )
+        )
     else:
         from lm_eval.utils import make_table
 
@@ -302,5 +340,10 @@ def _run_harness(args) -> int:
     return 0
 
 
-COMMAND = Command("eval", "score a model: perplexity, LAMBADA, multiple choice, lm-eval tasks", _eval_arguments,
-                  run_eval, examples=EXAMPLES.split("\n", 1)[1])
+COMMAND = Command(
+    "eval",
+    "score a model: perplexity, LAMBADA, multiple choice, lm-eval tasks",
+    _eval_arguments,
+    run_eval,
+    examples=EXAMPLES.split("\n", 1)[1],
+)

@@ -33,8 +33,8 @@ from .errors import InputError
 Spec = Tuple[str, str, Tuple[int, ...]]  # (stored name, safetensors dtype, shape)
 
 EMBEDDING = "transformer.wte.weight"
-EMBEDDING_BLOCKS_SINCE = 2   # the native format version from which a block format quantizes the embedding
-CURRENT_FILE_VERSION = 2     # native.FORMAT_VERSION (native.py imports this module, not the reverse)
+EMBEDDING_BLOCKS_SINCE = 2  # the native format version from which a block format quantizes the embedding
+CURRENT_FILE_VERSION = 2  # native.FORMAT_VERSION (native.py imports this module, not the reverse)
 
 
 def scale_name(name: str) -> str:
@@ -56,8 +56,8 @@ class WeightFormat:
 
     name: str
     version: int
-    block: int                    # elements of K per scale (1: no blocks)
-    values_dtype: str             # safetensors dtype of the stored matrix
+    block: int  # elements of K per scale (1: no blocks)
+    values_dtype: str  # safetensors dtype of the stored matrix
     description: str
     quantize: Optional[Callable] = None
     dequantize: Optional[Callable] = None
@@ -65,16 +65,17 @@ class WeightFormat:
     error_bound: Optional[Callable] = None
     check_values: Optional[Callable] = None
     values_per_byte: int = 1
-    values_name: str = ""         # what one stored value is, for messages: "int8", "4-bit"
-    signed_scales: bool = False   # scales may be negative (q4: the grid [-8, 7] is used either way round)
-    embedding: str = ""           # the block format of the embedding rows (file version >= 2); "" keeps it F32
+    values_name: str = ""  # what one stored value is, for messages: "int8", "4-bit"
+    signed_scales: bool = False  # scales may be negative (q4: the grid [-8, 7] is used either way round)
+    embedding: str = ""  # the block format of the embedding rows (file version >= 2); "" keeps it F32
 
     @property
     def is_block(self) -> bool:
         return self.block > 1
 
-    def tensor_format(self, name: str, shape: Tuple[int, ...],
-                      file_version: int = CURRENT_FILE_VERSION) -> "WeightFormat":
+    def tensor_format(
+        self, name: str, shape: Tuple[int, ...], file_version: int = CURRENT_FILE_VERSION
+    ) -> "WeightFormat":
         """The format the float tensor `name` [shape] is stored in by a file of this format and native
         format version: this format for the matrices it quantizes, `embedding` for the embedding rows,
         f32 for vectors and the rest of a block format's file."""
@@ -92,11 +93,15 @@ class WeightFormat:
         if fmt.is_block:
             out, n_in = shape
             if n_in % fmt.block != 0:
-                raise InputError(f"{name} has {n_in} inputs, not a multiple of the {fmt.values_name} block size "
-                                 f"{fmt.block}; a {self.name} file needs n_embd and d_ff to be multiples of "
-                                 f"{fmt.block} (use f16 or f32)")
-            return [(name, fmt.values_dtype, (out, n_in // fmt.values_per_byte)),
-                    (scale_name(name), "F16", (out, n_in // fmt.block))]
+                raise InputError(
+                    f"{name} has {n_in} inputs, not a multiple of the {fmt.values_name} block size "
+                    f"{fmt.block}; a {self.name} file needs n_embd and d_ff to be multiples of "
+                    f"{fmt.block} (use f16 or f32)"
+                )
+            return [
+                (name, fmt.values_dtype, (out, n_in // fmt.values_per_byte)),
+                (scale_name(name), "F16", (out, n_in // fmt.block)),
+            ]
         return [(name, fmt.values_dtype, shape)]
 
     def bytes_per_weight(self) -> float:
@@ -108,18 +113,44 @@ def _check_int8(values: np.ndarray) -> Optional[str]:
     return "holds -128; q8 weights are in [-127, 127]" if (values == -128).any() else None
 
 
-FORMATS: Dict[str, WeightFormat] = {f.name: f for f in (
-    WeightFormat("q8", 1, quant.QK, "I8", "int8 blocks of 32, float16 scales",
-                 quantize=quant.quantize_blocks, dequantize=quant.dequantize_blocks, emulate=quant.q8_linear,
-                 error_bound=quant.q8_linear_error_bound, check_values=_check_int8, values_name="int8", embedding="q8"),
-    WeightFormat("q4", 1, quant.QK, "U8", "4-bit blocks of 32, float16 scales", values_per_byte=2, values_name="4-bit",
-                 signed_scales=True, embedding="q8",
-                 quantize=quant.q4_quantize_blocks, dequantize=quant.q4_dequantize_blocks, emulate=quant.q4_linear,
-                 error_bound=lambda x, v, s, b=None, lanes=quant.QK: quant.q8_linear_error_bound(
-                     x, quant.q4_unpack(v), s, b, lanes)),
-    WeightFormat("f16", 1, 1, "F16", "float16 matrices (converted to float32 for the C++ kernels)"),
-    WeightFormat("f32", 1, 1, "F32", "float32"),
-)}
+FORMATS: Dict[str, WeightFormat] = {
+    f.name: f
+    for f in (
+        WeightFormat(
+            "q8",
+            1,
+            quant.QK,
+            "I8",
+            "int8 blocks of 32, float16 scales",
+            quantize=quant.quantize_blocks,
+            dequantize=quant.dequantize_blocks,
+            emulate=quant.q8_linear,
+            error_bound=quant.q8_linear_error_bound,
+            check_values=_check_int8,
+            values_name="int8",
+            embedding="q8",
+        ),
+        WeightFormat(
+            "q4",
+            1,
+            quant.QK,
+            "U8",
+            "4-bit blocks of 32, float16 scales",
+            values_per_byte=2,
+            values_name="4-bit",
+            signed_scales=True,
+            embedding="q8",
+            quantize=quant.q4_quantize_blocks,
+            dequantize=quant.q4_dequantize_blocks,
+            emulate=quant.q4_linear,
+            error_bound=lambda x, v, s, b=None, lanes=quant.QK: quant.q8_linear_error_bound(
+                x, quant.q4_unpack(v), s, b, lanes
+            ),
+        ),
+        WeightFormat("f16", 1, 1, "F16", "float16 matrices (converted to float32 for the C++ kernels)"),
+        WeightFormat("f32", 1, 1, "F32", "float32"),
+    )
+}
 BLOCK_FORMATS = tuple(name for name, f in FORMATS.items() if f.is_block)
 
 

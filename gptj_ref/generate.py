@@ -57,42 +57,59 @@ class GenerationSettings:
     max_new_tokens: int = 32
     do_sample: bool = False
     temperature: float = 1.0
-    top_k: int = 50               # transformers' default; 0 disables
-    top_p: float = 1.0            # 1.0 disables
+    top_k: int = 50  # transformers' default; 0 disables
+    top_p: float = 1.0  # 1.0 disables
     repetition_penalty: float = 1.0
-    min_new_tokens: int = 0       # end-of-text is suppressed until this many tokens are generated
-    min_length: int = 0           # the same, counted in total tokens (prompt + generated) as transformers does
-    stop: Tuple[str, ...] = ()    # generation of a sequence ends when its text contains one of these
+    min_new_tokens: int = 0  # end-of-text is suppressed until this many tokens are generated
+    min_length: int = 0  # the same, counted in total tokens (prompt + generated) as transformers does
+    stop: Tuple[str, ...] = ()  # generation of a sequence ends when its text contains one of these
     stop_at_eos: bool = True
     seed: Optional[int] = None
-    presence_penalty: float = 0.0   # OpenAI's: subtracted once from every token already generated
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
     frequency_penalty: float = 0.0  # OpenAI's: subtracted once per time a token was generated
-    eos_token_id: Optional[Tuple[int, ...]] = None   # None: the model's end-of-text token
+    eos_token_id: Optional[Tuple[int, ...]] = None  # None: the model's end-of-text token
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise SettingsError(message)
 
-        need(is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
-             f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        need(_is_number(self.temperature) and self.temperature >= 0,
-             f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if self.temperature == 0:   # OpenAI's and llama.cpp's meaning: always the most likely token
+        need(
+            is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
+            f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}",
+        )
+        need(
+            _is_number(self.temperature) and self.temperature >= 0,
+            f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}",
+        )
+        if self.temperature == 0:  # OpenAI's and llama.cpp's meaning: always the most likely token
             object.__setattr__(self, "do_sample", False)
-        need(is_int(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
+        need(
+            is_int(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}"
+        )
         need(_is_number(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
-        need(_is_number(self.repetition_penalty) and self.repetition_penalty > 0,
-             f"repetition_penalty must be > 0 (1.0 disables it), got {self.repetition_penalty!r}")
-        need(is_int(self.min_new_tokens) and self.min_new_tokens >= 0,
-             f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}")
-        need(is_int(self.min_length) and self.min_length >= 0, f"min_length must be an integer >= 0, got {self.min_length!r}")
-        need(self.seed is None or (is_int(self.seed) and 0 <= self.seed < MAX_SEED),
-             f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+        need(
+            _is_number(self.repetition_penalty) and self.repetition_penalty > 0,
+            f"repetition_penalty must be > 0 (1.0 disables it), got {self.repetition_penalty!r}",
+        )
+        need(
+            is_int(self.min_new_tokens) and self.min_new_tokens >= 0,
+            f"min_new_tokens must be an integer >= 0, got {self.min_new_tokens!r}",
+        )
+        need(
+            is_int(self.min_length) and self.min_length >= 0,
+            f"min_length must be an integer >= 0, got {self.min_length!r}",
+        )
+        need(
+            self.seed is None or (is_int(self.seed) and 0 <= self.seed < MAX_SEED),
+            f"seed must be an integer in [0, 2**64), got {self.seed!r}",
+        )
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
-            need(_is_number(value) and -2 <= value <= 2, f"{name} must be a number in [-2, 2] (0 disables it), "
-                                                          f"got {value!r}")
+            need(
+                _is_number(value) and -2 <= value <= 2,
+                f"{name} must be a number in [-2, 2] (0 disables it), got {value!r}",
+            )
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         need(isinstance(self.stop, (tuple, list)), f"stop must be a string or a list of strings, got {self.stop!r}")
@@ -100,18 +117,25 @@ class GenerationSettings:
         need(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
         if self.eos_token_id is not None:
             ids = (self.eos_token_id,) if is_int(self.eos_token_id) else self.eos_token_id
-            need(isinstance(ids, (tuple, list)) and len(ids) > 0 and all(is_int(i) and i >= 0 for i in ids),
-                 f"eos_token_id must be a token id or a non-empty list of them, got {self.eos_token_id!r}")
+            need(
+                isinstance(ids, (tuple, list)) and len(ids) > 0 and all(is_int(i) and i >= 0 for i in ids),
+                f"eos_token_id must be a token id or a non-empty list of them, got {self.eos_token_id!r}",
+            )
             object.__setattr__(self, "eos_token_id", tuple(int(i) for i in ids))
 
 
-MAX_SEED = 2**64   # seeds are what a uint64 holds, as torch.manual_seed and numpy's generators take them
+MAX_SEED = 2**64  # seeds are what a uint64 holds, as torch.manual_seed and numpy's generators take them
 
 # transformers' and OpenAI's names that gptj_ref does not implement, with what to use instead.
 _BEAM = "beam search is not implemented; use greedy decoding (the default) or sampling (do_sample=True)"
 UNSUPPORTED_SETTINGS = {
-    "num_beams": _BEAM, "num_beam_groups": _BEAM, "diversity_penalty": _BEAM, "length_penalty": _BEAM,
-    "early_stopping": _BEAM, "constraints": _BEAM, "force_words_ids": _BEAM,
+    "num_beams": _BEAM,
+    "num_beam_groups": _BEAM,
+    "diversity_penalty": _BEAM,
+    "length_penalty": _BEAM,
+    "early_stopping": _BEAM,
+    "constraints": _BEAM,
+    "force_words_ids": _BEAM,
     "typical_p": "typical sampling is not implemented; use top_p or top_k",
     "epsilon_cutoff": "epsilon sampling is not implemented; use top_p or top_k",
     "eta_cutoff": "eta sampling is not implemented; use top_p or top_k",
@@ -119,8 +143,10 @@ UNSUPPORTED_SETTINGS = {
     "penalty_alpha": "contrastive search is not implemented; use greedy decoding or sampling",
     "no_repeat_ngram_size": "n-gram blocking is not implemented; use repetition_penalty",
     "encoder_repetition_penalty": "use repetition_penalty",
-    "bad_words_ids": "token suppression is not implemented", "suppress_tokens": "token suppression is not implemented",
-    "sequence_bias": "logit biases are not implemented", "logit_bias": "logit biases are not implemented",
+    "bad_words_ids": "token suppression is not implemented",
+    "suppress_tokens": "token suppression is not implemented",
+    "sequence_bias": "logit biases are not implemented",
+    "logit_bias": "logit biases are not implemented",
     "guidance_scale": "classifier-free guidance is not implemented",
     "num_return_sequences": "pass the prompt several times: model.generate([prompt] * n, do_sample=True)",
     "n": "pass the prompt several times: model.generate([prompt] * n, do_sample=True)",
@@ -130,7 +156,8 @@ UNSUPPORTED_SETTINGS = {
     "device_map": "gptj_ref runs on the CPU; choose the implementation with load(path, backend=...)",
     "torch_dtype": "the weight precision is chosen when loading: load(path, dtype='q8') or `gptj convert --dtype`",
     "dtype": "the weight precision is chosen when loading: load(path, dtype='q8') or `gptj convert --dtype`",
-    "output_scores": "use model.logits(prompt) for scores", "output_logits": "use model.logits(prompt) for scores",
+    "output_scores": "use model.logits(prompt) for scores",
+    "output_logits": "use model.logits(prompt) for scores",
     "return_dict_in_generate": "generate returns text; use generate_ids for token ids",
     "streamer": "use model.stream(prompt, ...), which yields the text as it is generated",
     "attention_mask": "prompts are padded and masked internally; pass a list of prompts to generate",
@@ -140,7 +167,7 @@ UNSUPPORTED_SETTINGS = {
     "prompt_lookup_num_tokens": "assisted generation is not implemented",
 }
 # Accepted for compatibility; they change nothing here.
-IGNORED_SETTINGS = ("pad_token_id", "bos_token_id")   # padding is masked out and never computed
+IGNORED_SETTINGS = ("pad_token_id", "bos_token_id")  # padding is masked out and never computed
 
 
 def make_settings(settings: dict, prompt_tokens: Optional[int] = None) -> GenerationSettings:
@@ -160,8 +187,11 @@ def make_settings(settings: dict, prompt_tokens: Optional[int] = None) -> Genera
             raise SettingsError(f"{name} is not supported by gptj_ref: {UNSUPPORTED_SETTINGS[name]}")
         if name not in known and name not in ("max_length", "stop_strings"):
             close = difflib.get_close_matches(name, sorted(known | {"max_length", "stop_strings"}), n=1)
-            raise SettingsError(f"unknown setting {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                                + f" The settings are: {', '.join(sorted(known))} (see help(GenerationSettings))")
+            raise SettingsError(
+                f"unknown setting {name!r}"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+                + f" The settings are: {', '.join(sorted(known))} (see help(GenerationSettings))"
+            )
     if "stop_strings" in settings:
         if "stop" in settings:
             raise SettingsError("give stop or stop_strings (its transformers name), not both")
@@ -175,8 +205,10 @@ def make_settings(settings: dict, prompt_tokens: Optional[int] = None) -> Genera
         if prompt_tokens is None:
             raise SettingsError("max_length counts the prompt as well, which is not known here; use max_new_tokens")
         if not is_int(max_length) or max_length - prompt_tokens < 1:
-            raise SettingsError(f"max_length={max_length!r} leaves no room for new tokens after the "
-                                f"{prompt_tokens}-token prompt; raise it or use max_new_tokens")
+            raise SettingsError(
+                f"max_length={max_length!r} leaves no room for new tokens after the "
+                f"{prompt_tokens}-token prompt; raise it or use max_new_tokens"
+            )
         settings["max_new_tokens"] = int(max_length) - prompt_tokens
     return GenerationSettings(**settings)
 
@@ -188,6 +220,7 @@ def _is_number(x) -> bool:
 # ---------------------------------------------------------------------------------------------------
 # Logits processors: each takes scores [V] (float32) and returns new scores
 # ---------------------------------------------------------------------------------------------------
+
 
 def apply_repetition_penalty(scores, previous_ids, penalty):
     """transformers' RepetitionPenaltyLogitsProcessor: tokens seen before get score/penalty if
@@ -231,7 +264,7 @@ def apply_top_p(scores, p):
     cumulative probability is <= 1 - p, always keep the most likely token."""
     if p >= 1.0:
         return scores
-    order = np.argsort(scores, kind="stable")                     # ascending
+    order = np.argsort(scores, kind="stable")  # ascending
     probs = softmax(scores[order])
     cumulative = np.cumsum(probs)
     remove_sorted = cumulative <= (1 - p)
@@ -251,7 +284,7 @@ def process_logits(scores, previous_ids, n_new: int, settings: GenerationSetting
     """The processed next-token scores [V] for one sequence: what is sampled from (or argmaxed)."""
     scores = np.asarray(scores, dtype=np.float32)
     scores = apply_repetition_penalty(scores, previous_ids, settings.repetition_penalty)
-    generated = previous_ids[len(previous_ids) - n_new:] if n_new else ()
+    generated = previous_ids[len(previous_ids) - n_new :] if n_new else ()
     scores = apply_presence_frequency_penalty(scores, generated, settings.presence_penalty, settings.frequency_penalty)
     if len(previous_ids) < settings.min_length or n_new < settings.min_new_tokens:
         for eos in settings.eos_token_id or (eos_id,):
@@ -290,13 +323,14 @@ def top_logprobs(logprobs: np.ndarray, k: int) -> List[Tuple[int, float]]:
 # One row: token ids -> sampled token -> text -> stop strings -> finish reason
 # ---------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class TokenStep:
     """What one step of one row produced."""
 
     token: int
-    text: str = ""          # text released by this step ("" while characters or a stop string are pending)
-    logprob: Optional[float] = None                        # log p(token) under the model (raw logits)
+    text: str = ""  # text released by this step ("" while characters or a stop string are pending)
+    logprob: Optional[float] = None  # log p(token) under the model (raw logits)
     top_logprobs: Optional[List[Tuple[int, float]]] = None  # the most likely alternatives, when asked
 
 
@@ -312,8 +346,14 @@ class RowState:
                  likely tokens, from the model's raw logits (before penalties, temperature and filtering)
     """
 
-    def __init__(self, prompt: Sequence[int], settings: GenerationSettings, eos_id: int, tokenizer=None,
-                 logprobs: Optional[int] = None):
+    def __init__(
+        self,
+        prompt: Sequence[int],
+        settings: GenerationSettings,
+        eos_id: int,
+        tokenizer=None,
+        logprobs: Optional[int] = None,
+    ):
         self.prompt = list(prompt)
         self.settings, self.eos_id, self.logprobs = settings, eos_id, logprobs
         self.rng = np.random.default_rng(settings.seed)
@@ -337,7 +377,8 @@ class RowState:
             raise NumericalError(
                 f"the model produced non-finite logits ({logits[bad[0]]} for token {bad[0]}, {bad.size} in all) at "
                 f"generation step {len(self.new) + 1}, after {len(self.prompt) + len(self.new)} tokens; the weights "
-                "or the computation overflowed: check the model file (NaN/Inf weights) and the backend")
+                "or the computation overflowed: check the model file (NaN/Inf weights) and the backend"
+            )
         s = self.settings
         scores = process_logits(logits, self.prompt + self.new, len(self.new), s, self.eos_id)
         token = choose(scores, s, self.rng)
@@ -363,7 +404,7 @@ class RowState:
         if stop and any(x in self._pending for x in stop):
             return self._finish("stop")
         keep = stop_prefix_len(self._pending, stop) if stop else 0
-        ready, self._pending = self._pending[:len(self._pending) - keep], self._pending[len(self._pending) - keep:]
+        ready, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
         self.text += ready
         return ready
 
@@ -381,6 +422,7 @@ class RowState:
 # ---------------------------------------------------------------------------------------------------
 # A left-padded batch
 # ---------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class GenerationStats:
@@ -410,22 +452,25 @@ class BatchGeneration:
     done and that output is ignored. `tokenizer` (optional) gives the rows text and stop strings.
     """
 
-    def __init__(self, backend, prompts: Sequence[Sequence[int]], settings: GenerationSettings, eos_id: int,
-                 tokenizer=None):
+    def __init__(
+        self, backend, prompts: Sequence[Sequence[int]], settings: GenerationSettings, eos_id: int, tokenizer=None
+    ):
         n_ctx = backend.config.n_positions
         longest = max(len(p) for p in prompts)
         if longest + settings.max_new_tokens > n_ctx:
-            raise SettingsError(f"the prompt ({longest} tokens) plus max_new_tokens ({settings.max_new_tokens}) "
-                                f"exceed the model's context of {n_ctx} tokens; shorten the prompt or lower "
-                                "max_new_tokens")
+            raise SettingsError(
+                f"the prompt ({longest} tokens) plus max_new_tokens ({settings.max_new_tokens}) "
+                f"exceed the model's context of {n_ctx} tokens; shorten the prompt or lower "
+                "max_new_tokens"
+            )
         vocab = backend.config.vocab_size
         bad = [i for i in settings.eos_token_id or () if i >= vocab]
         if bad:
             raise SettingsError(f"eos_token_id {bad[0]} is outside the vocabulary [0, {vocab})")
         self.backend, self.settings, self.eos_id = backend, settings, eos_id
         self.rows = [RowState(p, settings, eos_id, tokenizer) for p in prompts]
-        self.prompt_seconds = 0.0   # time of the forward pass over the prompts
-        self.decode_seconds = 0.0   # time of the forward passes over generated tokens
+        self.prompt_seconds = 0.0  # time of the forward pass over the prompts
+        self.decode_seconds = 0.0  # time of the forward passes over generated tokens
 
     def steps(self) -> Iterator[List[Tuple[int, TokenStep]]]:
         """Yields, after every step, the (row index, TokenStep) pairs of the rows that advanced."""
@@ -434,8 +479,8 @@ class BatchGeneration:
         ids = np.full((B, longest), eos_id, dtype=np.int64)
         mask = np.zeros((B, longest), dtype=np.int64)
         for b, row in enumerate(rows):
-            ids[b, longest - len(row.prompt):] = row.prompt
-            mask[b, longest - len(row.prompt):] = 1
+            ids[b, longest - len(row.prompt) :] = row.prompt
+            mask[b, longest - len(row.prompt) :] = 1
 
         cache = self.backend.new_cache(longest + self.settings.max_new_tokens, batch=B)
         started = time.perf_counter()
@@ -458,9 +503,12 @@ class BatchGeneration:
             self.decode_seconds += time.perf_counter() - started
 
     def stats(self) -> GenerationStats:
-        return GenerationStats(prompt_tokens=sum(len(r.prompt) for r in self.rows),
-                               new_tokens=sum(len(r.new) for r in self.rows),
-                               prompt_seconds=self.prompt_seconds, decode_seconds=self.decode_seconds)
+        return GenerationStats(
+            prompt_tokens=sum(len(r.prompt) for r in self.rows),
+            new_tokens=sum(len(r.new) for r in self.rows),
+            prompt_seconds=self.prompt_seconds,
+            decode_seconds=self.decode_seconds,
+        )
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -483,4 +531,3 @@ def stop_prefix_len(text: str, stop: Sequence[str]) -> int:
                 best = max(best, n)
                 break
     return best
-

@@ -42,15 +42,25 @@ DEFAULT_MAX_GEN_TOKENS = 256  # as lm-eval's hf model
 class GPTJRefLM(TemplateLM):
     """A gptj_ref model (any backend) behind lm-eval's LM interface."""
 
-    def __init__(self, pretrained: Optional[str] = None, backend: str = "auto", threads: Optional[int] = None,
-                 kv_dtype: Optional[str] = None, batch_size=None, model=None, **unused):
+    def __init__(
+        self,
+        pretrained: Optional[str] = None,
+        backend: str = "auto",
+        threads: Optional[int] = None,
+        kv_dtype: Optional[str] = None,
+        batch_size=None,
+        model=None,
+        **unused,
+    ):
         """`model` may be an already loaded gptj_ref.Model (then pretrained/backend/threads are unused).
         batch_size is accepted for lm-eval's command line and ignored: pairs that share a context are
         batched by the scorer itself."""
         super().__init__()
-        self.model = model if model is not None else load(pretrained, backend=backend,
-                                                          threads=None if threads is None else int(threads),
-                                                          kv_dtype=kv_dtype)
+        self.model = (
+            model
+            if model is not None
+            else load(pretrained, backend=backend, threads=None if threads is None else int(threads), kv_dtype=kv_dtype)
+        )
         self._max_length = self.model.config.n_positions
 
     # The pieces TemplateLM needs -----------------------------------------------------------------------
@@ -84,9 +94,15 @@ class GPTJRefLM(TemplateLM):
         out = []
         for request in tqdm(requests, disable=disable_tqdm or None, desc="gptj_ref loglikelihood_rolling"):
             (text,) = request.args
-            windows = [lm_utils.make_disjoint_window(w) for w in lm_utils.get_rolling_token_windows(
-                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                max_seq_len=self._max_length, context_len=1)]
+            windows = [
+                lm_utils.make_disjoint_window(w)
+                for w in lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(text),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self._max_length,
+                    context_len=1,
+                )
+            ]
             total = sum(ll for ll, _ in sum_scores(score_pairs(self.model.backend, windows))) if windows else 0.0
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
             out.append(total)
@@ -100,11 +116,15 @@ class GPTJRefLM(TemplateLM):
             kwargs = normalize_gen_kwargs(dict(gen_kwargs), DEFAULT_MAX_GEN_TOKENS)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
             max_new = int(kwargs.pop("max_gen_toks"))
-            ids = self.tok_encode(context)[-max(1, self._max_length - max_new):]
+            ids = self.tok_encode(context)[-max(1, self._max_length - max_new) :]
             settings = dict(max_new_tokens=max_new, stop=tuple(u for u in until if u))
             if kwargs.get("do_sample"):
-                settings.update(do_sample=True, temperature=float(kwargs.get("temperature") or 1.0),
-                                top_k=int(kwargs.get("top_k", 0) or 0), top_p=float(kwargs.get("top_p", 1.0) or 1.0))
+                settings.update(
+                    do_sample=True,
+                    temperature=float(kwargs.get("temperature") or 1.0),
+                    top_k=int(kwargs.get("top_k", 0) or 0),
+                    top_p=float(kwargs.get("top_p", 1.0) or 1.0),
+                )
             new = self.model.generate_ids(ids, **settings)
             text = postprocess_generated_text(self.model.tokenizer.decode(new), until, None)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)

@@ -23,7 +23,7 @@ HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 def looks_like_hub_name(path: str) -> bool:
-    """"org/name" that is not an existing path: what a user means by a Hugging Face Hub name."""
+    """ "org/name" that is not an existing path: what a user means by a Hugging Face Hub name."""
     return bool(HUB_NAME.match(path)) and not os.path.exists(path)
 
 
@@ -31,7 +31,8 @@ def hub_cache_dir() -> str:
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
     home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
     return os.path.join(home, "hub")
 
 
@@ -62,5 +63,19 @@ def resolve(name: str) -> str:
             f"no model at {name!r}: it is not a file or directory here, and the Hub name {name!r} is not in the "
             f"local Hugging Face cache ({hub_cache_dir()}); gptj_ref never downloads. Fetch it with "
             f"`huggingface-cli download {name}` (or `git clone https://huggingface.co/{name}`) and pass "
-            "the directory, or set HF_HOME / HF_HUB_CACHE to the cache that holds it")
+            "the directory, or set HF_HOME / HF_HUB_CACHE to the cache that holds it"
+        )
     return found
+
+
+def local_or_hub(path: str) -> str:
+    """`path` when it exists; else the cached snapshot of the Hub name (org/name) it spells; else
+    CheckpointError saying what a model path can be."""
+    if os.path.exists(path):
+        return path
+    if not looks_like_hub_name(path):
+        raise CheckpointError(
+            f"no model at {path!r}: give a Hugging Face GPT-J directory, a native .gptj file "
+            "or a Hub name (org/name) in the local Hugging Face cache"
+        )
+    return resolve(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-from .errors import CheckpointError, SettingsError
+from .errors import SettingsError
 
 
 def describe_model(path: Optional[str], threads: Optional[int] = None, context: Optional[int] = None) -> List[str]:
@@ -21,13 +21,10 @@ def describe_model(path: Optional[str], threads: Optional[int] = None, context: 
     from .threads import check_threads, describe_threads
 
     lines: List[str] = []
-    if path is not None and path != TINY_RANDOM and not os.path.exists(path):
-        from . import hub
+    if path is not None and path != TINY_RANDOM:
+        from .hub import local_or_hub
 
-        if not hub.looks_like_hub_name(path):
-            raise CheckpointError(f"no model at {path!r}: give a Hugging Face GPT-J directory, a native .gptj file "
-                                  "or a Hub name (org/name) in the local Hugging Face cache")
-        path = hub.resolve(path)
+        path = local_or_hub(path)
     format_version = None
     if path == TINY_RANDOM:
         config, dtype, size = TINY, "f32 (in memory)", None
@@ -37,14 +34,16 @@ def describe_model(path: Optional[str], threads: Optional[int] = None, context: 
         native = open_model_file(DEMO_PATH if path is None else path)
         config, dtype, size = native.config, native.dtype, os.path.getsize(native.path)
         format_version = native.format_version
-        tokenizer = "embedded in the file" if native.tokenizer_json else "none embedded (the built-in GPT-2 BPE is used)"
+        tokenizer = (
+            "embedded in the file" if native.tokenizer_json else "none embedded (the built-in GPT-2 BPE is used)"
+        )
         lines.append(f"model: {BUILTIN_DESCRIPTION}" if path is None else f"model: {path} (gptj_ref native file)")
         lines.append(f"file: {native.path} (format version {format_version})")
     else:
         from .checkpoint import open_checkpoint
 
         with open_checkpoint(path) as ckpt:
-            ckpt.check()   # the config's sizes against the tensors present (headers only)
+            ckpt.check()  # the config's sizes against the tensors present (headers only)
             config = ckpt.config
             dtypes = sorted({ckpt.dtype(n) for n in ckpt.names()})
             dtype, size = "/".join(dtypes), sum(ckpt.nbytes(n) for n in ckpt.names())
@@ -65,12 +64,15 @@ def describe_model(path: Optional[str], threads: Optional[int] = None, context: 
         raise SettingsError(f"--context must be a positive number of tokens, got {context}")
     context = config.n_positions if context is None else min(context, config.n_positions)
     available = available_memory()
-    lines.append(f"memory needed at a context of {context} tokens, cpp backend (weights + KV cache + scratch + "
-                 f"runtime; available: {gb(available) + ' (' + limit_source() + ')' if available else 'unknown'}):")
+    lines.append(
+        f"memory needed at a context of {context} tokens, cpp backend (weights + KV cache + scratch + "
+        f"runtime; available: {gb(available) + ' (' + limit_source() + ')' if available else 'unknown'}):"
+    )
     for d in NATIVE_DTYPES:
         # the file's own format version for its own dtype; a conversion writes the current version
-        estimate = estimate_memory(config, d, "cpp", context, threads=n_threads,
-                                   format_version=format_version if d == dtype else None)
+        estimate = estimate_memory(
+            config, d, "cpp", context, threads=n_threads, format_version=format_version if d == dtype else None
+        )
         widened = " (widened to f32 at load: no f16 kernels)" if d == "f16" else ""
         lines.append(f"  {d}: {estimate.describe()}{widened}")
     reference = estimate_memory(config, "f32", "reference", context)
@@ -78,7 +80,8 @@ def describe_model(path: Optional[str], threads: Optional[int] = None, context: 
     if cpp_available():
         from . import runtime
 
-        lines.append(f"kernels: {runtime.kernel_isa()} (this CPU and build can run: {', '.join(runtime.available_kernel_isas())})")
+        runnable = ", ".join(runtime.available_kernel_isas())
+        lines.append(f"kernels: {runtime.kernel_isa()} (this CPU and build can run: {runnable})")
     else:
         lines.append("kernels: none (the C++ extension is not built; only backend='reference' runs)")
     return lines

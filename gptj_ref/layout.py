@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import GPTJConfig
 
-BLOCK = "transformer.h.{}."   # the prefix of every tensor of block i
+BLOCK = "transformer.h.{}."  # the prefix of every tensor of block i
 # The linear layers of a block, in the order they run; GPT-J's attention projections have no bias.
 BLOCK_LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out")
 _BLOCK_LINEAR = "|".join(map(re.escape, BLOCK_LINEARS))
@@ -29,7 +29,7 @@ def weight_shapes(config: GPTJConfig) -> Dict[str, Tuple[int, ...]]:
         shapes[p + "ln_1.weight"] = (d,)
         shapes[p + "ln_1.bias"] = (d,)
         for proj in BLOCK_LINEARS[:4]:
-            shapes[p + f"{proj}.weight"] = (d, d)           # no bias in GPT-J attention
+            shapes[p + f"{proj}.weight"] = (d, d)  # no bias in GPT-J attention
         shapes[p + "mlp.fc_in.weight"] = (f, d)
         shapes[p + "mlp.fc_in.bias"] = (f,)
         shapes[p + "mlp.fc_out.weight"] = (d, f)

@@ -17,18 +17,18 @@ from typing import Any, Type
 from .errors import GPTJError
 
 # JSON a file carries (safetensors headers, config.json, shard indexes, vocab.json).
-MAX_JSON_DEPTH = 64            # a GPT-J header or config nests 3 deep
-MAX_JSON_VALUES = 1_000_000    # values of any kind; a 6B header has ~3000, a GPT-2 vocab.json 50k
-MAX_JSON_INT_DIGITS = 20       # enough for any 64-bit integer; beyond it is not a size or an offset
-MAX_SMALL_FILE_BYTES = 64 << 20   # config.json, index.json, tokenizer files are read whole: at most this
+MAX_JSON_DEPTH = 64  # a GPT-J header or config nests 3 deep
+MAX_JSON_VALUES = 1_000_000  # values of any kind; a 6B header has ~3000, a GPT-2 vocab.json 50k
+MAX_JSON_INT_DIGITS = 20  # enough for any 64-bit integer; beyond it is not a size or an offset
+MAX_SMALL_FILE_BYTES = 64 << 20  # config.json, index.json, tokenizer files are read whole: at most this
 
 # Model geometry. GPT-J 6B: 50400 / 2048 / 4096 / 28 / 16; the limits leave room for far larger models and
 # bound what is allocated from the config alone (the rotary table: n_positions * rotary_dim * 4 bytes).
 MAX_VOCAB = 1 << 22
 MAX_POSITIONS = 1 << 17
-MAX_WIDTH = 1 << 17            # n_embd and d_ff
+MAX_WIDTH = 1 << 17  # n_embd and d_ff
 MAX_LAYERS = 1 << 12
-MAX_DIM = (1 << 63) - 1        # any tensor dimension or element count, as in int64
+MAX_DIM = (1 << 63) - 1  # any tensor dimension or element count, as in int64
 
 _short = reprlib.Repr()
 _short.maxlevel, _short.maxtuple, _short.maxlist, _short.maxdict = 3, 6, 6, 4
@@ -65,8 +65,9 @@ def open_regular(path: "str | os.PathLike[str]", error: Type[GPTJError], what: s
     return os.fdopen(fd, "r" if text else "rb", **({"encoding": "utf-8"} if text else {}))
 
 
-def read_small_file(path: "str | os.PathLike[str]", error: Type[GPTJError], what: str = "file",
-                    limit: int = MAX_SMALL_FILE_BYTES) -> bytes:
+def read_small_file(
+    path: "str | os.PathLike[str]", error: Type[GPTJError], what: str = "file", limit: int = MAX_SMALL_FILE_BYTES
+) -> bytes:
     """The bytes of a regular file of at most `limit` bytes (checked before reading)."""
     with open_regular(path, error, what) as f:
         size = os.fstat(f.fileno()).st_size

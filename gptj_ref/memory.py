@@ -10,7 +10,8 @@ What is counted (bytes that become resident in this process):
              float32 at load (f16 files and float16/bfloat16 checkpoints: there are no f16 kernels). The
              token embedding is read one row per token; used in place, the OS maps the file around each row
              it faults in (about READAROUND_BYTES per row, measured), so n tokens touch about
-             E (1 - exp(-n READAROUND_BYTES / E)) of its E bytes (random ids; real text repeats tokens). Reference backend: every weight as float32 (it dequantizes and widens everything).
+             E (1 - exp(-n READAROUND_BYTES / E)) of its E bytes (random ids; real text repeats tokens).
+             Reference backend: every weight as float32 (it dequantizes and widens everything).
   kv cache   n_layer x 2 (keys, values) x batch x context x n_embd x 2 or 4 bytes (float16 / float32).
   scratch    cpp: one prompt chunk's activations (<= 512 tokens x (8 n_embd + d_ff) floats), the attention
              scores (4 x threads x context floats) and the last position's logits. Reference: the whole
@@ -43,7 +44,7 @@ RUNTIME_BYTES = 150_000_000
 # File bytes that become resident per embedding row read in place (fault-around and read-around of the
 # memory map): 1.0-1.7 MB measured on Linux 6.x with GPT-J 6B's 16 KB rows (benchmarks/memory_context.py).
 READAROUND_BYTES = 2 * 2**20
-PREFILL_CHUNK = 512   # runtime.CppModel.prefill_chunk: the cpp backend runs prompts this many tokens at a time
+PREFILL_CHUNK = 512  # runtime.CppModel.prefill_chunk: the cpp backend runs prompts this many tokens at a time
 
 
 @dataclass(frozen=True)
@@ -64,18 +65,28 @@ class MemoryEstimate:
         return self.weights + self.kv_cache + self.scratch + self.runtime
 
     def describe(self) -> str:
-        return (f"{gb(self.total)}: weights {gb(self.weights, unit=False)} + KV cache {gb(self.kv_cache, unit=False)} "
-                f"({self.context} tokens, {self.kv_dtype}) + scratch {gb(self.scratch, unit=False)} + runtime "
-                f"{gb(self.runtime, unit=False)}")
+        return (
+            f"{gb(self.total)}: weights {gb(self.weights, unit=False)} + KV cache {gb(self.kv_cache, unit=False)} "
+            f"({self.context} tokens, {self.kv_dtype}) + scratch {gb(self.scratch, unit=False)} + runtime "
+            f"{gb(self.runtime, unit=False)}"
+        )
 
 
 def gb(nbytes: float, unit: bool = True) -> str:
     return f"{nbytes / 1e9:.2f}" + (" GB" if unit else "")
 
 
-def estimate_memory(config: GPTJConfig, dtype: str, backend: str = "cpp", context: Optional[int] = None,
-                    kv_dtype: Optional[str] = None, batch: int = 1, threads: int = 1,
-                    mapped: bool = True, format_version: Optional[int] = None) -> MemoryEstimate:
+def estimate_memory(
+    config: GPTJConfig,
+    dtype: str,
+    backend: str = "cpp",
+    context: Optional[int] = None,
+    kv_dtype: Optional[str] = None,
+    batch: int = 1,
+    threads: int = 1,
+    mapped: bool = True,
+    format_version: Optional[int] = None,
+) -> MemoryEstimate:
     """The memory a model of `config` stored as `dtype` ("q8", "f16", "f32") needs on `backend`
     ("cpp" or "reference") for `batch` sequences of `context` tokens (default: the model's context).
 
@@ -95,38 +106,57 @@ def estimate_memory(config: GPTJConfig, dtype: str, backend: str = "cpp", contex
     version = FORMAT_VERSION if format_version is None else format_version
     if backend == "reference":
         weights = c.n_params() * 4
-        scratch = batch * context * (8 * c.n_embd + c.d_ff) * 4 + batch * c.n_head * context * context * 4 \
+        scratch = (
+            batch * context * (8 * c.n_embd + c.d_ff) * 4
+            + batch * c.n_head * context * context * 4
             + batch * context * c.vocab_size * 4
+        )
         kv_dtype = kv_dtype or "float32"
     else:
         in_place = dtype in ("q8", "q4", "f32") and mapped
         specs = native_specs(c, "f32" if dtype == "f16" else dtype, version)
-        sizes = {name: int(np.prod(shape, dtype=np.int64)) * DTYPES[st].itemsize
-                 for name, st, shape in specs}
+        sizes = {name: int(np.prod(shape, dtype=np.int64)) * DTYPES[st].itemsize for name, st, shape in specs}
         weights = sum(sizes.values())
-        if in_place:   # only the pages around the rows of the tokens seen are read from the embedding
-            embedding = sum(n for name, n in sizes.items() if name.startswith(EMBEDDING))   # (and its scales)
+        if in_place:  # only the pages around the rows of the tokens seen are read from the embedding
+            embedding = sum(n for name, n in sizes.items() if name.startswith(EMBEDDING))  # (and its scales)
             rows = context * batch
             weights += int(embedding * -math.expm1(-rows * READAROUND_BYTES / embedding)) - embedding
         chunk = min(context, PREFILL_CHUNK) * batch
-        scratch = (chunk * (8 * c.n_embd + c.d_ff) + 4 * threads * context) * 4 + chunk * c.d_ff \
-            + batch * c.vocab_size * 4
+        scratch = (
+            (chunk * (8 * c.n_embd + c.d_ff) + 4 * threads * context) * 4 + chunk * c.d_ff + batch * c.vocab_size * 4
+        )
         kv_dtype = kv_dtype or ("float16" if dtype in ("q8", "q4") else "float32")
     kv_bytes = 2 if kv_dtype == "float16" else 4
     kv_cache = c.n_layer * 2 * batch * context * c.n_embd * kv_bytes
     return MemoryEstimate(dtype, backend, context, kv_dtype, int(weights), int(kv_cache), int(scratch))
 
 
-_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9, "T": 10**12,
-          "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 10**3,
+    "KB": 10**3,
+    "M": 10**6,
+    "MB": 10**6,
+    "G": 10**9,
+    "GB": 10**9,
+    "T": 10**12,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_bytes(text: str, name: str = "GPTJ_MEMORY_LIMIT") -> int:
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).upper() if match else ""
     if not match or unit not in _UNITS:
-        raise SettingsError(f"{name}={text!r} is not an amount of memory; write e.g. 8G, 7.5GiB, 512M or a number "
-                            "of bytes (or 'off' to disable the check)")
+        raise SettingsError(
+            f"{name}={text!r} is not an amount of memory; write e.g. 8G, 7.5GiB, 512M or a number "
+            "of bytes (or 'off' to disable the check)"
+        )
     return int(float(match.group(1)) * _UNITS[unit])
 
 
@@ -184,6 +214,8 @@ def check_memory(estimate: MemoryEstimate, what: str) -> None:
     if estimate.context > 1:
         hints.append("a smaller context (load(..., context=N): tokens of prompt + generation)")
     hints.append("GPTJ_MEMORY_LIMIT=off to load anyway")
-    raise MemoryLimitError(f"loading {what} ({estimate.dtype} on the {estimate.backend} backend) needs about "
-                           f"{estimate.describe()}, but {gb(available)} is available ({limit_source()}); "
-                           f"try {'; '.join(hints)}")
+    raise MemoryLimitError(
+        f"loading {what} ({estimate.dtype} on the {estimate.backend} backend) needs about "
+        f"{estimate.describe()}, but {gb(available)} is available ({limit_source()}); "
+        f"try {'; '.join(hints)}"
+    )

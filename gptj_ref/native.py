@@ -33,10 +33,10 @@ Tensors keep the Hugging Face names, linear weights [out, in]:
               transformer.h.0.attn.q_proj.weight_scale   F16 [out, in/32]
 
 Order: the F32 tensors first, then the F16 tensors, then for a block format each weight's values
-followed by its F16 scales, every group in model order. The writer starts the data 64-byte aligned; F32 sizes are multiples
-of 4 and an I8 weight's size is out * in with in a multiple of 32, so every tensor starts at a multiple of
-its element size and the C++ runtime uses the memory-mapped pointers directly (for GPT-J 6B every
-tensor even starts 64-byte aligned). Writing the scales right after their weight lets the writer
+followed by its F16 scales, every group in model order. The writer starts the data 64-byte aligned; F32
+sizes are multiples of 4 and an I8 weight's size is out * in with in a multiple of 32, so every tensor
+starts at a multiple of its element size and the C++ runtime uses the memory-mapped pointers directly (for
+GPT-J 6B every tensor even starts 64-byte aligned). Writing the scales right after their weight lets the writer
 quantize each weight once and stream it out.
 
 `NativeFile` validates everything a header can say before anything is computed: the format marker and
@@ -53,12 +53,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import formats
 from .config import GPTJConfig
 from .errors import CheckpointError, ConfigError, GPTJError, InputError
-from .limits import loads_bounded, open_regular
-from .layout import weight_shapes
-from . import formats
 from .formats import CURRENT_FILE_VERSION, FORMATS, WeightFormat, scale_name, weight_format
+from .layout import weight_shapes
+from .limits import loads_bounded, open_regular
 from .quant import QK
 from .safetensors_file import DTYPES, MAX_HEADER_BYTES, SafetensorsFile, safetensors_header, write_safetensors
 
@@ -87,7 +87,7 @@ def native_specs(config: GPTJConfig, dtype: str, version: int = FORMAT_VERSION) 
             stored = fmt.stores(name, shape, version)
         except InputError as e:
             raise ConfigError(str(e)) from None
-        if len(stored) == 2:          # a block format's values and scales
+        if len(stored) == 2:  # a block format's values and scales
             blocks += stored
         elif stored[0][1] == "F16":
             f16 += stored
@@ -105,14 +105,22 @@ def native_tensor_count(config: GPTJConfig, dtype: str, version: int = FORMAT_VE
 
 
 def native_metadata(config: GPTJConfig, dtype: str, tokenizer_json: Optional[str]) -> Dict[str, str]:
-    return {"format": FORMAT, "format_version": str(FORMAT_VERSION), "dtype": dtype,
-            "dtype_version": str(weight_format(dtype).version),
-            "config": json.dumps(config.to_hf(), sort_keys=True), "tokenizer": tokenizer_json or "", "qk": str(QK)}
+    return {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "dtype": dtype,
+        "dtype_version": str(weight_format(dtype).version),
+        "config": json.dumps(config.to_hf(), sort_keys=True),
+        "tokenizer": tokenizer_json or "",
+        "qk": str(QK),
+    }
 
 
 def native_size(config: GPTJConfig, dtype: str) -> int:
     """Bytes of a native file's tensor data (the header adds the tokenizer JSON and a few KB)."""
-    return sum(int(np.prod(shape, dtype=np.int64)) * DTYPES[st].itemsize for _, st, shape in native_specs(config, dtype))
+    return sum(
+        int(np.prod(shape, dtype=np.int64)) * DTYPES[st].itemsize for _, st, shape in native_specs(config, dtype)
+    )
 
 
 def native_file_size(config: GPTJConfig, dtype: str, tokenizer_json: Optional[str]) -> int:
@@ -125,10 +133,15 @@ def native_file_size(config: GPTJConfig, dtype: str, tokenizer_json: Optional[st
 # Writing
 # -------------------------------------------------------------------------------------------------
 
-def write_native(path: "str | os.PathLike[str]", config: GPTJConfig,
-                 tensor_source: Callable[[str], np.ndarray], dtype: str = "q8",
-                 tokenizer_json: Optional[str] = "",
-                 progress: Optional[Callable[[str, int], None]] = None) -> None:
+
+def write_native(
+    path: "str | os.PathLike[str]",
+    config: GPTJConfig,
+    tensor_source: Callable[[str], np.ndarray],
+    dtype: str = "q8",
+    tokenizer_json: Optional[str] = "",
+    progress: Optional[Callable[[str, int], None]] = None,
+) -> None:
     """Write a native model file, one tensor at a time, atomically.
 
     tensor_source(name) returns the float tensor of a Hugging Face name when it is needed (a memory-mapped
@@ -139,15 +152,16 @@ def write_native(path: "str | os.PathLike[str]", config: GPTJConfig,
     fmt = weight_format(dtype)
     stored_names = {name for name, _, _ in specs}
     expected = weight_shapes(config)
-    scales_due: Dict[str, np.ndarray] = {}   # the scales of the weight just quantized, written next
+    scales_due: Dict[str, np.ndarray] = {}  # the scales of the weight just quantized, written next
 
     def produce(stored: str) -> np.ndarray:
         if stored in scales_due:
             return scales_due.pop(stored)
         w = np.asarray(tensor_source(stored))
         if w.shape != expected[stored]:
-            raise CheckpointError(f"tensor {stored!r} has shape {list(w.shape)} but the config implies "
-                                  f"{list(expected[stored])}")
+            raise CheckpointError(
+                f"tensor {stored!r} has shape {list(w.shape)} but the config implies {list(expected[stored])}"
+            )
         check_finite(w, f"tensor {stored!r}")
         try:
             if scale_name(stored) in stored_names:
@@ -169,13 +183,15 @@ def check_finite(w: np.ndarray, what: str) -> None:
     flat = w.reshape(w.shape[0], -1) if w.ndim > 1 else w.reshape(1, -1)
     step = max(1, _CHUNK_ELEMENTS // max(flat.shape[1], 1))
     for start in range(0, flat.shape[0], step):
-        chunk = flat[start:start + step]
+        chunk = flat[start : start + step]
         bad = ~np.isfinite(chunk)
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
             index = [start + row, col] if w.ndim > 1 else [col]
-            raise CheckpointError(f"{what} holds {chunk[row, col]} at {index}; gptj_ref stores only finite weights. The "
-                                  "checkpoint is damaged (or was saved from a diverged training run)")
+            raise CheckpointError(
+                f"{what} holds {chunk[row, col]} at {index}; gptj_ref stores only finite weights. The "
+                "checkpoint is damaged (or was saved from a diverged training run)"
+            )
 
 
 def to_float16(w: np.ndarray, name: str = "tensor") -> np.ndarray:
@@ -184,20 +200,22 @@ def to_float16(w: np.ndarray, name: str = "tensor") -> np.ndarray:
     out = np.empty(w.shape, dtype=np.float16)
     step = max(1, _CHUNK_ELEMENTS // max(w.shape[-1], 1))
     for start in range(0, w.shape[0], step):
-        src = w[start:start + step]
+        src = w[start : start + step]
         with np.errstate(over="ignore"):
-            out[start:start + step] = src
-        overflow = np.isinf(out[start:start + step]) & np.isfinite(src)
+            out[start : start + step] = src
+        overflow = np.isinf(out[start : start + step]) & np.isfinite(src)
         if overflow.any():
             row = start + int(np.argwhere(overflow)[0][0])
-            raise InputError(f"{name} holds values beyond float16's range (|x| > 65504) in row {row}; "
-                             "store it as f32 or q8")
+            raise InputError(
+                f"{name} holds values beyond float16's range (|x| > 65504) in row {row}; store it as f32 or q8"
+            )
     return out
 
 
 # -------------------------------------------------------------------------------------------------
 # Reading
 # -------------------------------------------------------------------------------------------------
+
 
 def is_native_file(path: "str | os.PathLike[str]") -> bool:
     """True when `path` is a safetensors file whose metadata says format "gptj_ref" (reads only the header)."""
@@ -229,7 +247,7 @@ class NativeFile:
 
     def __init__(self, path: "str | os.PathLike[str]"):
         self.path = os.fspath(path)
-        self._file = SafetensorsFile(self.path)   # validates the header, offsets, sizes, overlaps
+        self._file = SafetensorsFile(self.path)  # validates the header, offsets, sizes, overlaps
         try:
             self._validate()
         finally:
@@ -243,15 +261,19 @@ class NativeFile:
     def _validate(self) -> None:
         meta = self._file.metadata
         if meta.get("format") != FORMAT:
-            raise self._error(f"not a gptj_ref native model file: its metadata has format {meta.get('format')!r}, "
-                              f"expected {FORMAT!r}; make one with `gptj convert`")
+            raise self._error(
+                f"not a gptj_ref native model file: its metadata has format {meta.get('format')!r}, "
+                f"expected {FORMAT!r}; make one with `gptj convert`"
+            )
         version = meta.get("format_version", "")
         if not version.isdigit() or len(version) > 9:
             raise self._error(f"format_version {version!r} is not a version number; the file is damaged")
         self.format_version = int(version)
         if self.format_version > FORMAT_VERSION:
-            raise self._error(f"file format version {self.format_version} is newer than this gptj_ref supports "
-                              f"({FORMAT_VERSION}); upgrade gptj_ref")
+            raise self._error(
+                f"file format version {self.format_version} is newer than this gptj_ref supports "
+                f"({FORMAT_VERSION}); upgrade gptj_ref"
+            )
         if self.format_version < 1:
             raise self._error(f"file format version {self.format_version} does not exist (versions start at 1)")
         version = self.format_version
@@ -261,16 +283,20 @@ class NativeFile:
         self.format = weight_format(self.dtype)
         dtype_version = meta.get("dtype_version", "1")
         if dtype_version != str(self.format.version):
-            raise self._error(f"{self.dtype} layout version {dtype_version!r} is not the one this gptj_ref reads "
-                              f"({self.format.version}); convert the model again with this version")
+            raise self._error(
+                f"{self.dtype} layout version {dtype_version!r} is not the one this gptj_ref reads "
+                f"({self.format.version}); convert the model again with this version"
+            )
         if meta.get("qk") != str(QK):
             raise self._error(f"int8 block size qk = {meta.get('qk')!r}; this gptj_ref reads only {QK}")
         try:
             self.config = GPTJConfig.from_hf(loads_bounded(meta.get("config", "")))
             count = native_tensor_count(self.config, self.dtype, version)
-            if count > 2 * len(self._file.entries) + 100:   # far off: refuse before listing every tensor
-                raise self._error(f"the file holds {len(self._file.entries)} tensors but a {self.dtype} file of its "
-                                  f"config (n_layer {self.config.n_layer}) has {count}; the file is damaged")
+            if count > 2 * len(self._file.entries) + 100:  # far off: refuse before listing every tensor
+                raise self._error(
+                    f"the file holds {len(self._file.entries)} tensors but a {self.dtype} file of its "
+                    f"config (n_layer {self.config.n_layer}) has {count}; the file is damaged"
+                )
             specs = native_specs(self.config, self.dtype, version)
         except CheckpointError:
             raise
@@ -283,26 +309,34 @@ class NativeFile:
         expected = {name: (st, shape) for name, st, shape in specs}
         missing = [name for name in expected if name not in entries]
         if missing:
-            raise self._error(f"{len(missing)} tensor(s) missing, e.g. {missing[0]!r}; a {self.dtype} file of this "
-                              "config needs them all; the file is damaged or was not written by gptj_ref")
+            raise self._error(
+                f"{len(missing)} tensor(s) missing, e.g. {missing[0]!r}; a {self.dtype} file of this "
+                "config needs them all; the file is damaged or was not written by gptj_ref"
+            )
         unexpected = [name for name in entries if name not in expected]
         if unexpected:
-            raise self._error(f"unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all); a {self.dtype} file "
-                              "of this config has none such")
+            raise self._error(
+                f"unexpected tensor {unexpected[0]!r} ({len(unexpected)} in all); a {self.dtype} file "
+                "of this config has none such"
+            )
         for name, (st, shape) in expected.items():
             entry = entries[name]
             if entry.dtype != st or entry.shape != shape:
-                raise self._error(f"tensor {name!r} is {entry.dtype} {list(entry.shape)} but a {self.dtype} file of "
-                                  f"this config needs {st} {list(shape)}")
+                raise self._error(
+                    f"tensor {name!r} is {entry.dtype} {list(entry.shape)} but a {self.dtype} file of "
+                    f"this config needs {st} {list(shape)}"
+                )
             if entry.offset % DTYPES[st].itemsize != 0:
-                raise self._error(f"tensor {name!r} starts at byte {entry.offset}, not a multiple of its element "
-                                  f"size {DTYPES[st].itemsize}; rewrite the file with `gptj convert`")
+                raise self._error(
+                    f"tensor {name!r} starts at byte {entry.offset}, not a multiple of its element "
+                    f"size {DTYPES[st].itemsize}; rewrite the file with `gptj convert`"
+                )
         self._names = [name for name, _, _ in specs]
         if self.format.is_block:
             for name in self._names:
                 if scale_name(name) in expected:
                     self._check_scales(name)
-        for name, st, shape in specs:   # LayerNorms and biases: 0.03% of the bytes, read in full
+        for name, _, shape in specs:  # LayerNorms and biases: 0.03% of the bytes, read in full
             if len(shape) == 1:
                 check_finite(self._file.array(name), f"{self.path}: tensor {name!r}")
 
@@ -311,13 +345,15 @@ class NativeFile:
         scales = self._file.array(name)
         step = max(1, _CHUNK_ELEMENTS // max(scales.shape[1], 1))
         for start in range(0, scales.shape[0], step):
-            chunk = scales[start:start + step]
+            chunk = scales[start : start + step]
             bad = ~np.isfinite(chunk) if fmt.signed_scales else ~(np.isfinite(chunk) & (chunk >= 0))
             if bad.any():
                 row, col = (int(i) for i in np.argwhere(bad)[0])
-                raise self._error(f"scale tensor {name!r} holds {chunk[row, col]} at [{start + row}, {col}]; "
-                                  f"{fmt.name} scales must be finite{'' if fmt.signed_scales else ' and >= 0'}; "
-                                  "the file is damaged")
+                raise self._error(
+                    f"scale tensor {name!r} holds {chunk[row, col]} at [{start + row}, {col}]; "
+                    f"{fmt.name} scales must be finite{'' if fmt.signed_scales else ' and >= 0'}; "
+                    "the file is damaged"
+                )
 
     # Access ------------------------------------------------------------------------------------------
     def names(self) -> List[str]:
@@ -364,7 +400,7 @@ class NativeFile:
             flat = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
             step = max(1, _CHUNK_ELEMENTS // max(flat.shape[1], 1))
             for start in range(0, flat.shape[0], step):
-                chunk = flat[start:start + step]
+                chunk = flat[start : start + step]
                 if a.dtype.kind in "iu":
                     problem = fmt.check_values(chunk) if fmt.check_values else None
                     if problem:
@@ -396,6 +432,8 @@ def model_kind(path: "str | os.PathLike[str]") -> str:
     if not os.path.exists(path):
         raise CheckpointError(f"no model at {path!r}: give a Hugging Face GPT-J directory or a native .gptj file")
     if not is_native_file(path):
-        raise CheckpointError(f"{path} is a file but not a gptj_ref native model file; for a Hugging Face "
-                              "checkpoint, give the directory that holds config.json")
+        raise CheckpointError(
+            f"{path} is a file but not a gptj_ref native model file; for a Hugging Face "
+            "checkpoint, give the directory that holds config.json"
+        )
     return "native"

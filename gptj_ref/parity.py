@@ -55,8 +55,9 @@ class TransformersBackend:
             import torch
             from transformers import GPTJForCausalLM
         except ImportError:
-            raise SettingsError("--b transformers needs torch and transformers installed "
-                                "(pip install 'gptj-ref[test]')") from None
+            raise SettingsError(
+                "--b transformers needs torch and transformers installed (pip install 'gptj-ref[test]')"
+            ) from None
         self._torch = torch
         self.config = config
         self.model = GPTJForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -73,13 +74,25 @@ class TransformersBackend:
     def greedy(self, ids, n: int) -> List[int]:
         torch = self._torch
         with torch.no_grad():
-            out = self.model.generate(torch.tensor(np.asarray(ids))[None], max_new_tokens=n, do_sample=False,
-                                      min_new_tokens=n, pad_token_id=self.config.eos_token_id)
-        return out[0, len(ids):].tolist()
+            out = self.model.generate(
+                torch.tensor(np.asarray(ids))[None],
+                max_new_tokens=n,
+                do_sample=False,
+                min_new_tokens=n,
+                pad_token_id=self.config.eos_token_id,
+            )
+        return out[0, len(ids) :].tolist()
 
 
-def run_parity(model: Optional[str], prompt: str, a: str = "reference", b: str = "cpp", new_tokens: int = 16,
-               threads: Optional[int] = None, out: Optional[TextIO] = None) -> int:
+def run_parity(
+    model: Optional[str],
+    prompt: str,
+    a: str = "reference",
+    b: str = "cpp",
+    new_tokens: int = 16,
+    threads: Optional[int] = None,
+    out: Optional[TextIO] = None,
+) -> int:
     """Compare backends `a` and `b` ("reference", "cpp"; b also "transformers") on `prompt`, loading
     `model` (a path, or None for the built-in demo model) for each; write the report to `out` (stdout)."""
     from .api import load
@@ -116,7 +129,9 @@ def run_parity(model: Optional[str], prompt: str, a: str = "reference", b: str =
     if diverge is None:
         out.write(f"greedy: the {len(greedy_a)} generated tokens agree\n")
     else:
-        out.write(f"greedy: diverge at new token {diverge}: A {greedy_a[diverge]} "
-                  f"{model_a.tokenizer.decode([greedy_a[diverge]])!r}, B {greedy_b[diverge]} "
-                  f"{model_a.tokenizer.decode([greedy_b[diverge]])!r}\n")
+        out.write(
+            f"greedy: diverge at new token {diverge}: A {greedy_a[diverge]} "
+            f"{model_a.tokenizer.decode([greedy_a[diverge]])!r}, B {greedy_b[diverge]} "
+            f"{model_a.tokenizer.decode([greedy_b[diverge]])!r}\n"
+        )
     return 0

@@ -44,7 +44,7 @@ def reference_copy():
     name = "gptj_ref._reference_copy"
     spec = importlib.util.spec_from_file_location(name, _reference.__file__)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module           # dataclasses look their module up while the class is made
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
     try:
         spec.loader.exec_module(module)
     finally:
@@ -54,10 +54,11 @@ def reference_copy():
 
 # The wrong pieces ---------------------------------------------------------------------------------
 
+
 def rotary_rotate_half(x, sin, cos):
     """GPT-NeoX's rotary: dim i turns with dim i + n_rot/2 (GPT-J's weights expect pairs (2i, 2i+1))."""
     half = x.shape[-1] // 2
-    sin = np.concatenate([sin, sin], axis=-1)[:, :, None, :]      # [B, T, 1, n_rot]: s0 s1 ... s0 s1 ...
+    sin = np.concatenate([sin, sin], axis=-1)[:, :, None, :]  # [B, T, 1, n_rot]: s0 s1 ... s0 s1 ...
     cos = np.concatenate([cos, cos], axis=-1)[:, :, None, :]
     rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
@@ -76,7 +77,7 @@ def mask_one_ahead(mask):
     _, _, T, S = mask.shape
     query_slot = np.arange(S - T, S)[:, None]
     key_slot = np.arange(S)[None, :]
-    leak = key_slot == query_slot + 1                             # [T, S]
+    leak = key_slot == query_slot + 1  # [T, S]
     return np.where(leak[None, None], np.float32(0.0), mask).astype(np.float32)
 
 
@@ -88,6 +89,7 @@ def random_qkv_biases(config: GPTJConfig, seed: int = 0):
 
 
 # The switch ---------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _swapped(module, **pieces):
@@ -101,8 +103,9 @@ def _swapped(module, **pieces):
             setattr(module, name, piece)
 
 
-def buggy_reference(bug: str, config: GPTJConfig, weights: Mapping[str, np.ndarray],
-                    blocks: Optional[Iterable[int]] = None):
+def buggy_reference(
+    bug: str, config: GPTJConfig, weights: Mapping[str, np.ndarray], blocks: Optional[Iterable[int]] = None
+):
     """A Reference (from a copy of reference.py) that has `bug` in `blocks` (default: every block)."""
     if bug not in BUGS:
         raise SettingsError(f"unknown porting bug {bug!r}; choose one of {', '.join(BUGS)}")
@@ -113,7 +116,7 @@ def buggy_reference(bug: str, config: GPTJConfig, weights: Mapping[str, np.ndarr
     biases = random_qkv_biases(config) if bug == "qkv_bias" else None
 
     def block(x, w, cache_k, cache_v, step, config):
-        index = next(calls) % config.n_layer          # blocks run in order 0 .. n_layer - 1 in every pass
+        index = next(calls) % config.n_layer  # blocks run in order 0 .. n_layer - 1 in every pass
         args = (x, w, cache_k, cache_v, step, config)
         if index not in buggy_blocks:
             return correct_block(*args)
@@ -127,8 +130,9 @@ def buggy_reference(bug: str, config: GPTJConfig, weights: Mapping[str, np.ndarr
             leaky = ref.Step(step.start, step.sin, step.cos, mask_one_ahead(step.mask))
             return correct_block(x, w, cache_k, cache_v, leaky, config)
         if bug == "qkv_bias":
-            bias_of = {id(w["attn"][name]["weight"]): b
-                       for name, b in zip(("q_proj", "k_proj", "v_proj"), biases[index])}
+            bias_of = {
+                id(w["attn"][name]["weight"]): b for name, b in zip(("q_proj", "k_proj", "v_proj"), biases[index])
+            }
 
             def linear(x, weight, bias=None):
                 return correct_linear(x, weight, bias_of.get(id(weight), bias))

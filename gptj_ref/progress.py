@@ -17,5 +17,13 @@ def progress_bar(total: int, label: str, enabled: bool = True, unit: str = "B", 
         terminal = stream.isatty()
     except (AttributeError, ValueError):
         terminal = False
-    return tqdm(total=total, desc=label, unit=unit, unit_scale=unit == "B", unit_divisor=1000, file=stream,
-                disable=not (enabled and terminal), dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=label,
+        unit=unit,
+        unit_scale=unit == "B",
+        unit_divisor=1000,
+        file=stream,
+        disable=not (enabled and terminal),
+        dynamic_ncols=True,
+    )

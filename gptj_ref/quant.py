@@ -56,14 +56,15 @@ import numpy as np
 from .errors import InputError
 from .layout import is_linear_weight
 
-QK = 32            # elements per block along the input dimension; one scale per block
-QMAX = 127         # int8 range used: [-127, 127], never -128
+QK = 32  # elements per block along the input dimension; one scale per block
+QMAX = 127  # int8 range used: [-127, 127], never -128
 F16_MAX = float(np.finfo(np.float16).max)  # 65504: the largest finite float16 scale
 
 # Rows are quantized a slice at a time so a huge tensor (lm_head: 50400 x 4096 float32 = 825 MB) is not
 # copied several times over by the temporaries of abs, divide and round: at most this many elements per
 # temporary.
 CHUNK_ELEMENTS = 1 << 20
+
 
 def is_quantized(name: str) -> bool:
     """True for the tensors a q8 file stores as int8 blocks: the six linear weights of every block
@@ -79,6 +80,7 @@ def is_quantized(name: str) -> bool:
 # Weights
 # -------------------------------------------------------------------------------------------------
 
+
 def _check_blocks(shape: Tuple[int, ...], qk: int, what: str) -> int:
     """Number of blocks along the last axis; clear errors for shapes that cannot be blocked."""
     if not isinstance(qk, int) or qk <= 0:
@@ -87,13 +89,40 @@ def _check_blocks(shape: Tuple[int, ...], qk: int, what: str) -> int:
         raise InputError(f"{what} must be 2-D [rows, K], got shape {shape}")
     K = shape[1]
     if K % qk != 0:
-        raise InputError(f"{what} has K = {K} input elements per row, which is not a multiple of the block "
-                         f"size {qk}; int8 blocks need K % {qk} == 0 (store this tensor as f16 or f32 instead)")
+        raise InputError(
+            f"{what} has K = {K} input elements per row, which is not a multiple of the block "
+            f"size {qk}; int8 blocks need K % {qk} == 0 (store this tensor as f16 or f32 instead)"
+        )
     return K // qk
 
 
 def _row_chunk(K: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(K, 1))
+
+
+def _weight_row_blocks(w: np.ndarray, qk: int, divisor: float, scale: str, dtype: str):
+    """The weight w [N, K] (K a multiple of qk) in slices of rows, so the temporaries stay small whatever N
+    is (w may be a memory-mapped array; it is only read): (start, stop, blocks [n, nb, qk] float32,
+    amax [n, nb]) for each slice. InputError at a NaN or an infinity, and at a block whose `scale`,
+    amax / divisor, would overflow float16."""
+    N, K = w.shape
+    step = _row_chunk(K)
+    for start in range(0, N, step):
+        stop = min(start + step, N)
+        blocks = np.asarray(w[start:stop], dtype=np.float32).reshape(stop - start, K // qk, qk)
+        if not np.isfinite(blocks).all():
+            bad = np.argwhere(~np.isfinite(blocks))[0]
+            raise InputError(
+                f"the weight holds {blocks[tuple(bad)]} at row {start + bad[0]}, column "
+                f"{bad[1] * qk + bad[2]}; only finite weights can be quantized"
+            )
+        amax = np.abs(blocks).max(axis=-1)
+        if amax.max(initial=0.0) > divisor * F16_MAX:
+            raise InputError(
+                f"a weight block has max |w| = {amax.max():.4g}; {scale} does not fit in float16 "
+                f"(max {F16_MAX}); such weights cannot be stored as {dtype}"
+            )
+        yield start, stop, blocks, amax
 
 
 def weight_scales(amax: np.ndarray) -> np.ndarray:
@@ -120,19 +149,8 @@ def quantize_blocks(w: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.ndarray
     N, K = w.shape
     q = np.empty((N, K), dtype=np.int8)
     scales = np.empty((N, n_blocks), dtype=np.float16)
-    step = _row_chunk(K)
-    for start in range(0, N, step):
-        stop = min(start + step, N)
-        blocks = np.asarray(w[start:stop], dtype=np.float32).reshape(stop - start, n_blocks, qk)  # [n, nb, qk]
-        if not np.isfinite(blocks).all():
-            bad = np.argwhere(~np.isfinite(blocks))[0]
-            raise InputError(f"the weight holds {blocks[tuple(bad)]} at row {start + bad[0]}, column "
-                             f"{bad[1] * qk + bad[2]}; only finite weights can be quantized")
-        amax = np.abs(blocks).max(axis=-1)                                                         # [n, nb]
-        if amax.max(initial=0.0) > QMAX * F16_MAX:
-            raise InputError(f"a weight block has max |w| = {amax.max():.4g}; its scale max|w|/127 does not fit "
-                             f"in float16 (max {F16_MAX}); such weights cannot be stored as q8")
-        d16 = weight_scales(amax)                                                                  # [n, nb]
+    for start, stop, blocks, amax in _weight_row_blocks(w, qk, QMAX, "its scale max|w|/127", "q8"):
+        d16 = weight_scales(amax)  # [n, nb]
         scales[start:stop] = d16
         q[start:stop] = _round_to_int8(blocks, d16.astype(np.float32)).reshape(stop - start, K)
     return q, scales
@@ -143,8 +161,8 @@ def _round_to_int8(blocks: np.ndarray, d: np.ndarray) -> np.ndarray:
 
     blocks [..., nb, qk] float32, d [..., nb] float32 >= 0.
     """
-    divisor = np.where(d > 0, d, np.float32(1.0))[..., None]          # [..., nb, 1]; zero blocks hold zeros
-    v = np.rint(blocks / divisor)                                      # float32 division, then ties to even
+    divisor = np.where(d > 0, d, np.float32(1.0))[..., None]  # [..., nb, 1]; zero blocks hold zeros
+    v = np.rint(blocks / divisor)  # float32 division, then ties to even
     return np.clip(v, -QMAX, QMAX).astype(np.int8)
 
 
@@ -160,7 +178,7 @@ def dequantize_blocks(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
     step = _row_chunk(K)
     for start in range(0, N, step):
         stop = min(start + step, N)
-        blocks = q[start:stop].reshape(stop - start, K // qk, qk).astype(np.float32)   # [n, nb, qk]
+        blocks = q[start:stop].reshape(stop - start, K // qk, qk).astype(np.float32)  # [n, nb, qk]
         out[start:stop] = (blocks * scales[start:stop].astype(np.float32)[..., None]).reshape(stop - start, K)
     return out
 
@@ -171,14 +189,17 @@ def _block_size_of(q_shape, scales_shape) -> int:
         raise InputError(f"int8 weights and scales must both be 2-D, got {q_shape} and {scales_shape}")
     N, K = q_shape
     if scales_shape[0] != N or scales_shape[1] == 0 or K % scales_shape[1] != 0:
-        raise InputError(f"scales of shape {scales_shape} do not fit an int8 weight of shape {q_shape}: "
-                         f"expected [{N}, K/block] with K = {K}")
+        raise InputError(
+            f"scales of shape {scales_shape} do not fit an int8 weight of shape {q_shape}: "
+            f"expected [{N}, K/block] with K = {K}"
+        )
     return K // scales_shape[1]
 
 
 # -------------------------------------------------------------------------------------------------
 # Activations and the integer matmul
 # -------------------------------------------------------------------------------------------------
+
 
 def quantize_activations(x: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.ndarray]:
     """Quantize activations per token: x [T, K] float32 -> (qx int8 [T, K], dx float32 [T, K/qk]).
@@ -189,10 +210,10 @@ def quantize_activations(x: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.nd
     x = np.asarray(x)
     n_blocks = _check_blocks(x.shape, qk, "the activations")
     T, K = x.shape
-    blocks = np.asarray(x, dtype=np.float32).reshape(T, n_blocks, qk)     # [T, nb, qk]
+    blocks = np.asarray(x, dtype=np.float32).reshape(T, n_blocks, qk)  # [T, nb, qk]
     if not np.isfinite(blocks).all():
         raise InputError("the activations hold NaN or inf; only finite activations can be quantized")
-    dx = np.abs(blocks).max(axis=-1) / np.float32(QMAX)                   # [T, nb], float32 division
+    dx = np.abs(blocks).max(axis=-1) / np.float32(QMAX)  # [T, nb], float32 division
     return _round_to_int8(blocks, dx).reshape(T, K), dx
 
 
@@ -201,9 +222,9 @@ def block_dots(qx: np.ndarray, q: np.ndarray, qk: int = QK) -> np.ndarray:
     T, K = qx.shape
     N = q.shape[0]
     n_blocks = K // qk
-    a = qx.reshape(T, n_blocks, qk).astype(np.int32)          # [T, nb, qk]
-    b = q.reshape(N, n_blocks, qk).astype(np.int32)           # [N, nb, qk]
-    return np.einsum("tbj,nbj->tnb", a, b)                    # [T, N, nb]; |dot| <= 32 * 127 * 127 < 2^31
+    a = qx.reshape(T, n_blocks, qk).astype(np.int32)  # [T, nb, qk]
+    b = q.reshape(N, n_blocks, qk).astype(np.int32)  # [N, nb, qk]
+    return np.einsum("tbj,nbj->tnb", a, b)  # [T, N, nb]; |dot| <= 32 * 127 * 127 < 2^31
 
 
 def q8_linear(x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
@@ -217,17 +238,21 @@ def q8_linear(x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: Optional[n
     qk = _block_size_of(q.shape, scales.shape)
     N, K = q.shape
     if x.ndim == 0 or x.shape[-1] != K:
-        raise InputError(f"activations of shape {x.shape} do not fit an int8 weight of shape {q.shape}: "
-                         f"the last axis must be K = {K}")
+        raise InputError(
+            f"activations of shape {x.shape} do not fit an int8 weight of shape {q.shape}: "
+            f"the last axis must be K = {K}"
+        )
     if bias is not None and np.shape(bias) != (N,):
-        raise InputError(f"bias of shape {np.shape(bias)} does not fit an int8 weight of shape {q.shape}: expected ({N},)")
+        raise InputError(
+            f"bias of shape {np.shape(bias)} does not fit an int8 weight of shape {q.shape}: expected ({N},)"
+        )
     lead = x.shape[:-1]
-    qx, dx = quantize_activations(x.reshape(-1, K), qk)       # [T, K], [T, nb]
-    dw = scales.astype(np.float32)                            # [N, nb]
-    y = np.zeros((qx.shape[0], N), dtype=np.float32)          # [T, N]
-    for start in range(0, N, _row_chunk(K)):                  # slices of output rows bound the int32 temporaries
+    qx, dx = quantize_activations(x.reshape(-1, K), qk)  # [T, K], [T, nb]
+    dw = scales.astype(np.float32)  # [N, nb]
+    y = np.zeros((qx.shape[0], N), dtype=np.float32)  # [T, N]
+    for start in range(0, N, _row_chunk(K)):  # slices of output rows bound the int32 temporaries
         stop = min(start + _row_chunk(K), N)
-        dots = block_dots(qx, q[start:stop], qk).astype(np.float32)   # [T, n, nb], exact in float32 (< 2^24)
+        dots = block_dots(qx, q[start:stop], qk).astype(np.float32)  # [T, n, nb], exact in float32 (< 2^24)
         acc = np.zeros((qx.shape[0], stop - start), dtype=np.float32)
         for b in range(K // qk):
             acc += dots[:, :, b] * (dw[None, start:stop, b] * dx[:, b, None])
@@ -237,8 +262,9 @@ def q8_linear(x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: Optional[n
     return y.reshape(*lead, N)
 
 
-def q8_linear_error_bound(x: np.ndarray, q: np.ndarray, scales: np.ndarray,
-                          bias: Optional[np.ndarray] = None, lanes: int = QK) -> np.ndarray:
+def q8_linear_error_bound(
+    x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: Optional[np.ndarray] = None, lanes: int = QK
+) -> np.ndarray:
     """A rigorous bound on |kernel - q8_linear| for any kernel that computes the same exact integer
     products but sums them in float32 in another order: y [..., N] float64.
 
@@ -257,13 +283,13 @@ def q8_linear_error_bound(x: np.ndarray, q: np.ndarray, scales: np.ndarray,
     N, K = q.shape
     lead = x.shape[:-1]
     qx, dx = quantize_activations(np.asarray(x, dtype=np.float32).reshape(-1, K), qk)
-    abs_dots = block_dots(np.abs(qx.astype(np.int16)), np.abs(q.astype(np.int16)), qk)   # |-128| = 128 needs int16
-    total = np.einsum("tnb,nb,tb->tn", abs_dots.astype(np.float64), np.abs(scales.astype(np.float64)),
-                      dx.astype(np.float64))                   # |scale|: q4 scales may be negative
+    abs_dots = block_dots(np.abs(qx.astype(np.int16)), np.abs(q.astype(np.int16)), qk)  # |-128| = 128 needs int16
+    abs_scales = np.abs(scales.astype(np.float64))  # q4 scales may be negative
+    total = np.einsum("tnb,nb,tb->tn", abs_dots.astype(np.float64), abs_scales, dx.astype(np.float64))
     if bias is not None:
         total = total + np.abs(np.asarray(bias, dtype=np.float64))
     m = (K // qk) * lanes + 3
-    u = 2.0 ** -24
+    u = 2.0**-24
     gamma = m * u / (1 - m * u)
     return (2 * gamma * total).reshape(*lead, N)
 
@@ -298,18 +324,7 @@ def q4_quantize_blocks(w: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.ndar
     N, K = w.shape
     values = np.empty((N, K // 2), dtype=np.uint8)
     scales = np.empty((N, n_blocks), dtype=np.float16)
-    step = _row_chunk(K)
-    for start in range(0, N, step):
-        stop = min(start + step, N)
-        blocks = np.asarray(w[start:stop], dtype=np.float32).reshape(stop - start, n_blocks, qk)
-        if not np.isfinite(blocks).all():
-            bad = np.argwhere(~np.isfinite(blocks))[0]
-            raise InputError(f"the weight holds {blocks[tuple(bad)]} at row {start + bad[0]}, column "
-                             f"{bad[1] * qk + bad[2]}; only finite weights can be quantized")
-        amax = np.abs(blocks).max(axis=-1)                                         # [n, nb]
-        if amax.max(initial=0.0) > Q4_DIVISORS[0] * F16_MAX:
-            raise InputError(f"a weight block has max |w| = {amax.max():.4g}; its 4-bit scale does not fit in "
-                             f"float16 (max {F16_MAX}); such weights cannot be stored as q4")
+    for start, stop, blocks, amax in _weight_row_blocks(w, qk, Q4_DIVISORS[0], "its 4-bit scale", "q4"):
         q, d16 = _q4_best_scale(blocks, amax)
         scales[start:stop] = d16
         values[start:stop] = q4_pack(q.reshape(stop - start, K))
@@ -319,16 +334,16 @@ def q4_quantize_blocks(w: np.ndarray, qk: int = QK) -> Tuple[np.ndarray, np.ndar
 def _q4_best_scale(blocks: np.ndarray, amax: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(q int8 [..., nb, qk] in [-8, 7], d16 float16 [..., nb]) minimising each block's squared error."""
     idx = np.abs(blocks).argmax(axis=-1)[..., None]
-    extreme = np.take_along_axis(blocks, idx, axis=-1)[..., 0]                 # the signed w of largest |w|
+    extreme = np.take_along_axis(blocks, idx, axis=-1)[..., 0]  # the signed w of largest |w|
     best_err = np.full(amax.shape, np.inf, dtype=np.float64)
     best_q = np.zeros(blocks.shape, dtype=np.int8)
     best_d = np.zeros(amax.shape, dtype=np.float16)
     for c in Q4_DIVISORS:
-        d = extreme / np.float32(-c)                                            # the extreme lands on -c
-        q = np.clip(np.rint(blocks / np.where(d != 0, d, 1)[..., None]), Q4_MIN, Q4_MAX)   # float32
+        d = extreme / np.float32(-c)  # the extreme lands on -c
+        q = np.clip(np.rint(blocks / np.where(d != 0, d, 1)[..., None]), Q4_MIN, Q4_MAX)  # float32
         qq = (q * q).sum(axis=-1, dtype=np.float64)
         ls = np.where(qq > 0, (blocks * q).sum(axis=-1, dtype=np.float64) / np.where(qq > 0, qq, 1), 0.0)
-        d16 = np.clip(ls, -F16_MAX, F16_MAX).astype(np.float16)                 # least squares for this q
+        d16 = np.clip(ls, -F16_MAX, F16_MAX).astype(np.float16)  # least squares for this q
         err = ((blocks - q * d16.astype(np.float32)[..., None]).astype(np.float64) ** 2).sum(axis=-1)
         better = err < best_err
         best_err = np.where(better, err, best_err)
@@ -348,16 +363,17 @@ def q4_unpack(values: np.ndarray, qk: int = QK) -> np.ndarray:
     """packed uint8 [N, K/2] -> q int8 [N, K] in [-8, 7], a slice of rows at a time."""
     values = np.asarray(values)
     if values.ndim != 2 or values.dtype != np.uint8 or values.shape[1] % (qk // 2):
-        raise InputError(f"q4 values must be uint8 [N, K/2] with K a multiple of {qk}, got {values.dtype} "
-                         f"{list(values.shape)}")
+        raise InputError(
+            f"q4 values must be uint8 [N, K/2] with K a multiple of {qk}, got {values.dtype} {list(values.shape)}"
+        )
     N, half = values.shape
     out = np.empty((N, 2 * half), dtype=np.int8)
     step = _row_chunk(2 * half)
     for start in range(0, N, step):
-        v = values[start:start + step].reshape(-1, half // (qk // 2), qk // 2)
+        v = values[start : start + step].reshape(-1, half // (qk // 2), qk // 2)
         lo = (v & 0x0F).astype(np.int8) - 8
         hi = (v >> 4).astype(np.int8) - 8
-        out[start:start + step] = np.concatenate([lo, hi], axis=-1).reshape(-1, 2 * half)
+        out[start : start + step] = np.concatenate([lo, hi], axis=-1).reshape(-1, 2 * half)
     return out
 
 

@@ -54,8 +54,16 @@ def _import_ray():
     return ray
 
 
-def run_ray(job: BatchJob, model_path: Optional[str], *, backend: str = "auto", kv_dtype: Optional[str] = None,
-            address: Optional[str] = None, actors: int = 1, threads_per_actor: int = 1) -> None:
+def run_ray(
+    job: BatchJob,
+    model_path: Optional[str],
+    *,
+    backend: str = "auto",
+    kv_dtype: Optional[str] = None,
+    address: Optional[str] = None,
+    actors: int = 1,
+    threads_per_actor: int = 1,
+) -> None:
     """Generate the job's planned groups on a pool of `actors` Ray actors and append the results.
 
     Uses the running Ray if this process already called ray.init, else joins `address` (None starts a
@@ -68,10 +76,12 @@ def run_ray(job: BatchJob, model_path: Optional[str], *, backend: str = "auto", 
     if not job.groups:
         return
     if model_path is not None:
-        model_path = os.path.abspath(model_path)   # the actors resolve it on their own node
-        if not os.path.exists(model_path):         # else every actor would fail to start, far from here
-            raise CheckpointError(f"no model at {model_path} on this machine; with --ray the path must hold the "
-                                  "model here and on every node (a shared file system, or a copy at that path)")
+        model_path = os.path.abspath(model_path)  # the actors resolve it on their own node
+        if not os.path.exists(model_path):  # else every actor would fail to start, far from here
+            raise CheckpointError(
+                f"no model at {model_path} on this machine; with --ray the path must hold the "
+                "model here and on every node (a shared file system, or a copy at that path)"
+            )
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -79,18 +89,25 @@ def run_ray(job: BatchJob, model_path: Optional[str], *, backend: str = "auto", 
     try:
         cpus = ray.cluster_resources().get("CPU", 0)
         if actors * threads_per_actor > cpus:
-            raise SettingsError(f"{actors} actors x {threads_per_actor} threads need {actors * threads_per_actor} "
-                                f"CPUs but the Ray cluster has {cpus:g}; lower --actors or --threads-per-actor, "
-                                "or add nodes")
+            raise SettingsError(
+                f"{actors} actors x {threads_per_actor} threads need {actors * threads_per_actor} "
+                f"CPUs but the Ray cluster has {cpus:g}; lower --actors or --threads-per-actor, "
+                "or add nodes"
+            )
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False       # the job's own bar counts rows written
+        context.enable_progress_bars = False  # the job's own bar counts rows written
         context.print_on_execution_start = False
         groups = [{"group": json.dumps([j.to_dict() for j in g])} for g in job.groups]
         results = ray.data.from_items(groups, override_num_blocks=len(groups)).map_batches(
-            GroupGenerator, batch_size=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads_per_actor,
-            fn_constructor_kwargs=dict(model_path=model_path, backend=backend, threads=threads_per_actor,
-                                       kv_dtype=kv_dtype))
+            GroupGenerator,
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=threads_per_actor,
+            fn_constructor_kwargs=dict(
+                model_path=model_path, backend=backend, threads=threads_per_actor, kv_dtype=kv_dtype
+            ),
+        )
         for row in results.iter_rows():
             job.record(json.loads(row["records"]))
     finally:

@@ -35,8 +35,14 @@ DEPLOYMENT_NAME = "gptj"
 class GPTJServer:
     """One replica: the model, loaded once, and the OpenAI-compatible app around it."""
 
-    def __init__(self, model: Optional[str] = None, backend: str = "auto", threads: Optional[int] = None,
-                 kv_dtype: Optional[str] = None, **app_options: Any):
+    def __init__(
+        self,
+        model: Optional[str] = None,
+        backend: str = "auto",
+        threads: Optional[int] = None,
+        kv_dtype: Optional[str] = None,
+        **app_options: Any,
+    ):
         from .api import load
 
         self._model = load(model, backend=backend, threads=threads, kv_dtype=kv_dtype)
@@ -50,9 +56,18 @@ class GPTJServer:
         return create_app(self._model, **self._app_options)
 
 
-def deployment(model: Optional[str] = None, *, num_replicas: int = 1, max_replicas: Optional[int] = None,
-               threads: int = 1, backend: str = "auto", kv_dtype: Optional[str] = None, max_batch: int = 8,
-               max_queue: int = 64, **app_options: Any):
+def deployment(
+    model: Optional[str] = None,
+    *,
+    num_replicas: int = 1,
+    max_replicas: Optional[int] = None,
+    threads: int = 1,
+    backend: str = "auto",
+    kv_dtype: Optional[str] = None,
+    max_batch: int = 8,
+    max_queue: int = 64,
+    **app_options: Any,
+):
     """A bound Ray Serve application serving `model` (a path every node can read; None = the demo model).
 
     num_replicas  replicas to run; with max_replicas, the autoscaling floor (Ray adds replicas up to
@@ -62,26 +77,45 @@ def deployment(model: Optional[str] = None, *, num_replicas: int = 1, max_replic
     """
     from ray import serve
 
-    for name, value in (("num_replicas", num_replicas), ("threads", threads), ("max_batch", max_batch),
-                        ("max_queue", max_queue)):
+    for name, value in (
+        ("num_replicas", num_replicas),
+        ("threads", threads),
+        ("max_batch", max_batch),
+        ("max_queue", max_queue),
+    ):
         if not isinstance(value, int) or value < 1:
             raise SettingsError(f"{name} must be an integer >= 1, got {value!r}")
     if max_replicas is not None and (not isinstance(max_replicas, int) or max_replicas < num_replicas):
         raise SettingsError(f"max_replicas must be an integer >= num_replicas ({num_replicas}), got {max_replicas!r}")
     if model is not None:
-        model = os.path.abspath(model)   # resolved again on each replica's node
+        model = os.path.abspath(model)  # resolved again on each replica's node
     if max_replicas is None:
         scaling: Dict[str, Any] = {"num_replicas": num_replicas}
     else:
-        scaling = {"autoscaling_config": {"min_replicas": num_replicas, "max_replicas": max_replicas,
-                                          "target_ongoing_requests": max_batch}}
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": num_replicas,
+                "max_replicas": max_replicas,
+                "target_ongoing_requests": max_batch,
+            }
+        }
     ingress = serve.deployment(
-        serve.ingress()(GPTJServer), name=DEPLOYMENT_NAME,
+        serve.ingress()(GPTJServer),
+        name=DEPLOYMENT_NAME,
         ray_actor_options={"num_cpus": threads},
         max_ongoing_requests=max_batch + max_queue,
-        graceful_shutdown_timeout_s=float(app_options.get("grace_seconds", 30.0)) + 30, **scaling)
-    return ingress.bind(model=model, backend=backend, threads=threads, kv_dtype=kv_dtype,
-                        max_batch=max_batch, max_queue=max_queue, **app_options)
+        graceful_shutdown_timeout_s=float(app_options.get("grace_seconds", 30.0)) + 30,
+        **scaling,
+    )
+    return ingress.bind(
+        model=model,
+        backend=backend,
+        threads=threads,
+        kv_dtype=kv_dtype,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        **app_options,
+    )
 
 
 def app_builder(args: Dict[str, Any]):
@@ -95,6 +129,7 @@ def app_builder(args: Dict[str, Any]):
 # ---------------------------------------------------------------------------------------------------
 # `gptj serve --ray`
 # ---------------------------------------------------------------------------------------------------
+
 
 def add_ray_options(serve_parser) -> None:
     """Give the `gptj serve` subcommand its --ray options; with --ray it deploys on Ray Serve, without it
@@ -118,15 +153,17 @@ def cmd_serve_ray(args) -> int:
     from .api import default_threads
 
     model = getattr(args, "model", None)
-    if model is not None and not os.path.exists(model):   # else every replica would fail to start, far from here
-        raise CheckpointError(f"no model at {os.path.abspath(model)} on this machine; with --ray the path must hold "
-                              "the model here and on every node (a shared file system, or a copy at that path)")
+    if model is not None and not os.path.exists(model):  # else every replica would fail to start, far from here
+        raise CheckpointError(
+            f"no model at {os.path.abspath(model)} on this machine; with --ray the path must hold "
+            "the model here and on every node (a shared file system, or a copy at that path)"
+        )
     app_options: Dict[str, Any] = {
         "model_name": getattr(args, "model_name", None)
         or (os.path.basename(os.path.normpath(model)) if model else "gptj-builtin"),
         "api_key": getattr(args, "api_key", None) or os.environ.get("GPTJ_API_KEY") or None,
     }
-    if getattr(args, "chat_template", None) is not None:   # a file on this machine, sent to the replicas
+    if getattr(args, "chat_template", None) is not None:  # a file on this machine, sent to the replicas
         try:
             with open(args.chat_template, encoding="utf-8") as f:
                 app_options["chat_template"] = f.read()
@@ -135,16 +172,26 @@ def cmd_serve_ray(args) -> int:
     for name, option in (("prefill_chunk", "prefill_chunk"), ("grace", "grace_seconds")):
         if getattr(args, name, None) is not None:
             app_options[option] = getattr(args, name)
-    app = deployment(model, num_replicas=args.replicas, max_replicas=args.max_replicas,
-                     threads=getattr(args, "threads", None) or default_threads(), backend=getattr(args, "backend", "auto"),
-                     kv_dtype=getattr(args, "kv_dtype", None), max_batch=getattr(args, "max_batch", 8),
-                     max_queue=getattr(args, "max_queue", 64), **app_options)
+    app = deployment(
+        model,
+        num_replicas=args.replicas,
+        max_replicas=args.max_replicas,
+        threads=getattr(args, "threads", None) or default_threads(),
+        backend=getattr(args, "backend", "auto"),
+        kv_dtype=getattr(args, "kv_dtype", None),
+        max_batch=getattr(args, "max_batch", 8),
+        max_queue=getattr(args, "max_queue", 64),
+        **app_options,
+    )
     host, port = getattr(args, "host", "127.0.0.1"), getattr(args, "port", 8000)
     ray.init(address=args.address, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
-    print(f"gptj serve: Ray Serve is starting {args.replicas} replica(s) of {model or 'the built-in model'} "
-          f"({app_options['model_name']}); OpenAI-compatible API at http://{host}:{port}/v1 once they are up "
-          "(Ctrl-C stops)", file=sys.stderr)
+    print(
+        f"gptj serve: Ray Serve is starting {args.replicas} replica(s) of {model or 'the built-in model'} "
+        f"({app_options['model_name']}); OpenAI-compatible API at http://{host}:{port}/v1 once they are up "
+        "(Ctrl-C stops)",
+        file=sys.stderr,
+    )
     try:
         serve.run(app, name=DEPLOYMENT_NAME, route_prefix="/", blocking=True)
     finally:

@@ -1,13 +1,14 @@
 """The C++ model behind the same backend interface as the reference.
 
 `CppModel(config, weights, threads)` holds views of the given arrays (nothing is copied; keep them
-C-contiguous: float32, or a block format's values and scales from a native file) and answers `forward(token_ids, cache, attention_mask)` exactly as
-`Reference.forward` does. In a batch every row is its own sequence with its own cache length: padding
-is never computed (pad positions' logits are 0), and the linear layers run over the real tokens of all
-rows at once, so a batched decode step reads each weight once for every row.
+C-contiguous: float32, or a block format's values and scales from a native file) and answers
+`forward(token_ids, cache, attention_mask)` exactly as `Reference.forward` does. In a batch every row is its
+own sequence with its own cache length: padding is never computed (pad positions' logits are 0), and the
+linear layers run over the real tokens of all rows at once, so a batched decode step reads each weight once
+for every row.
 
-Kernel level: `set_kernel_isa("auto" | "scalar" | "avx2" | "avxvnni" | "avx512" | "amx")`, `kernel_isa()`;
-the environment variable GPTJ_FORCE_SCALAR=1 selects the scalar kernels at import.
+Kernel level: `set_kernel_isa("auto" | "scalar" | "avx2" | "avxvnni" | "avx512" | "amx")`, `kernel_isa()`,
+`available_kernel_isas()`; the environment variable GPTJ_FORCE_SCALAR=1 selects the scalar kernels at import.
 """
 
 from __future__ import annotations
@@ -41,16 +42,17 @@ def set_kernel_isa(isa: str = "auto") -> None:
     if isa == "auto":
         isa = available[-1]
     if isa not in available:
-        needs = {"avx2": "AVX2/FMA", "avxvnni": "AVX-VNNI", "avx512": "AVX-512 (F, BW, VL, VNNI)",
-                 "amx": "AMX-INT8 (or the OS's grant of it)"}[isa]
-        raise SettingsError(f"the {isa} kernels are unavailable: this CPU lacks {needs} or the build left them out; "
-                            f"available: {', '.join(available)}")
+        needs = {
+            "avx2": "AVX2/FMA",
+            "avxvnni": "AVX-VNNI",
+            "avx512": "AVX-512 (F, BW, VL, VNNI)",
+            "amx": "AMX-INT8 (or the OS's grant of it)",
+        }[isa]
+        raise SettingsError(
+            f"the {isa} kernels are unavailable: this CPU lacks {needs} or the build left them out; "
+            f"available: {', '.join(available)}"
+        )
     _core.set_isa(isa)
-
-
-def available_isas() -> list:
-    """The kernel levels this CPU, OS and build can run, best last (e.g. ["scalar", "avx2", "avxvnni", "amx"])."""
-    return list(_core.available_isas())
 
 
 def kernel_isa() -> str:
@@ -59,7 +61,7 @@ def kernel_isa() -> str:
 
 
 def available_kernel_isas() -> list:
-    """The kernels this CPU, OS and build can run, from "scalar" up to the best."""
+    """The kernel levels this CPU, OS and build can run, best last (e.g. ["scalar", "avx2", "avxvnni", "amx"])."""
     return list(_core.available_isas())
 
 
@@ -91,7 +93,7 @@ class CppCache:
         # (n_layer, n_head, head_dim, kv dtype) of the model that made it: only a model of the same
         # geometry may use it (see CppModel._check_cache).
         self.geometry = geometry
-        self._in_use = threading.Lock()   # held by the forward pass writing to it
+        self._in_use = threading.Lock()  # held by the forward pass writing to it
 
     @property
     def row_lengths(self) -> list:
@@ -119,12 +121,18 @@ class CppModel:
     # same kernels either way, so the logits are bitwise those of one pass (tested).
     prefill_chunk = 512
 
-    def __init__(self, config: GPTJConfig, weights: Mapping[str, np.ndarray], threads: Optional[int] = None,
-                 kv_dtype: Optional[str] = None, weight_format: str = "f32",
-                 file_version: int = formats.CURRENT_FILE_VERSION):
+    def __init__(
+        self,
+        config: GPTJConfig,
+        weights: Mapping[str, np.ndarray],
+        threads: Optional[int] = None,
+        kv_dtype: Optional[str] = None,
+        weight_format: str = "f32",
+        file_version: int = formats.CURRENT_FILE_VERSION,
+    ):
         self.config = config
         self._weights = dict(weights)  # the C++ model holds views into these arrays
-        self.native = None             # the NativeFile the weights are mapped from (set by from_native)
+        self.native = None  # the NativeFile the weights are mapped from (set by from_native)
         fmt = formats.weight_format(weight_format)
         core_weights, core_formats = dict(self._weights), {}
         if fmt.is_block:
@@ -140,14 +148,23 @@ class CppModel:
         threads = check_threads(threads)
         c = config
         try:
-            sizes = _core.Config(n_vocab=c.vocab_size, n_ctx=c.n_positions, n_embd=c.n_embd, n_layer=c.n_layer,
-                                 n_head=c.n_head, n_rot=c.rotary_dim, d_ff=c.d_ff, eps=float(c.layer_norm_epsilon))
-            self._core = _core.Model(core_weights, core_formats,
-                                     self._sin, self._cos, sizes, threads)
+            sizes = _core.Config(
+                n_vocab=c.vocab_size,
+                n_ctx=c.n_positions,
+                n_embd=c.n_embd,
+                n_layer=c.n_layer,
+                n_head=c.n_head,
+                n_rot=c.rotary_dim,
+                d_ff=c.d_ff,
+                eps=float(c.layer_norm_epsilon),
+            )
+            self._core = _core.Model(core_weights, core_formats, self._sin, self._cos, sizes, threads)
         except (ValueError, TypeError) as e:
-            raise CheckpointError(f"cannot run these weights on the C++ core: {e}. The C++ backend uses the "
-                                  "arrays in place, so each must be C-contiguous float32 with the shape the config "
-                                  "implies (see gptj_ref.layout.weight_shapes)") from None
+            raise CheckpointError(
+                f"cannot run these weights on the C++ core: {e}. The C++ backend uses the "
+                "arrays in place, so each must be C-contiguous float32 with the shape the config "
+                "implies (see gptj_ref.layout.weight_shapes)"
+            ) from None
 
     @classmethod
     def from_native(cls, native, threads: Optional[int] = None, kv_dtype: Optional[str] = None) -> "CppModel":
@@ -163,10 +180,16 @@ class CppModel:
         """
         arrays = native.weights_for_runtime()
         fmt = native.format
-        if not fmt.is_block and fmt.values_dtype != "F32":   # f16: no fp16 kernels
+        if not fmt.is_block and fmt.values_dtype != "F32":  # f16: no fp16 kernels
             arrays = {name: a.astype(np.float32) if a.dtype == np.float16 else a for name, a in arrays.items()}
-        model = cls(native.config, arrays, threads, kv_dtype, weight_format=fmt.name if fmt.is_block else "f32",
-                    file_version=native.format_version)
+        model = cls(
+            native.config,
+            arrays,
+            threads,
+            kv_dtype,
+            weight_format=fmt.name if fmt.is_block else "f32",
+            file_version=native.format_version,
+        )
         model.native = native  # the file the weights are mapped from; keeps the map alive with the model
         return model
 
@@ -187,14 +210,18 @@ class CppModel:
         max_tokens, batch = check_cache_size(c, max_tokens, batch)
         nbytes = 2 * c.n_layer * batch * max_tokens * c.n_embd * np.dtype(self.kv_dtype).itemsize  # Python ints
         if nbytes > _physical_memory():
-            raise InputError(f"a KV cache of {batch} rows x {max_tokens} tokens needs {nbytes / 2**30:.1f} GiB, more "
-                             f"than this machine's {_physical_memory() / 2**30:.1f} GiB of memory; use fewer rows "
-                             "or tokens")
+            raise InputError(
+                f"a KV cache of {batch} rows x {max_tokens} tokens needs {nbytes / 2**30:.1f} GiB, more "
+                f"than this machine's {_physical_memory() / 2**30:.1f} GiB of memory; use fewer rows "
+                "or tokens"
+            )
         try:
             core_cache = _core.KVCache(self._core, batch, max_tokens, self.kv_dtype)
         except MemoryError:
-            raise InputError(f"cannot allocate a KV cache of {nbytes / 2**30:.2f} GiB ({batch} rows x {max_tokens} "
-                             "tokens): out of memory or over this process's memory limit") from None
+            raise InputError(
+                f"cannot allocate a KV cache of {nbytes / 2**30:.2f} GiB ({batch} rows x {max_tokens} "
+                "tokens): out of memory or over this process's memory limit"
+            ) from None
         return CppCache(core_cache, max_tokens, batch, self._cache_geometry())
 
     def _cache_geometry(self) -> Tuple:
@@ -209,25 +236,32 @@ class CppModel:
         core = cache.core
         actual = (core.n_layer, core.n_head, core.head_dim, core.dtype)
         if cache.geometry != self._cache_geometry() or actual != self._cache_geometry():
-            raise InputError(f"this cache was made for a model with n_layer, n_head, head_dim, kv dtype = {actual}; "
-                             f"this model needs {self._cache_geometry()}: make the cache with this model's new_cache()")
+            raise InputError(
+                f"this cache was made for a model with n_layer, n_head, head_dim, kv dtype = {actual}; "
+                f"this model needs {self._cache_geometry()}: make the cache with this model's new_cache()"
+            )
         if core.max_tokens > self.config.n_positions or cache.max_tokens != core.max_tokens:
-            raise InputError(f"this cache has {core.max_tokens} slots but the model's context is "
-                             f"{self.config.n_positions}: make the cache with this model's new_cache()")
+            raise InputError(
+                f"this cache has {core.max_tokens} slots but the model's context is "
+                f"{self.config.n_positions}: make the cache with this model's new_cache()"
+            )
 
     @contextmanager
     def _claim(self, cache: CppCache):
         """Hold the cache for one forward pass; a cache already in use by another call is refused."""
         if not cache._in_use.acquire(blocking=False):
-            raise InputError("this cache is in use by another forward pass (another thread); a cache holds one "
-                             "sequence per row, so give each concurrent call its own new_cache()")
+            raise InputError(
+                "this cache is in use by another forward pass (another thread); a cache holds one "
+                "sequence per row, so give each concurrent call its own new_cache()"
+            )
         try:
             yield
         finally:
             cache._in_use.release()
 
-    def forward(self, token_ids, cache: Optional[CppCache] = None, attention_mask=None,
-                last_only: bool = False) -> np.ndarray:
+    def forward(
+        self, token_ids, cache: Optional[CppCache] = None, attention_mask=None, last_only: bool = False
+    ) -> np.ndarray:
         """Logits for T new tokens: ids [T] -> [T, n_vocab], or [B, T] -> [B, T, n_vocab].
 
         Same contract as `Reference.forward`: `attention_mask` [B, T] marks real tokens with 1 and padding
@@ -252,7 +286,7 @@ class CppModel:
         for c0 in range(0, T, self.prefill_chunk):
             c1 = min(T, c0 + self.prefill_chunk)
             chunk_mask = mask[:, c0:c1]
-            counts = chunk_mask.sum(axis=1).astype(np.int64)          # [B] real tokens per row
+            counts = chunk_mask.sum(axis=1).astype(np.int64)  # [B] real tokens per row
             real_ids = np.ascontiguousarray(ids[:, c0:c1][chunk_mask])  # [n]: row 0's tokens, then row 1's, ...
             if last_only:
                 # Only the last chunk asks for logits: row b's last position, when it is real, is then
@@ -265,7 +299,7 @@ class CppModel:
             elif real_ids.size:
                 flat = self._core.forward(real_ids, counts, cache.core)  # [n, n_vocab]
                 if chunk_mask.all():
-                    logits[:, c0:c1] = flat.reshape(B, c1 - c0, V)    # no padding: already row-major
+                    logits[:, c0:c1] = flat.reshape(B, c1 - c0, V)  # no padding: already row-major
                 else:
                     logits[:, c0:c1][chunk_mask] = flat
             cache.length = start + c1

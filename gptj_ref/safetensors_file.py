@@ -31,16 +31,31 @@ from .limits import MAX_DIM, is_int, loads_bounded, open_regular, short_repr
 # safetensors dtype name -> NumPy dtype. BF16 has no NumPy dtype: it is exposed as its raw uint16 bits
 # (see `bf16_to_f32`).
 DTYPES: Dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
 }
-_NAME_OF = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<i8"): "I64",
-            np.dtype("<i4"): "I32", np.dtype("<i2"): "I16", np.dtype("i1"): "I8", np.dtype("u1"): "U8",
-            np.dtype("?"): "BOOL"}
+_NAME_OF = {
+    np.dtype("<f8"): "F64",
+    np.dtype("<f4"): "F32",
+    np.dtype("<f2"): "F16",
+    np.dtype("<i8"): "I64",
+    np.dtype("<i4"): "I32",
+    np.dtype("<i2"): "I16",
+    np.dtype("i1"): "I8",
+    np.dtype("u1"): "U8",
+    np.dtype("?"): "BOOL",
+}
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
-DATA_ALIGNMENT = 64                    # our writer pads the header so tensor data starts 64-byte aligned
+DATA_ALIGNMENT = 64  # our writer pads the header so tensor data starts 64-byte aligned
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -58,9 +73,9 @@ def dtype_name(dtype) -> str:
 @dataclass(frozen=True)
 class TensorEntry:
     name: str
-    dtype: str               # safetensors name: "F32", "F16", "BF16", "I8", ...
+    dtype: str  # safetensors name: "F32", "F16", "BF16", "I8", ...
     shape: Tuple[int, ...]
-    offset: int              # absolute byte offset of the first element in the file
+    offset: int  # absolute byte offset of the first element in the file
     nbytes: int
 
 
@@ -80,11 +95,15 @@ class SafetensorsFile:
     def _read_header(self):
         size = os.fstat(self._file.fileno()).st_size
         if size < 8:
-            raise CheckpointError(f"{self.path}: {size} bytes is too short for a safetensors file (needs an 8-byte header length)")
+            raise CheckpointError(
+                f"{self.path}: {size} bytes is too short for a safetensors file (needs an 8-byte header length)"
+            )
         (n,) = struct.unpack("<Q", self._file.read(8))
         if n > min(MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(f"{self.path}: header length {n} does not fit in the file of {size} bytes; "
-                                  "the file is truncated or not safetensors")
+            raise CheckpointError(
+                f"{self.path}: header length {n} does not fit in the file of {size} bytes; "
+                "the file is truncated or not safetensors"
+            )
         try:
             header = loads_bounded(self._file.read(n))
         except ValueError as e:  # also UnicodeDecodeError and JSONDecodeError
@@ -119,8 +138,12 @@ class SafetensorsFile:
             return np.zeros(entry.shape, DTYPES[entry.dtype])
         if copy:
             return read_copy(self.path, entry.offset, DTYPES[entry.dtype], entry.shape)
-        flat = np.frombuffer(self._mmap, dtype=DTYPES[entry.dtype],
-                             count=entry.nbytes // DTYPES[entry.dtype].itemsize, offset=entry.offset)
+        flat = np.frombuffer(
+            self._mmap,
+            dtype=DTYPES[entry.dtype],
+            count=entry.nbytes // DTYPES[entry.dtype].itemsize,
+            offset=entry.offset,
+        )
         return flat.reshape(entry.shape)
 
     def close(self) -> None:
@@ -145,8 +168,10 @@ def read_copy(path: str, offset: int, dtype: np.dtype, shape: Tuple[int, ...]) -
         while done < len(view):
             n = f.readinto(view[done:])
             if not n:
-                raise CheckpointError(f"{path}: the file ends at byte {offset + done}, inside a tensor that should end "
-                                      f"at byte {offset + len(view)}; it was truncated or changed while being read")
+                raise CheckpointError(
+                    f"{path}: the file ends at byte {offset + done}, inside a tensor that should end "
+                    f"at byte {offset + len(view)}; it was truncated or changed while being read"
+                )
             done += n
     return out
 
@@ -167,7 +192,7 @@ def _parse_entry(path, name, spec, data_start, data_size) -> TensorEntry:
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o) for o in offsets):
         raise bad(f"data_offsets must be [begin, end], got {short_repr(offsets)}")
     begin, end = offsets
-    nbytes = math.prod(shape) * DTYPES[dtype].itemsize   # Python ints: no wrap-around
+    nbytes = math.prod(shape) * DTYPES[dtype].itemsize  # Python ints: no wrap-around
     if not 0 <= begin <= end:
         raise bad(f"data_offsets {offsets} are not an increasing pair")
     if end > data_size:
@@ -208,8 +233,9 @@ def _byte_bounds(array: np.ndarray):
     return byte_bounds(array)
 
 
-def safetensors_header(specs: Sequence[Tuple[str, str, Tuple[int, ...]]],
-                       metadata: Optional[Mapping[str, str]] = None) -> bytes:
+def safetensors_header(
+    specs: Sequence[Tuple[str, str, Tuple[int, ...]]], metadata: Optional[Mapping[str, str]] = None
+) -> bytes:
     """The JSON header `write_safetensors` writes for these tensors (padded so the data starts aligned)."""
     header: Dict[str, object] = {}
     if metadata:
@@ -222,7 +248,7 @@ def safetensors_header(specs: Sequence[Tuple[str, str, Tuple[int, ...]]],
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    return blob + b" " * (-(8 + len(blob)) % DATA_ALIGNMENT)   # spaces are valid JSON padding
+    return blob + b" " * (-(8 + len(blob)) % DATA_ALIGNMENT)  # spaces are valid JSON padding
 
 
 TEMP_PREFIX = ".tmp-"
@@ -244,7 +270,7 @@ def _remove_stale_temps(directory: str, target: str) -> None:
             continue
         try:
             if stat.S_ISREG(os.fstat(fd).st_mode):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # raises while a writer holds it
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a writer holds it
                 os.unlink(full)
         except OSError:
             pass
@@ -252,11 +278,13 @@ def _remove_stale_temps(directory: str, target: str) -> None:
             os.close(fd)
 
 
-def write_safetensors(path: "str | os.PathLike[str]",
-                      specs: Iterable[Tuple[str, str, Tuple[int, ...]]],
-                      produce: Callable[[str], np.ndarray],
-                      metadata: Optional[Mapping[str, str]] = None,
-                      progress: Optional[Callable[[str, int], None]] = None) -> None:
+def write_safetensors(
+    path: "str | os.PathLike[str]",
+    specs: Iterable[Tuple[str, str, Tuple[int, ...]]],
+    produce: Callable[[str], np.ndarray],
+    metadata: Optional[Mapping[str, str]] = None,
+    progress: Optional[Callable[[str, int], None]] = None,
+) -> None:
     """Write a safetensors file, one tensor at a time, atomically.
 
     `specs` lists (name, safetensors dtype, shape) in file order; `produce(name)` returns that tensor
@@ -270,7 +298,7 @@ def write_safetensors(path: "str | os.PathLike[str]",
     directory = os.path.dirname(os.path.abspath(path))
     _remove_stale_temps(directory, os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + os.path.basename(path) + "-", dir=directory)
-    lock = os.dup(fd)   # shares fd's lock; held until the file is in place: marks it as being written
+    lock = os.dup(fd)  # shares fd's lock; held until the file is in place: marks it as being written
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with os.fdopen(fd, "wb") as f:
@@ -280,8 +308,9 @@ def write_safetensors(path: "str | os.PathLike[str]",
                 array = np.asarray(produce(name))
                 expected = DTYPES[dtype]
                 if array.shape != shape or array.dtype.newbyteorder("<") != expected.newbyteorder("<"):
-                    raise CheckpointError(f"tensor {name!r}: produced {array.dtype} {array.shape}, "
-                                          f"expected {dtype} {shape}")
+                    raise CheckpointError(
+                        f"tensor {name!r}: produced {array.dtype} {array.shape}, expected {dtype} {shape}"
+                    )
                 data = np.ascontiguousarray(array, dtype=expected)
                 f.write(data.data if data.size else b"")
                 if progress is not None:

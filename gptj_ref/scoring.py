@@ -42,7 +42,7 @@ class TokenScores:
 
     token_ids: List[int]
     logprobs: np.ndarray  # float64 [n]
-    greedy: np.ndarray    # bool [n]
+    greedy: np.ndarray  # bool [n]
 
     @property
     def total(self) -> float:
@@ -65,18 +65,19 @@ def token_logprobs(logits: np.ndarray, targets: Sequence[int]) -> Tuple[np.ndarr
     out = np.empty(len(targets), np.float64)
     greedy = np.empty(len(targets), bool)
     for r0 in range(0, len(targets), SOFTMAX_ROWS):
-        rows = np.asarray(logits[r0:r0 + SOFTMAX_ROWS], np.float64)          # [r, V]
-        top = rows.max(axis=1)                                                 # [r]
-        log_sum = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))        # [r] logsumexp
-        t = targets[r0:r0 + SOFTMAX_ROWS]
-        out[r0:r0 + len(t)] = rows[np.arange(len(t)), t] - log_sum
-        greedy[r0:r0 + len(t)] = rows.argmax(axis=1) == t
+        rows = np.asarray(logits[r0 : r0 + SOFTMAX_ROWS], np.float64)  # [r, V]
+        top = rows.max(axis=1)  # [r]
+        log_sum = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))  # [r] logsumexp
+        t = targets[r0 : r0 + SOFTMAX_ROWS]
+        out[r0 : r0 + len(t)] = rows[np.arange(len(t)), t] - log_sum
+        greedy[r0 : r0 + len(t)] = rows.argmax(axis=1) == t
     return out, greedy
 
 
 # ---------------------------------------------------------------------------------------------------
 # Tokenizing text pairs as lm-eval does
 # ---------------------------------------------------------------------------------------------------
+
 
 def encode_pair(tokenizer, context: str, continuation: str) -> Tuple[List[int], List[int]]:
     """(context ids, continuation ids) for a text pair, split as lm-eval's causal models split it."""
@@ -94,7 +95,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> Tuple[List[int], 
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     whole = tokenizer.encode(context + continuation)
     context_ids = tokenizer.encode(context)
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole[len(context_ids) :]
 
 
 def pair_ids(tokenizer, context, continuation) -> Tuple[List[int], List[int]]:
@@ -112,21 +113,25 @@ def text_ids(tokenizer, text_or_ids) -> List[int]:
 # Scoring token pairs
 # ---------------------------------------------------------------------------------------------------
 
+
 def check_pair(context: TokenIds, continuation: TokenIds, n_positions: int, vocab_size: int) -> None:
     if len(context) == 0:
         raise InputError("the context has no tokens; give at least one (lm-eval uses <|endoftext|> for none)")
     if len(continuation) == 0:
         raise InputError("the continuation has no tokens; there is nothing to score")
     if len(continuation) > n_positions:
-        raise InputError(f"the continuation has {len(continuation)} tokens, more than the model's context of "
-                         f"{n_positions}; score it in windows (Model.score) instead")
+        raise InputError(
+            f"the continuation has {len(continuation)} tokens, more than the model's context of "
+            f"{n_positions}; score it in windows (Model.score) instead"
+        )
     for i in list(context) + list(continuation):
         if not 0 <= int(i) < vocab_size:
             raise InputError(f"token id {i} is outside the vocabulary [0, {vocab_size})")
 
 
-def score_pairs(backend, pairs: Sequence[Tuple[TokenIds, TokenIds]],
-                progress: Optional[Callable[[int], None]] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+def score_pairs(
+    backend, pairs: Sequence[Tuple[TokenIds, TokenIds]], progress: Optional[Callable[[int], None]] = None
+) -> List[Tuple[np.ndarray, np.ndarray]]:
     """For each (context ids, continuation ids): the continuation's per-token (logprobs, greedy).
 
     Pairs with the same context are scored together (the context runs once); the results come back in
@@ -150,7 +155,7 @@ def score_pairs(backend, pairs: Sequence[Tuple[TokenIds, TokenIds]],
             if progress:
                 progress(1)
         for b0 in range(0, len(shared), MAX_BATCH_ROWS):
-            rows = shared[b0:b0 + MAX_BATCH_ROWS]
+            rows = shared[b0 : b0 + MAX_BATCH_ROWS]
             for i, r in zip(rows, _score_shared_context(backend, list(context), [pairs[i][1] for i in rows])):
                 results[i] = r
             if progress:
@@ -161,17 +166,17 @@ def score_pairs(backend, pairs: Sequence[Tuple[TokenIds, TokenIds]],
 def _score_one(backend, context: List[int], continuation: List[int]) -> Tuple[np.ndarray, np.ndarray]:
     """One forward pass over (context + continuation)[:-1], the context cut from the left to fit."""
     n_ctx = backend.config.n_positions
-    seq = (context + continuation)[-(n_ctx + 1):]
+    seq = (context + continuation)[-(n_ctx + 1) :]
     inputs = np.asarray(seq[:-1], np.int64)
-    logits = backend.forward(inputs, backend.new_cache(len(inputs), 1))   # [T, V]
-    return token_logprobs(logits[-len(continuation):], continuation)
+    logits = backend.forward(inputs, backend.new_cache(len(inputs), 1))  # [T, V]
+    return token_logprobs(logits[-len(continuation) :], continuation)
 
 
 def _score_shared_context(backend, context: List[int], continuations: List[List[int]]):
     """Run the context once, give each continuation its own cache row holding it, then run all
     continuations as one left-padded batch."""
     B = len(continuations)
-    fed = [c[:-1] for c in continuations]      # the last token of each is predicted, never fed
+    fed = [c[:-1] for c in continuations]  # the last token of each is predicted, never fed
     T = max(len(f) for f in fed)
     cache, last = _shared_context_cache(backend, context, B, len(context) + T)
     first = [token_logprobs(last[None], c[:1]) for c in continuations]  # each continuation's first token
@@ -181,13 +186,13 @@ def _score_shared_context(backend, context: List[int], continuations: List[List[
     mask = np.zeros((B, T), np.int64)
     for b, f in enumerate(fed):
         if f:
-            ids[b, T - len(f):] = f
-            mask[b, T - len(f):] = 1
-    logits = backend.forward(ids, cache, attention_mask=mask)   # [B, T, V]
+            ids[b, T - len(f) :] = f
+            mask[b, T - len(f) :] = 1
+    logits = backend.forward(ids, cache, attention_mask=mask)  # [B, T, V]
     out = []
     for b, c in enumerate(continuations):
         n = len(fed[b])
-        lp, greedy = token_logprobs(logits[b, T - n:], c[1:]) if n else (np.empty(0), np.empty(0, bool))
+        lp, greedy = token_logprobs(logits[b, T - n :], c[1:]) if n else (np.empty(0), np.empty(0, bool))
         out.append((np.concatenate([first[b][0], lp]), np.concatenate([first[b][1], greedy])))
     return out
 
@@ -201,7 +206,7 @@ def _shared_context_cache(backend, context: List[int], batch: int, max_tokens: i
     """
     ids = np.asarray(context, np.int64)
     cache = backend.new_cache(max_tokens, batch)
-    if hasattr(backend, "copy_row"):                              # cpp: padding rows cost nothing
+    if hasattr(backend, "copy_row"):  # cpp: padding rows cost nothing
         mask = np.zeros((batch, len(ids)), np.int64)
         mask[0] = 1
         last = backend.forward(np.tile(ids, (batch, 1)), cache, attention_mask=mask, last_only=True)[0]
@@ -210,11 +215,15 @@ def _shared_context_cache(backend, context: List[int], batch: int, max_tokens: i
         return cache, last
     from .reference import KVCache
 
-    if isinstance(cache, KVCache):                                # reference: repeat one row's arrays
+    if isinstance(cache, KVCache):  # reference: repeat one row's arrays
         one = backend.new_cache(max_tokens, 1)
         last = backend.forward(ids, one, last_only=True)
-        cache = KVCache(np.repeat(one.keys, batch, axis=1), np.repeat(one.values, batch, axis=1),
-                        np.repeat(one.real, batch, axis=0), one.length)
+        cache = KVCache(
+            np.repeat(one.keys, batch, axis=1),
+            np.repeat(one.values, batch, axis=1),
+            np.repeat(one.real, batch, axis=0),
+            one.length,
+        )
         return cache, last
     last = backend.forward(np.tile(ids, (batch, 1)), cache, last_only=True)[0]
     return cache, last
@@ -223,6 +232,7 @@ def _shared_context_cache(backend, context: List[int], batch: int, max_tokens: i
 # ---------------------------------------------------------------------------------------------------
 # Long texts: strided windows
 # ---------------------------------------------------------------------------------------------------
+
 
 def default_stride(window: int) -> int:
     return max(1, window // 2)
@@ -250,8 +260,9 @@ def strided_windows(n_tokens: int, window: int, stride: int) -> List[Tuple[int, 
     return out
 
 
-def score_tokens(backend, ids: Sequence[int], stride: Optional[int] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> TokenScores:
+def score_tokens(
+    backend, ids: Sequence[int], stride: Optional[int] = None, progress: Optional[Callable[[int], None]] = None
+) -> TokenScores:
     """Scores of tokens 1..n-1 of `ids`, in strided windows of the model's context. stride defaults to
     half the context (every token after the first window sees at least half a context of text; each
     is computed about twice); n_positions - 1 computes each token about once. progress(k) counts
@@ -266,7 +277,7 @@ def score_tokens(backend, ids: Sequence[int], stride: Optional[int] = None,
     windows = strided_windows(len(ids), window, default_stride(window) if stride is None else int(stride))
     scored, logprobs, greedy = [], [], []
     for begin, first, end in windows:
-        (lp, g), = score_pairs(backend, [(ids[begin:first], ids[first:end])])
+        ((lp, g),) = score_pairs(backend, [(ids[begin:first], ids[first:end])])
         scored += ids[first:end]
         logprobs.append(lp)
         greedy.append(g)

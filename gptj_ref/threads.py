@@ -1,10 +1,10 @@
 """How many threads the C++ kernels use: one default and one check for every entry point.
 
-    default_threads()       OMP_NUM_THREADS when it is set (as OpenMP itself reads it), else the physical
-                            cores this process may run on (hyper-threads share the FMA units)
-    check_threads(threads)  None -> default_threads(); otherwise a positive integer of at most
-                            max_threads(), else SettingsError
-    describe_threads(n)     "2 (physical cores)", "1 (OMP_NUM_THREADS)" or "3 (asked for)", for `gptj info`
+default_threads()       OMP_NUM_THREADS when it is set (as OpenMP itself reads it), else the physical
+                        cores this process may run on (hyper-threads share the FMA units)
+check_threads(threads)  None -> default_threads(); otherwise a positive integer of at most
+                        max_threads(), else SettingsError
+describe_threads(n)     "2 (physical cores)", "1 (OMP_NUM_THREADS)" or "3 (asked for)", for `gptj info`
 """
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ def _from_environment():
         return None
     first = value.split(",")[0].strip()
     if not first.isdigit() or int(first) < 1:
-        raise SettingsError(f"OMP_NUM_THREADS={value!r} is not a positive integer; set it to a number of threads "
-                            "or unset it to use the physical cores")
+        raise SettingsError(
+            f"OMP_NUM_THREADS={value!r} is not a positive integer; set it to a number of threads "
+            "or unset it to use the physical cores"
+        )
     return int(first)
 
 
@@ -75,9 +77,11 @@ def check_threads(threads=None, name: str = "threads") -> int:
     if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
         raise SettingsError(f"{name} must be a positive integer, got {threads!r}")
     if threads > max_threads():
-        raise SettingsError(f"{name}={threads} is more than {THREADS_PER_CPU_LIMIT} per CPU of this machine "
-                            f"({os.cpu_count()} CPUs, so at most {max_threads()}); more threads only slow the "
-                            f"kernels down: the default is the physical cores ({physical_cores()})")
+        raise SettingsError(
+            f"{name}={threads} is more than {THREADS_PER_CPU_LIMIT} per CPU of this machine "
+            f"({os.cpu_count()} CPUs, so at most {max_threads()}); more threads only slow the "
+            f"kernels down: the default is the physical cores ({physical_cores()})"
+        )
     return int(threads)
 
 

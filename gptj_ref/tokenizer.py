@@ -49,8 +49,10 @@ def builtin_vocab_files():
     data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
     paths = os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe")
     if not all(os.path.isfile(p) for p in paths):
-        raise CheckpointError(f"the GPT-2 vocabulary is missing from {data}: reinstall gptj-ref, or give a model "
-                              "with its own tokenizer files")
+        raise CheckpointError(
+            f"the GPT-2 vocabulary is missing from {data}: reinstall gptj-ref, or give a model "
+            "with its own tokenizer files"
+        )
     return paths
 
 
@@ -74,7 +76,9 @@ class Tokenizer:
         added = {t.content for t in backend.get_added_tokens_decoder().values()}
         self.vocab_size = max(vocab.values()) + 1
         if self.vocab_size > MAX_VOCAB:
-            raise CheckpointError(f"the tokenizer has token id {self.vocab_size - 1}, beyond gptj_ref's limit of {MAX_VOCAB}")
+            raise CheckpointError(
+                f"the tokenizer has token id {self.vocab_size - 1}, beyond gptj_ref's limit of {MAX_VOCAB}"
+            )
         # id -> the bytes it stands for. Added tokens stand for their literal text.
         self._bytes: List[bytes] = [b""] * self.vocab_size
         for token, i in vocab.items():
@@ -82,31 +86,36 @@ class Tokenizer:
                 self._bytes[i] = token.encode("utf-8")
             else:
                 if not all(c in UNICODE_TO_BYTE for c in token):
-                    raise CheckpointError(f"token {i} ({token[:40]!r}) is not a byte-level BPE token; GPT-J's "
-                                          "tokenizer is GPT-2's byte-level BPE")
+                    raise CheckpointError(
+                        f"token {i} ({token[:40]!r}) is not a byte-level BPE token; GPT-J's "
+                        "tokenizer is GPT-2's byte-level BPE"
+                    )
                 self._bytes[i] = bytes(UNICODE_TO_BYTE[c] for c in token)
         self.eos_token_id = vocab[END_OF_TEXT]
 
     # Construction --------------------------------------------------------------------------------------
     @classmethod
     def from_vocab_and_merges(cls, vocab_path: str, merges_path: str) -> "Tokenizer":
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
 
         try:
             vocab = load_json_file(vocab_path, CheckpointError, "vocab.json")
             lines = read_small_file(merges_path, CheckpointError, "merges.txt").decode("utf-8").split("\n")
         except (CheckpointError, UnicodeDecodeError) as e:
             raise CheckpointError(f"cannot read the tokenizer files {vocab_path}, {merges_path}: {e}") from None
-        if not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 24
-                                                  for v in vocab.values()):
+        if not isinstance(vocab, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 24 for v in vocab.values()
+        ):
             raise CheckpointError(f"{vocab_path}: expected a JSON object {{token: id}} with ids in [0, 2**24)")
         merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
         if any(len(m) != 2 for m in merges):
             raise CheckpointError(f"{merges_path}: every merge line must hold two symbols separated by one space")
         bad = next((m for m in merges if m[0] not in vocab or m[1] not in vocab or m[0] + m[1] not in vocab), None)
-        if bad is not None:   # checked here: the Rust BPE would panic on some of these
-            raise CheckpointError(f"{merges_path}: the merge {bad[0]!r} + {bad[1]!r} uses or makes a token that is "
-                                  f"not in {vocab_path}")
+        if bad is not None:  # checked here: the Rust BPE would panic on some of these
+            raise CheckpointError(
+                f"{merges_path}: the merge {bad[0]!r} + {bad[1]!r} uses or makes a token that is not in {vocab_path}"
+            )
         try:
             bpe = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
         except BaseException as e:  # a bare Exception, or a Rust panic (a BaseException) on a bad vocabulary
@@ -178,14 +187,19 @@ def check_text(text: str, what: str = "the text") -> None:
     input it stands for a byte that was not UTF-8 (Python's surrogateescape): both are refused with the
     position, rather than silently replaced, because the model would then answer a different prompt."""
     if not isinstance(text, str):
-        raise InputError(f"{what} must be a str, got {type(text).__name__}"
-                         + ("; decode bytes first, e.g. data.decode('utf-8')" if isinstance(text, (bytes, bytearray)) else ""))
+        raise InputError(
+            f"{what} must be a str, got {type(text).__name__}"
+            + ("; decode bytes first, e.g. data.decode('utf-8')" if isinstance(text, (bytes, bytearray)) else "")
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         code = ord(text[e.start])
-        found = (f"byte 0x{code - 0xDC00:02x}, which is not UTF-8," if 0xDC80 <= code <= 0xDCFF
-                 else f"a lone surrogate U+{code:04X}")
+        found = (
+            f"byte 0x{code - 0xDC00:02x}, which is not UTF-8,"
+            if 0xDC80 <= code <= 0xDCFF
+            else f"a lone surrogate U+{code:04X}"
+        )
         raise InputError(f"{what} holds {found} at character {e.start}; give valid UTF-8 text") from None
 
 

@@ -1,6 +1,9 @@
-"""Helpers shared by the tests: random GPT-J models made by transformers, and diff reports."""
+"""Helpers shared by the tests: random GPT-J models made by transformers, diff reports, and a switch of the
+C++ kernel level."""
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -52,5 +55,21 @@ def report_diff(actual, expected) -> str:
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     d = np.abs(actual - expected)
     i = np.unravel_index(int(np.argmax(d)), d.shape) if d.size else ()
-    return (f"max |Δ| = {d.max():.3e} at index {i} (actual {actual[i]:.7g}, expected {expected[i]:.7g}); "
-            f"mean |Δ| = {d.mean():.3e}; max |expected| = {np.abs(expected).max():.3g}")
+    return (
+        f"max |Δ| = {d.max():.3e} at index {i} (actual {actual[i]:.7g}, expected {expected[i]:.7g}); "
+        f"mean |Δ| = {d.mean():.3e}; max |expected| = {np.abs(expected).max():.3g}"
+    )
+
+
+@contextlib.contextmanager
+def use_isa(isa: str):
+    """Run the C++ kernels of level `isa` ("scalar", "avx2", ...) inside the block; the level before is
+    restored after, whatever happens."""
+    from gptj_ref import _core
+
+    before = _core.isa()
+    _core.set_isa(isa)
+    try:
+        yield
+    finally:
+        _core.set_isa(before)

@@ -25,8 +25,9 @@ def command(*args):
 
 
 def run(*args):
-    return subprocess.run(command(*args), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return subprocess.run(
+        command(*args), capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
 
 
 def write_jsonl(path, rows):
@@ -42,7 +43,7 @@ def read_jsonl(path):
 
 @pytest.fixture(scope="module")
 def demo():
-    return gptj_ref.load(threads=1)   # one thread: a loaded 2-core machine makes OpenMP threads wait on each other
+    return gptj_ref.load(threads=1)  # one thread: a loaded 2-core machine makes OpenMP threads wait on each other
 
 
 MIXED = [
@@ -66,7 +67,7 @@ def test_results_equal_model_generate_whatever_the_batch(demo, tmp_path):
     summary = job.close()
     assert summary.written == len(MIXED) and summary.errors == 0
     results = {r["id"]: r for r in read_jsonl(out)}
-    assert list(results) == ["g1", "g2", "g3", 3, "s2", "stop"]    # written group by group
+    assert list(results) == ["g1", "g2", "g3", 3, "s2", "stop"]  # written group by group
     for row in MIXED:
         settings = {k: v for k, v in row.items() if k not in ("id", "prompt")}
         if "max_tokens" in settings:
@@ -88,23 +89,26 @@ def test_groups_respect_max_batch_and_settings(tmp_path):
 
 def test_bad_lines_are_reported_with_their_line_number_and_the_rest_runs(tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_jsonl(inp, [
-        {"id": "ok", "prompt": "The dog", "max_new_tokens": 3},
-        "{not json",
-        {"prompt": "no id"},
-        {"id": "ok", "prompt": "a duplicate"},
-        {"id": "t", "prompt": "x", "temprature": 0.5},
-        {"id": "n", "prompt": "x", "max_new_tokens": 0},
-        {"id": "e", "prompt": ""},
-        {"id": "long", "prompt": "x", "max_new_tokens": 5000},
-        {"id": "stop-type", "prompt": "x", "stop": 5},
-        {"id": "ok2", "prompt": "The cat", "max_new_tokens": 3},
-    ])
+    write_jsonl(
+        inp,
+        [
+            {"id": "ok", "prompt": "The dog", "max_new_tokens": 3},
+            "{not json",
+            {"prompt": "no id"},
+            {"id": "ok", "prompt": "a duplicate"},
+            {"id": "t", "prompt": "x", "temprature": 0.5},
+            {"id": "n", "prompt": "x", "max_new_tokens": 0},
+            {"id": "e", "prompt": ""},
+            {"id": "long", "prompt": "x", "max_new_tokens": 5000},
+            {"id": "stop-type", "prompt": "x", "stop": 5},
+            {"id": "ok2", "prompt": "The cat", "max_new_tokens": 3},
+        ],
+    )
     result = run("batch", str(inp), str(out), "--backend", "reference")
-    assert result.returncode == 1, result.stderr    # finished, but with bad lines
+    assert result.returncode == 1, result.stderr  # finished, but with bad lines
     assert [r["id"] for r in read_jsonl(out)] == ["ok", "ok2"]
     errors = read_jsonl(tmp_path / "out.errors.jsonl")
-    assert [e["line"] for e in errors] == [2, 3, 4, 5, 6, 7, 9, 8]   # input errors first, then generation's
+    assert [e["line"] for e in errors] == [2, 3, 4, 5, 6, 7, 9, 8]  # input errors first, then generation's
     messages = [e["error"] for e in errors]
     assert "not valid JSON" in messages[0] and 'no "id"' in messages[1] and "duplicate id" in messages[2]
     assert "temprature" in messages[3] and "max_new_tokens must be" in messages[4] and "prompt" in messages[5]
@@ -121,7 +125,7 @@ def test_a_partial_last_line_is_dropped_and_redone(demo, tmp_path):
     job.close()
     complete = out.read_bytes()
     lines = complete.splitlines(keepends=True)
-    out.write_bytes(lines[0] + lines[1][:7])          # as if killed in the middle of the second write
+    out.write_bytes(lines[0] + lines[1][:7])  # as if killed in the middle of the second write
     appender = JsonlAppender(str(out))
     assert appender.done_ids == {"0"} and appender.dropped_partial == 7
     appender.close()
@@ -148,9 +152,12 @@ def test_sigkill_mid_job_then_rerun_gives_every_id_exactly_once(demo, tmp_path):
     rows = [{"id": f"r{i}", "prompt": f"Item {i}: the", "max_new_tokens": 24 + i % 3} for i in range(n)]
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(inp, rows)
-    proc = subprocess.Popen(command("batch", str(inp), str(out), "--max-batch", "1", "--threads", "1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(
+        command("batch", str(inp), str(out), "--max-batch", "1", "--threads", "1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= 5:
@@ -161,7 +168,7 @@ def test_sigkill_mid_job_then_rerun_gives_every_id_exactly_once(demo, tmp_path):
     proc.wait(timeout=30)
     proc.stderr.close()
     written = out.read_bytes()
-    first_run = written[:written.rfind(b"\n") + 1]
+    first_run = written[: written.rfind(b"\n") + 1]
     assert 5 <= first_run.count(b"\n") < n
 
     result = run("batch", str(inp), str(out), "--threads", "1")
@@ -169,7 +176,7 @@ def test_sigkill_mid_job_then_rerun_gives_every_id_exactly_once(demo, tmp_path):
     data = out.read_bytes()
     assert data.startswith(first_run) and data.endswith(b"\n")
     ids = [r["id"] for r in read_jsonl(out)]
-    assert sorted(ids) == sorted(r["id"] for r in rows) and len(ids) == n   # each exactly once
+    assert sorted(ids) == sorted(r["id"] for r in rows) and len(ids) == n  # each exactly once
     # and each result is the one an uninterrupted run gives
     expected = {r["id"]: demo.generate(r["prompt"], max_new_tokens=r["max_new_tokens"]) for r in rows}
     assert {r["id"]: r["text"] for r in read_jsonl(out)} == expected
@@ -186,12 +193,15 @@ def test_lines_are_checked_by_make_settings_like_the_python_api(tmp_path):
     from gptj_ref.generate import make_settings
 
     inp = tmp_path / "in.jsonl"
-    write_jsonl(inp, [
-        {"id": "greedy", "prompt": "x", "temperature": 0, "do_sample": True},
-        {"id": "beams", "prompt": "x", "num_beams": 4},
-        {"id": "seed", "prompt": "x", "seed": 2**64},
-        {"id": "stop_strings", "prompt": "x", "stop_strings": ["\n"]},
-    ])
+    write_jsonl(
+        inp,
+        [
+            {"id": "greedy", "prompt": "x", "temperature": 0, "do_sample": True},
+            {"id": "beams", "prompt": "x", "num_beams": 4},
+            {"id": "seed", "prompt": "x", "seed": 2**64},
+            {"id": "stop_strings", "prompt": "x", "stop_strings": ["\n"]},
+        ],
+    )
     jobs, errors = read_jobs(str(inp))
     assert [j.id for j in jobs] == ["greedy", "stop_strings"]
     assert GenerationSettings(**jobs[0].settings) == make_settings({"temperature": 0, "do_sample": True})

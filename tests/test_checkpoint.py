@@ -35,12 +35,14 @@ DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16
 # Writing checkpoints the way the published ones were written
 # ---------------------------------------------------------------------------------------------------
 
+
 def with_legacy_buffers(state_dict, n_layer, n_positions, dtype):
     """The state dict plus the causal-mask buffers old GPT-J files carry (bool tril and -1e9)."""
     state = dict(state_dict)
     for i in range(n_layer):
-        state[f"transformer.h.{i}.attn.bias"] = torch.tril(
-            torch.ones(n_positions, n_positions, dtype=torch.bool)).view(1, 1, n_positions, n_positions)
+        state[f"transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.bool)).view(
+            1, 1, n_positions, n_positions
+        )
         state[f"transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e9, dtype=dtype)
     return state
 
@@ -125,8 +127,16 @@ def data_ranges(path, names):
 # Every format reads like torch
 # ---------------------------------------------------------------------------------------------------
 
-LABELS = ["safetensors", "safetensors-f16", "safetensors-bf16", "safetensors-sharded",
-          "bin", "bin-f16", "bin-bf16", "bin-sharded"]
+LABELS = [
+    "safetensors",
+    "safetensors-f16",
+    "safetensors-bf16",
+    "safetensors-sharded",
+    "bin",
+    "bin-f16",
+    "bin-bf16",
+    "bin-sharded",
+]
 
 
 @pytest.mark.parametrize("label", LABELS)
@@ -135,7 +145,7 @@ def test_every_format_reads_the_tensors_torch_holds(checkpoints, label):
     with open_checkpoint(path) as ckpt:
         assert ckpt.format == fmt and ckpt.path == str(path)
         assert ckpt.config == GPTJConfig.from_json_file(path / "config.json")
-        assert sorted(ckpt.names()) == sorted(expected)           # legacy buffers are not listed
+        assert sorted(ckpt.names()) == sorted(expected)  # legacy buffers are not listed
         weights = ckpt.load_weights()
         assert list(weights) == list(weight_shapes(ckpt.config))  # in model order
         for name, want in expected.items():
@@ -164,6 +174,7 @@ def test_safetensors_is_preferred_when_both_formats_exist(checkpoints, tmp_path)
 # ---------------------------------------------------------------------------------------------------
 # Laziness: tensors are memory-mapped views, read one at a time
 # ---------------------------------------------------------------------------------------------------
+
 
 def mapped_file_of(array):
     """The mmap an array's memory comes from, or None if it owns (or copied) its data."""
@@ -197,13 +208,13 @@ def test_safetensors_reading_one_tensor_ignores_the_bytes_of_the_others(checkpoi
     weights = path / "model.safetensors"
     expected = checkpoints["safetensors"][3]
     ranges = data_ranges(weights, [n for n in expected if n != TARGET])
-    with open(weights, "r+b") as f:                      # every other tensor becomes NaN (0xFF bytes)
+    with open(weights, "r+b") as f:  # every other tensor becomes NaN (0xFF bytes)
         for offset, nbytes in ranges.values():
             f.seek(offset)
             f.write(b"\xff" * nbytes)
     with open_checkpoint(path) as ckpt:
         assert np.array_equal(ckpt.read(TARGET), expected[TARGET])
-        assert np.isnan(ckpt.read(OTHER)).all()           # the damage is real
+        assert np.isnan(ckpt.read(OTHER)).all()  # the damage is real
 
 
 def test_bin_reading_one_tensor_ignores_the_bytes_of_the_others(checkpoints, tmp_path):
@@ -212,7 +223,7 @@ def test_bin_reading_one_tensor_ignores_the_bytes_of_the_others(checkpoints, tmp
     expected = checkpoints["bin"][3]
     target_bytes = expected[TARGET].tobytes()
     blob = weights.read_bytes()
-    with zipfile.ZipFile(weights) as z:                  # locate each storage's bytes independently of the reader
+    with zipfile.ZipFile(weights) as z:  # locate each storage's bytes independently of the reader
         members = [z.read(n) for n in z.namelist() if "/data/" in n]
     assert target_bytes in members
     with open(weights, "r+b") as f:
@@ -229,10 +240,16 @@ def test_bin_reading_one_tensor_ignores_the_bytes_of_the_others(checkpoints, tmp
 # torch.save details: views, shared storages, parameters, strides
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_views_into_shared_storages_read_with_their_offsets(model, tmp_path):
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    state = {"whole": base, "row": base[2], "tail": base.view(-1)[7:19].view(3, 4),
-             "param": torch.nn.Parameter(torch.full((5,), 2.5)), "empty": torch.zeros(0, 3)}
+    state = {
+        "whole": base,
+        "row": base[2],
+        "tail": base.view(-1)[7:19].view(3, 4),
+        "param": torch.nn.Parameter(torch.full((5,), 2.5)),
+        "empty": torch.zeros(0, 3),
+    }
     with open_checkpoint(save_bin_dir(tmp_path, state, model.config)) as ckpt:
         assert ckpt.names() == list(state)
         for name, t in state.items():
@@ -259,6 +276,7 @@ def test_non_float_tensors_are_listed_but_not_read(model, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # Checkpoints that disagree with config.json
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_shapes_that_disagree_with_config_json_are_listed(checkpoints, tmp_path):
     path = copy_checkpoint(checkpoints, "safetensors", tmp_path)
@@ -292,12 +310,16 @@ def test_missing_unexpected_and_non_float_tensors_are_reported_together(model, t
 # Directories and shard indexes
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_a_directory_without_weights_says_what_it_found_and_expects(model, tmp_path):
     model.config.to_json_file(tmp_path / "config.json")
     (tmp_path / "tf_model.h5").write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"no weights found\. Expected one of model\.safetensors, "
-                       r"model\.safetensors\.index\.json, pytorch_model\.bin, pytorch_model\.bin\.index\.json; "
-                       r"the directory holds config\.json, tf_model\.h5"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no weights found\. Expected one of model\.safetensors, "
+        r"model\.safetensors\.index\.json, pytorch_model\.bin, pytorch_model\.bin\.index\.json; "
+        r"the directory holds config\.json, tf_model\.h5",
+    ):
         open_checkpoint(tmp_path)
 
 
@@ -348,14 +370,18 @@ def test_a_shard_that_lacks_a_tensor_its_index_promises(checkpoints, tmp_path):
     index["weight_map"]["lm_head.bias"] = first
     index_path.write_text(json.dumps(index))
     with open_checkpoint(path) as ckpt:
-        with pytest.raises(CheckpointError, match=rf"{re.escape(first)}: no tensor named 'lm_head\.bias' "
-                           r"\(the shard index says it is here\)"):
+        with pytest.raises(
+            CheckpointError,
+            match=rf"{re.escape(first)}: no tensor named 'lm_head\.bias' "
+            r"\(the shard index says it is here\)",
+        ):
             ckpt.load_weights()
 
 
 # ---------------------------------------------------------------------------------------------------
 # Damaged safetensors files
 # ---------------------------------------------------------------------------------------------------
+
 
 def write_raw_safetensors(path, header, data=b""):
     blob = json.dumps(header).encode()
@@ -371,8 +397,11 @@ def safetensors_copy(checkpoints, tmp_path):
 def test_truncated_safetensors(safetensors_copy):
     path, weights = safetensors_copy
     weights.write_bytes(weights.read_bytes()[:-1000])
-    with pytest.raises(CheckpointError, match=r"data ends at byte \d+ but the file holds only \d+ bytes of data; "
-                                              "the file is truncated"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"data ends at byte \d+ but the file holds only \d+ bytes of data; "
+        "the file is truncated",
+    ):
         open_checkpoint(path)
     weights.write_bytes(b"\x10\x00")
     with pytest.raises(CheckpointError, match="too short for a safetensors file"):
@@ -392,29 +421,40 @@ def test_safetensors_header_length_beyond_the_file(safetensors_copy):
     path, weights = safetensors_copy
     blob = weights.read_bytes()
     weights.write_bytes(struct.pack("<Q", len(blob)) + blob[8:])
-    with pytest.raises(CheckpointError, match=rf"header length {len(blob)} does not fit in the file of {len(blob)} bytes"):
+    with pytest.raises(
+        CheckpointError, match=rf"header length {len(blob)} does not fit in the file of {len(blob)} bytes"
+    ):
         open_checkpoint(path)
 
 
-def test_safetensors_offsets_outside_the_file(safetensors_copy):
+@pytest.mark.parametrize(
+    "entry, data_bytes, message",
+    [
+        pytest.param(
+            {"dtype": "F32", "shape": [99], "data_offsets": [400, 796]},
+            400,
+            r"'lm_head\.bias': data ends at byte 796 but the file holds only 400",
+            id="offsets outside the file",
+        ),
+        pytest.param(
+            {"dtype": "F8_E4M3", "shape": [99], "data_offsets": [0, 99]},
+            99,
+            r"'lm_head\.bias': unknown dtype 'F8_E4M3'; supported: F64, F32",
+            id="unknown dtype",
+        ),
+    ],
+)
+def test_a_damaged_safetensors_entry_is_refused(safetensors_copy, entry, data_bytes, message):
     path, weights = safetensors_copy
-    write_raw_safetensors(weights, {"lm_head.bias": {"dtype": "F32", "shape": [99], "data_offsets": [400, 796]}},
-                          b"\0" * 400)
-    with pytest.raises(CheckpointError, match=r"'lm_head\.bias': data ends at byte 796 but the file holds only 400"):
-        open_checkpoint(path)
-
-
-def test_safetensors_unknown_dtype(safetensors_copy):
-    path, weights = safetensors_copy
-    write_raw_safetensors(weights, {"lm_head.bias": {"dtype": "F8_E4M3", "shape": [99], "data_offsets": [0, 99]}},
-                          b"\0" * 99)
-    with pytest.raises(CheckpointError, match=r"'lm_head\.bias': unknown dtype 'F8_E4M3'; supported: F64, F32"):
+    write_raw_safetensors(weights, {"lm_head.bias": entry}, b"\0" * data_bytes)
+    with pytest.raises(CheckpointError, match=message):
         open_checkpoint(path)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Damaged, legacy and unsupported .bin files
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def bin_copy(checkpoints, tmp_path):
@@ -425,19 +465,25 @@ def bin_copy(checkpoints, tmp_path):
 def test_truncated_bin(bin_copy):
     path, weights = bin_copy
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="starts like a zip archive but has no valid zip directory at its end "
-                                              r"\(\d+ bytes\); the file is truncated or corrupted"):
+    with pytest.raises(
+        CheckpointError,
+        match="starts like a zip archive but has no valid zip directory at its end "
+        r"\(\d+ bytes\); the file is truncated or corrupted",
+    ):
         open_checkpoint(path)
 
 
 def test_bin_with_a_corrupted_pickle(bin_copy):
     path, weights = bin_copy
     blob = bytearray(weights.read_bytes())
-    start = blob.index(b"collections\nOrderedDict")      # inside data.pkl; its CRC no longer matches
-    blob[start: start + 11] = b"xollections"
+    start = blob.index(b"collections\nOrderedDict")  # inside data.pkl; its CRC no longer matches
+    blob[start : start + 11] = b"xollections"
     weights.write_bytes(bytes(blob))
-    with pytest.raises(CheckpointError, match=r"data\.pkl: cannot read the pickle \(Bad CRC-32.*\); "
-                                              "the file is truncated or corrupted"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"data\.pkl: cannot read the pickle \(Bad CRC-32.*\); "
+        "the file is truncated or corrupted",
+    ):
         open_checkpoint(path)
 
 
@@ -446,9 +492,9 @@ def test_bin_with_a_local_header_out_of_place(bin_copy):
     blob = bytearray(weights.read_bytes())
     with zipfile.ZipFile(weights) as z:
         info = next(i for i in z.infolist() if "/data/" in i.filename)
-    blob[info.header_offset: info.header_offset + 4] = b"XXXX"
+    blob[info.header_offset : info.header_offset + 4] = b"XXXX"
     weights.write_bytes(bytes(blob))
-    with open_checkpoint(path) as ckpt:                     # the index is intact; the damage shows on access
+    with open_checkpoint(path) as ckpt:  # the index is intact; the damage shows on access
         with pytest.raises(CheckpointError, match=r"no valid local zip header for '.*/data/\w+' at byte \d+"):
             ckpt.load_weights()
 
@@ -461,8 +507,11 @@ def test_bin_with_compressed_tensor_data(bin_copy):
         for name, data in members:
             dst.writestr(name, data)
     # Refused at open, before the (compressed) pickle is inflated: a compressed record could be a zip bomb.
-    with pytest.raises(CheckpointError, match=r"member '.*' is compressed \(method 8\); "
-                                              "torch.save stores every record uncompressed"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"member '.*' is compressed \(method 8\); "
+        "torch.save stores every record uncompressed",
+    ):
         open_checkpoint(path)
 
 
@@ -482,12 +531,16 @@ def test_a_bin_that_is_not_torch_at_all(model, tmp_path):
 
 def test_a_complex_storage_is_an_unknown_dtype(model, tmp_path):
     state = {"lm_head.bias": torch.zeros(99, dtype=torch.complex64)}
-    with pytest.raises(CheckpointError, match=r"tensors stored as torch\.ComplexFloatStorage are not supported; "
-                                              "expected float tensors"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"tensors stored as torch\.ComplexFloatStorage are not supported; "
+        "expected float tensors",
+    ):
         open_checkpoint(save_bin_dir(tmp_path, state, model.config))
 
 
 # The restricted unpickler ---------------------------------------------------------------------------
+
 
 def write_torch_zip(path, pickle_bytes):
     """A zip laid out like torch.save's, around an arbitrary data.pkl."""
@@ -528,8 +581,11 @@ def test_a_pickle_naming_any_other_global_is_refused_without_running_it(model, t
     marker = tmp_path / "pwned"
     write_torch_zip(tmp_path / "pytorch_model.bin", malicious_pickles(marker)[refused])
     model.config.to_json_file(tmp_path / "config.json")
-    with pytest.raises(CheckpointError, match=rf"the pickle refers to {re.escape(refused)}, which a state dict "
-                                              "does not need; refused without running it"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"the pickle refers to {re.escape(refused)}, which a state dict "
+        "does not need; refused without running it",
+    ):
         open_checkpoint(tmp_path)
     assert not marker.exists()
 
@@ -544,12 +600,17 @@ def test_the_malicious_pickle_would_have_run_under_plain_pickle(tmp_path):
 def test_a_pickle_cannot_rewrite_a_validated_tensor(model, tmp_path):
     # _rebuild_tensor_v2(('storage', FloatStorage, '0', 'cpu', 4), 0, (4,), (1,), False, None), then
     # BUILD {'offset': -100}, which would bypass the argument checks if it were allowed
-    tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n((S'storage'\nctorch\nFloatStorage\nS'0'\nS'cpu'\nI4\ntQ"
-              b"I0\n(I4\nt(I1\ntI00\nNtR")
+    tensor = (
+        b"ctorch._utils\n_rebuild_tensor_v2\n((S'storage'\nctorch\nFloatStorage\nS'0'\nS'cpu'\nI4\ntQ"
+        b"I0\n(I4\nt(I1\ntI00\nNtR"
+    )
     write_torch_zip(tmp_path / "pytorch_model.bin", tensor + b"(dS'offset'\nI-100\nsb.")
     model.config.to_json_file(tmp_path / "config.json")
-    with pytest.raises(CheckpointError, match=r"not a valid state-dict pickle \(UnpicklingError: the pickle tries "
-                                              r"to set the state of a TensorRef\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"not a valid state-dict pickle \(UnpicklingError: the pickle tries "
+        r"to set the state of a TensorRef\)",
+    ):
         open_checkpoint(tmp_path)
 
 
@@ -564,14 +625,18 @@ def test_a_persistent_id_that_is_not_a_storage(model, tmp_path):
     # MARK, STRING 'file', STRING '/etc/passwd', TUPLE, BINPERSID, STOP
     write_torch_zip(tmp_path / "pytorch_model.bin", b"(S'file'\nS'/etc/passwd'\ntQ.")
     model.config.to_json_file(tmp_path / "config.json")
-    with pytest.raises(CheckpointError, match=r"unexpected persistent id \('file', '/etc/passwd'\); "
-                                              r"expected \('storage', torch\.<Type>Storage"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"unexpected persistent id \('file', '/etc/passwd'\); "
+        r"expected \('storage', torch\.<Type>Storage",
+    ):
         open_checkpoint(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Through the package API and the CLI
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def cli_checkpoint(tmp_path_factory):

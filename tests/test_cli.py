@@ -14,8 +14,14 @@ GPTJ = shutil.which("gptj")
 
 def run(*args, stdin=None, check_ok=True):
     command = [GPTJ] if GPTJ else [sys.executable, "-m", "gptj_ref.cli"]
-    result = subprocess.run(command + list(args), input=stdin, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    result = subprocess.run(
+        command + list(args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     if check_ok:
         assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
     return result
@@ -37,8 +43,18 @@ def test_generate_on_the_builtin_model_says_so_and_reports_speed():
 
 def test_generate_reads_the_prompt_from_stdin_and_is_reproducible():
     a = run("generate", "-n", "8", "--backend", "reference", "--sample", "--seed", "3", stdin="Once upon a time")
-    b = run("generate", "-n", "8", "--backend", "reference", "--sample", "--seed", "3", "--no-stream",
-            stdin="Once upon a time")
+    b = run(
+        "generate",
+        "-n",
+        "8",
+        "--backend",
+        "reference",
+        "--sample",
+        "--seed",
+        "3",
+        "--no-stream",
+        stdin="Once upon a time",
+    )
     assert a.stdout.startswith("Once upon a time") and a.stdout == b.stdout
 
 
@@ -53,21 +69,27 @@ def test_info_describes_the_builtin_model():
     out = run("info").stdout
     assert "parameters:" in out and "tokenizer:" in out and "vocab 50400" in out
     from gptj_ref import _core
+
     forced_scalar = os.environ.get("GPTJ_FORCE_SCALAR", "") not in ("", "0")
-    chosen = "scalar" if forced_scalar else _core.available_isas()[-1]   # the best level, unless forced
+    chosen = "scalar" if forced_scalar else _core.available_isas()[-1]  # the best level, unless forced
     assert f"kernels: {chosen} (this CPU and build can run: {', '.join(_core.available_isas())})" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["generate", "x", "--temperature", "-1"], "temperature must be >= 0 (0 = greedy)"),
-    (["generate", "x", "--top-p", "2"], "top_p must be in (0, 1]"),
-    (["generate", "x", "-n", "100000"], "exceed the model's context"),
-    (["generate", ""], "the prompt is empty"),
-    (["generate", "x", "--model", "/nonexistent/model.gptj"], "no model at '/nonexistent/model.gptj'"),
-    (["generate", "x", "--threads", "0"], "threads must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "x", "--temperature", "-1"], "temperature must be >= 0 (0 = greedy)"),
+        (["generate", "x", "--top-p", "2"], "top_p must be in (0, 1]"),
+        (["generate", "x", "-n", "100000"], "exceed the model's context"),
+        (["generate", ""], "the prompt is empty"),
+        (["generate", "x", "--model", "/nonexistent/model.gptj"], "no model at '/nonexistent/model.gptj'"),
+        (["generate", "x", "--threads", "0"], "threads must be a positive integer"),
+    ],
+)
 def test_errors_are_one_clear_line(args, message):
-    result = run(*args, "--backend", "reference", check_ok=False) if args[0] == "generate" else run(*args, check_ok=False)
+    result = (
+        run(*args, "--backend", "reference", check_ok=False) if args[0] == "generate" else run(*args, check_ok=False)
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
@@ -101,7 +123,7 @@ def test_convert_info_generate_workflow(text_checkpoint, tmp_path):
     for backend in ("reference", "auto"):
         out = run("generate", "--model", str(native), "--backend", backend, "The dog", "-n", "5").stdout
         assert out.startswith("The dog")
-    for kv_dtype in ("float16", "float32"):   # greedy text from an int8 model with either cache precision
+    for kv_dtype in ("float16", "float32"):  # greedy text from an int8 model with either cache precision
         out = run("generate", "--model", str(native), "--kv-dtype", kv_dtype, "The dog", "-n", "5").stdout
         assert out.startswith("The dog")
     bad = run("generate", "--model", str(native), "--kv-dtype", "int8", "x", check_ok=False)
@@ -111,8 +133,9 @@ def test_convert_info_generate_workflow(text_checkpoint, tmp_path):
 
 
 def test_parity_reports_every_block_and_the_greedy_tokens(text_checkpoint):
-    out = run("parity", str(text_checkpoint), "The dog", "--a", "reference", "--b", "transformers",
-              "--new-tokens", "8").stdout
+    out = run(
+        "parity", str(text_checkpoint), "The dog", "--a", "reference", "--b", "transformers", "--new-tokens", "8"
+    ).stdout
     lines = out.splitlines()
     assert [line.split()[0] for line in lines[2:7]] == ["embeddings", "block", "block", "ln_f", "logits"]
     logits_max_diff = float(lines[6].split()[1])
@@ -133,8 +156,10 @@ def test_convert_refuses_a_missing_source(tmp_path):
 
 def test_parity_between_the_reference_and_the_cpp_runtime(text_checkpoint):
     out = run("parity", str(text_checkpoint), "The dog", "--a", "reference", "--b", "cpp", "--new-tokens", "8").stdout
-    rows = {line.split()[0] + (line.split()[1] if line.startswith("block") else ""): line.split()
-            for line in out.splitlines()[2:7]}
+    rows = {
+        line.split()[0] + (line.split()[1] if line.startswith("block") else ""): line.split()
+        for line in out.splitlines()[2:7]
+    }
     assert set(rows) == {"embeddings", "block0", "block1", "ln_f", "logits"}
     logits = rows["logits"]
     assert float(logits[1]) <= 1e-4 * float(logits[3])  # the runtime tests' bound, relative to max |logit|

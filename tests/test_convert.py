@@ -26,10 +26,10 @@ import gptj_ref
 import gptj_ref.checkpoint
 from gptj_ref.config import GPTJConfig
 from gptj_ref.convert import convert, release_mapped_pages
-from gptj_ref.progress import progress_bar
 from gptj_ref.errors import CheckpointError, ConfigError, GPTJError, SettingsError
 from gptj_ref.layout import weight_shapes
 from gptj_ref.native import open_native, scale_name
+from gptj_ref.progress import progress_bar
 from gptj_ref.quant import quantize_blocks
 from gptj_ref.reference import Reference
 from helpers import CONFIGS, make_hf_model
@@ -39,8 +39,11 @@ SMALL = dict(vocab_size=99, n_positions=64, n_embd=64, n_layer=2, n_head=4, rota
 
 
 def numpy_state(model):
-    return {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()
-            if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    return {
+        k: v.detach().float().numpy().copy()
+        for k, v in model.state_dict().items()
+        if not k.endswith((".attn.bias", ".attn.masked_bias"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,7 @@ def listing(directory):
 # Exactness of each dtype
 # -------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fmt", ["safetensors", "sharded", "bin"])
 def test_f32_conversion_is_bit_identical(tmp_path, checkpoints, small_model, fmt):
     out = tmp_path / "m.gptj"
@@ -95,7 +99,7 @@ def test_q8_conversion_stores_the_quantizer_output(tmp_path, checkpoints, small_
     convert(checkpoints[fmt], out, "q8", progress=False)
     with open_native(out) as native:
         for name, w in numpy_state(small_model).items():
-            if native.tensor_format(name).name == "q8":   # the linear weights and the embedding
+            if native.tensor_format(name).name == "q8":  # the linear weights and the embedding
                 q, scales = quantize_blocks(w)
                 np.testing.assert_array_equal(native.tensor(name), q, err_msg=name)
                 np.testing.assert_array_equal(native.tensor(scale_name(name)), scales, err_msg=name)
@@ -151,6 +155,7 @@ def test_the_tokenizer_is_embedded(tmp_path, checkpoints):
 # q8 accuracy against the float32 reference
 # -------------------------------------------------------------------------------------------------
 
+
 def logit_agreement(q8_logits, f32_logits):
     a, b = q8_logits.astype(np.float64), f32_logits.astype(np.float64)
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
@@ -161,7 +166,7 @@ def greedy(backend, prompt, n):
     ids = list(prompt)
     for _ in range(n):
         ids.append(int(backend.forward(np.array(ids))[-1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 @pytest.mark.parametrize("geometry", ["rot-eq-head", "real-heads"])
@@ -176,9 +181,11 @@ def test_q8_reference_is_close_to_the_f32_reference(tmp_path, geometry):
         ids = np.random.default_rng(0).integers(0, config.vocab_size, 64)
         cos_min, rel_delta, top1 = logit_agreement(q8.forward(ids), f32.forward(ids))
         same = [a == b for a, b in zip(greedy(q8, ids[:8], 16), greedy(f32, ids[:8], 16))]
-    print(f"\n{geometry}: q8 vs f32 logits: min cosine {cos_min:.6f}, max|Δ| {rel_delta:.2%} of max|logit|, "
-          f"top-1 agreement {top1:.1%}, greedy: {same.index(False) if False in same else 16}/16 tokens before "
-          "the first difference")
+    print(
+        f"\n{geometry}: q8 vs f32 logits: min cosine {cos_min:.6f}, max|Δ| {rel_delta:.2%} of max|logit|, "
+        f"top-1 agreement {top1:.1%}, greedy: {same.index(False) if False in same else 16}/16 tokens before "
+        "the first difference"
+    )
     assert cos_min > 0.999
     assert rel_delta < 0.05
     assert top1 >= 0.85
@@ -196,6 +203,7 @@ def test_load_runs_a_converted_file_on_the_reference_backend(tmp_path, checkpoin
 # -------------------------------------------------------------------------------------------------
 # Nothing half-written; bad input
 # -------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("exception", [RuntimeError("read error"), KeyboardInterrupt()])
 def test_an_interrupted_conversion_leaves_nothing(tmp_path, checkpoints, monkeypatch, exception):
@@ -279,6 +287,7 @@ def test_q8_needs_multiples_of_32(tmp_path):
 # Progress bar
 # -------------------------------------------------------------------------------------------------
 
+
 class FakeTerminal(io.StringIO):
     def isatty(self):
         return True
@@ -290,7 +299,7 @@ def test_progress_bar_shows_bytes_on_a_terminal_only():
     bar.update(1_000_000_000)
     bar.close()
     assert "convert q8" in stream.getvalue() and "1.00G/4.00G" in stream.getvalue()
-    quiet = io.StringIO()                                     # not a terminal: nothing drawn
+    quiet = io.StringIO()  # not a terminal: nothing drawn
     bar = progress_bar(4_000_000_000, "convert q8", stream=quiet)
     bar.update(1_000_000_000)
     bar.close()
@@ -299,7 +308,7 @@ def test_progress_bar_shows_bytes_on_a_terminal_only():
 
 def test_progress_goes_to_a_terminal_only(tmp_path, checkpoints, monkeypatch, capsys):
     convert(checkpoints["safetensors"], tmp_path / "a.gptj", "q8", progress=True, tokenizer_json="")
-    assert capsys.readouterr().err == ""                    # stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     convert(checkpoints["safetensors"], tmp_path / "b.gptj", "q8", progress=True, tokenizer_json="")
@@ -314,6 +323,7 @@ def test_progress_goes_to_a_terminal_only(tmp_path, checkpoints, monkeypatch, ca
 # Memory
 # -------------------------------------------------------------------------------------------------
 
+
 def rss_file_kb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
@@ -322,18 +332,18 @@ def rss_file_kb():
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 def test_release_mapped_pages_drops_them_from_the_resident_set(tmp_path):
     path = tmp_path / "data"
-    path.write_bytes(np.ones(64 << 18, np.float32).tobytes())         # 64 MB
+    path.write_bytes(np.ones(64 << 18, np.float32).tobytes())  # 64 MB
     with open(path, "rb") as f:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     array = np.frombuffer(mapped, np.float32)[1000:].reshape(-1, 8)
     before = rss_file_kb()
-    assert array.sum() > 0                                             # touch every page
+    assert array.sum() > 0  # touch every page
     touched = rss_file_kb()
     release_mapped_pages(array)
     released = rss_file_kb()
     assert touched - before > 50_000 and touched - released > 50_000, (before, touched, released)
-    assert array[5, 3] == 1.0                                          # still readable: paged back in
-    release_mapped_pages(np.ones(10))                                  # anonymous memory: left alone
+    assert array[5, 3] == 1.0  # still readable: paged back in
+    release_mapped_pages(np.ones(10))  # anonymous memory: left alone
 
 
 MEMORY_CHILD = textwrap.dedent("""
@@ -359,15 +369,19 @@ def test_conversion_memory_is_bounded_by_the_largest_tensor(tmp_path_factory, dt
     from gptj_ref.safetensors_file import write_safetensors
 
     src = tmp_path_factory.getbasetemp() / "memory-ckpt"
-    config = GPTJConfig(vocab_size=8192, n_positions=64, n_embd=1024, n_layer=5, n_head=4, rotary_dim=64,
-                        bos_token_id=0, eos_token_id=0)
+    config = GPTJConfig(
+        vocab_size=8192, n_positions=64, n_embd=1024, n_layer=5, n_head=4, rotary_dim=64, bos_token_id=0, eos_token_id=0
+    )
     shapes = weight_shapes(config)
     if not (src / "model.safetensors").exists():
         src.mkdir(exist_ok=True)
         config.to_json_file(src / "config.json")
         rng = np.random.default_rng(0)
-        write_safetensors(src / "model.safetensors", [(n, "F32", s) for n, s in shapes.items()],
-                          lambda n: rng.standard_normal(shapes[n], dtype=np.float32) * np.float32(0.02))
+        write_safetensors(
+            src / "model.safetensors",
+            [(n, "F32", s) for n, s in shapes.items()],
+            lambda n: rng.standard_normal(shapes[n], dtype=np.float32) * np.float32(0.02),
+        )
     largest = max(int(np.prod(s)) * 4 for s in shapes.values())
     total = sum(int(np.prod(s)) * 4 for s in shapes.values())
     dst = tmp_path_factory.mktemp("memory-out") / "m.gptj"
@@ -376,7 +390,9 @@ def test_conversion_memory_is_bounded_by_the_largest_tensor(tmp_path_factory, dt
     assert result.returncode == 0, result.stderr
     measured = json.loads(result.stdout)
     growth = measured["peak"] - measured["before"]
-    print(f"\n{dtype}: checkpoint {total / 2**20:.0f} MiB, largest tensor {largest / 2**20:.0f} MiB, "
-          f"peak RSS growth {growth / 2**20:.0f} MiB")
+    print(
+        f"\n{dtype}: checkpoint {total / 2**20:.0f} MiB, largest tensor {largest / 2**20:.0f} MiB, "
+        f"peak RSS growth {growth / 2**20:.0f} MiB"
+    )
     assert total > 8 * largest
     assert growth < 2 * largest + (40 << 20), f"peak RSS grew by {growth / 2**20:.0f} MiB"

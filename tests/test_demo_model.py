@@ -16,12 +16,12 @@ PROMPT = "In the beginning God created the heaven and the"
 
 
 def test_the_shipped_file_is_a_small_q8_gptj_with_an_int8_embedding():
-    assert os.path.getsize(DEMO_PATH) <= 20 * 10 ** 6            # the budget for the shipped file
+    assert os.path.getsize(DEMO_PATH) <= 20 * 10**6  # the budget for the shipped file
     with open_native(DEMO_PATH) as native:
         assert native.dtype == "q8" and native.format_version == 2
         assert native.config.vocab_size == 50400 and native.config.n_layer == 4 and native.config.n_embd == 128
         assert native.tensor("transformer.wte.weight").dtype == np.int8
-        native.check()                                            # int8 in [-127, 127], floats finite
+        native.check()  # int8 in [-127, 127], floats finite
 
 
 def test_load_and_pipeline_default_to_the_demo_model():
@@ -55,8 +55,12 @@ def test_the_cli_names_the_demo_model(tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "gptj_ref.cli", "generate", "The dog", "-n", "8"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "gptj_ref.cli", "generate", "The dog", "-n", "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("The dog") and f"using {DEMO_DESCRIPTION}" in result.stderr
     info = subprocess.run([sys.executable, "-m", "gptj_ref.cli", "info"], capture_output=True, text=True, timeout=300)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import run
 
 import gptj_ref
 from gptj_ref import cli
@@ -25,6 +24,7 @@ from gptj_ref.errors import CheckpointError, InputError, MemoryLimitError, Setti
 from gptj_ref.generate import UNSUPPORTED_SETTINGS, GenerationSettings, make_settings
 from gptj_ref.memory import estimate_memory, parse_bytes
 from gptj_ref.threads import check_threads, default_threads, max_threads, physical_cores
+from test_cli import run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,19 +42,21 @@ def tiny_files(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("edges")
     hf = base / "tiny-hf"
-    make_hf_model(seed=5, vocab_size=50400, n_positions=128, n_embd=64, n_layer=2, n_head=2,
-                  rotary_dim=16).save_pretrained(hf)
+    make_hf_model(
+        seed=5, vocab_size=50400, n_positions=128, n_embd=64, n_layer=2, n_head=2, rotary_dim=16
+    ).save_pretrained(hf)
     q8 = base / "m.gptj"
     convert(hf, q8, dtype="q8", progress=False)
     data = q8.read_bytes()
-    (base / "cut-data.gptj").write_bytes(data[:len(data) // 2])   # header intact, tensors cut
-    (base / "cut-header.gptj").write_bytes(data[:200])            # header itself cut
+    (base / "cut-data.gptj").write_bytes(data[: len(data) // 2])  # header intact, tensors cut
+    (base / "cut-header.gptj").write_bytes(data[:200])  # header itself cut
     return {"hf": hf, "q8": q8, "cut-data": base / "cut-data.gptj", "cut-header": base / "cut-header.gptj"}
 
 
 # ---------------------------------------------------------------------------------------------------
 # The command line
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_stop_and_prompt_escapes_are_interpreted(demo):
     # --stop "\x20" is a space: the continuation ends before its first space, as the API's stop=[" "] does.
@@ -67,8 +69,8 @@ def test_stop_and_prompt_escapes_are_interpreted(demo):
 
 
 def test_unescape_rules():
-    assert cli.unescape(r"a\nb\t\\c\x41\u00e9\U0001F600\q") == "a\nb\t\\cAé\U0001F600\\q"
-    assert cli.unescape("héllo\\n") == "héllo\n"          # non-ASCII passes through unchanged
+    assert cli.unescape(r"a\nb\t\\c\x41\u00e9\U0001F600\q") == "a\nb\t\\cAé\U0001f600\\q"
+    assert cli.unescape("héllo\\n") == "héllo\n"  # non-ASCII passes through unchanged
 
 
 def test_stdin_loses_only_its_final_newline(demo):
@@ -84,11 +86,11 @@ def test_version():
 
 
 def test_one_way_to_name_the_model(tiny_files, monkeypatch):
-    monkeypatch.setenv("GPTJ_MEMORY_LIMIT", "64G")   # the same "available" line in every `gptj info` below
+    monkeypatch.setenv("GPTJ_MEMORY_LIMIT", "64G")  # the same "available" line in every `gptj info` below
     q8 = str(tiny_files["q8"])
     info = run("info", "--model", q8)
     assert "dtype: q8" in info.stdout and "note:" not in info.stderr
-    older = run("info", q8)                                           # the older positional form
+    older = run("info", q8)  # the older positional form
     assert older.stdout == info.stdout and "is named with --model" in older.stderr
     # parity with one positional is the prompt, on --model (or the demo model)
     parity = run("parity", "--model", q8, "The dog", "--new-tokens", "2")
@@ -110,15 +112,20 @@ def test_help_examples_parse_and_the_stop_example_runs(tiny_files):
             if not text.startswith("gptj "):
                 continue
             words = shlex.split(text.split("|")[-1].strip())[1:]
-            parser.parse_args(words)   # every example is a valid command line
+            parser.parse_args(words)  # every example is a valid command line
     out = run("generate", "--model", str(tiny_files["q8"]), "-e", "Q: What is 2+2?\\nA:", "--stop", "\\n").stdout
-    assert out.startswith("Q: What is 2+2?\nA:") and "\n" not in out[len("Q: What is 2+2?\nA:"):-1]
+    assert out.startswith("Q: What is 2+2?\nA:") and "\n" not in out[len("Q: What is 2+2?\nA:") : -1]
 
 
 def test_a_command_is_one_registration():
     seen = []
-    extra = cli.Command("hello", "say hello", lambda p: p.add_argument("--name", default="you"),
-                        lambda args: seen.append(args.name) or 0, examples="  gptj hello --name me\n")
+    extra = cli.Command(
+        "hello",
+        "say hello",
+        lambda p: p.add_argument("--name", default="you"),
+        lambda args: seen.append(args.name) or 0,
+        examples="  gptj hello --name me\n",
+    )
     assert cli.main(["hello", "--name", "me"], extra=[extra]) == 0 and seen == ["me"]
 
 
@@ -135,6 +142,7 @@ def test_cli_imports_its_lists_and_defaults():
     from gptj_ref.api import BACKENDS
     from gptj_ref.backend import KV_DTYPES
     from gptj_ref.native import NATIVE_DTYPES
+
     assert tuple(choices["backend"]) == BACKENDS and tuple(choices["kv_dtype"]) == KV_DTYPES
     convert = parser._subparsers._group_actions[0].choices["convert"]
     assert tuple(next(a.choices for a in convert._actions if a.dest == "dtype")) == NATIVE_DTYPES
@@ -156,8 +164,13 @@ def test_truncated_files_get_one_message_everywhere(tiny_files):
 
 
 def test_threads_respect_omp_num_threads_and_are_shown():
-    out = subprocess.run([sys.executable, "-m", "gptj_ref.cli", "info"], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "gptj_ref.cli", "info"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    ).stdout
     assert "threads: 1 (OMP_NUM_THREADS)" in out
     stats = run("generate", "x", "-n", "2", "-t", "1").stderr.strip().splitlines()[-1]
     assert "1 threads" in stats
@@ -169,11 +182,17 @@ def test_threads_respect_omp_num_threads_and_are_shown():
 
 def test_memory_guard_refuses_with_the_estimate(tiny_files):
     q8 = str(tiny_files["q8"])
-    refused = subprocess.run([sys.executable, "-m", "gptj_ref.cli", "generate", "--model", q8, "x"],
-                             capture_output=True, text=True, env={**os.environ, "GPTJ_MEMORY_LIMIT": "1M"}, timeout=120)
+    refused = subprocess.run(
+        [sys.executable, "-m", "gptj_ref.cli", "generate", "--model", q8, "x"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GPTJ_MEMORY_LIMIT": "1M"},
+        timeout=120,
+    )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert re.search(r"needs about [0-9.]+ GB: weights .* but 0.00 GB is available \(GPTJ_MEMORY_LIMIT\)",
-                     refused.stderr), refused.stderr
+    assert re.search(
+        r"needs about [0-9.]+ GB: weights .* but 0.00 GB is available \(GPTJ_MEMORY_LIMIT\)", refused.stderr
+    ), refused.stderr
     info = run("info", "--model", q8, "-c", "64").stdout
     for dtype in ("q8", "f16", "f32"):
         assert re.search(rf"^  {dtype}: [0-9.]+ GB: weights", info, re.M)
@@ -184,9 +203,11 @@ def test_memory_guard_refuses_with_the_estimate(tiny_files):
 # Settings and prompts in Python
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_temperature_zero_is_greedy(demo):
-    assert demo.generate("The dog", max_new_tokens=6, do_sample=True, temperature=0, seed=1) == \
-        demo.generate("The dog", max_new_tokens=6)
+    assert demo.generate("The dog", max_new_tokens=6, do_sample=True, temperature=0, seed=1) == demo.generate(
+        "The dog", max_new_tokens=6
+    )
 
 
 @pytest.mark.parametrize("name", sorted(UNSUPPORTED_SETTINGS))
@@ -203,10 +224,12 @@ def test_unknown_setting_suggests_the_closest(demo):
 def test_synonyms_from_transformers(demo):
     prompt_tokens = len(demo.encode("The dog"))
     assert demo.generate("The dog", max_length=prompt_tokens + 5) == demo.generate("The dog", max_new_tokens=5)
-    assert demo.generate_ids(demo.encode("The dog"), max_length=prompt_tokens + 3) == \
-        demo.generate_ids(demo.encode("The dog"), max_new_tokens=3)
-    assert demo.generate("The dog", stop_strings=[" "], max_new_tokens=8) == \
-        demo.generate("The dog", stop=[" "], max_new_tokens=8)
+    assert demo.generate_ids(demo.encode("The dog"), max_length=prompt_tokens + 3) == demo.generate_ids(
+        demo.encode("The dog"), max_new_tokens=3
+    )
+    assert demo.generate("The dog", stop_strings=[" "], max_new_tokens=8) == demo.generate(
+        "The dog", stop=[" "], max_new_tokens=8
+    )
     first = demo.generate_ids(demo.encode("The dog"), max_new_tokens=1)[0]
     # the first greedy token declared end-of-text: nothing is generated; a list of ids works too
     assert demo.generate_ids(demo.encode("The dog"), eos_token_id=first) == []
@@ -232,18 +255,21 @@ def test_largest_seed_works(demo):
     assert isinstance(demo.generate("x", do_sample=True, seed=2**64 - 1, max_new_tokens=2), str)
 
 
-@pytest.mark.parametrize("call, prompt, message", [
-    ("generate", [464, 3290], "for token ids use generate_ids"),
-    ("generate", np.array([464, 3290]), "for token ids use generate_ids"),
-    ("generate", 5, "got int"),
-    ("generate", None, "got NoneType"),
-    ("generate", b"The dog", "got bytes"),
-    ("generate", ["a", 1], "every prompt must be a str"),
-    ("generate", [], "no prompts given"),
-    ("stream", [464, 3290], "for token ids use generate_ids"),
-    ("stream", ["a", "b"], "for several prompts use generate"),
-    ("stream", 3.5, "got float"),
-])
+@pytest.mark.parametrize(
+    "call, prompt, message",
+    [
+        ("generate", [464, 3290], "for token ids use generate_ids"),
+        ("generate", np.array([464, 3290]), "for token ids use generate_ids"),
+        ("generate", 5, "got int"),
+        ("generate", None, "got NoneType"),
+        ("generate", b"The dog", "got bytes"),
+        ("generate", ["a", 1], "every prompt must be a str"),
+        ("generate", [], "no prompts given"),
+        ("stream", [464, 3290], "for token ids use generate_ids"),
+        ("stream", ["a", "b"], "for several prompts use generate"),
+        ("stream", 3.5, "got float"),
+    ],
+)
 def test_malformed_prompt_types_are_input_errors(demo, call, prompt, message):
     with pytest.raises(InputError, match=re.escape(message)):
         result = getattr(demo, call)(prompt, max_new_tokens=2)
@@ -269,13 +295,14 @@ def test_repr_decode_tokenizer_and_documented_settings(demo):
 # Threads
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_one_thread_default_and_bound(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert default_threads() == physical_cores() >= 1
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert default_threads() == 1
     assert gptj_ref.load().backend.threads == 1
-    monkeypatch.setenv("OMP_NUM_THREADS", "3,2")        # OpenMP's nested list: the first level counts
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,2")  # OpenMP's nested list: the first level counts
     assert default_threads() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "many")
     with pytest.raises(SettingsError, match="OMP_NUM_THREADS='many' is not a positive integer"):
@@ -294,12 +321,13 @@ def test_one_thread_default_and_bound(monkeypatch):
 # Memory honesty
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_memory_limit_refuses_a_load_and_says_the_estimate(tiny_files, monkeypatch):
     monkeypatch.setenv("GPTJ_MEMORY_LIMIT", "10M")
     with pytest.raises(MemoryLimitError, match=r"needs about [0-9.]+ GB: weights .*0.01 GB is available") as e:
         gptj_ref.load(tiny_files["q8"])
     assert isinstance(e.value, MemoryError)
-    with pytest.raises(MemoryLimitError, match=r"dtype='q8'"):   # an f32 directory is told about q8
+    with pytest.raises(MemoryLimitError, match=r"dtype='q8'"):  # an f32 directory is told about q8
         gptj_ref.load(tiny_files["hf"], backend="cpp")
     monkeypatch.setenv("GPTJ_MEMORY_LIMIT", "1G")
     gptj_ref.load(tiny_files["q8"])
@@ -323,7 +351,7 @@ def test_estimate_of_the_6b_q8_model_matches_the_measured_peak():
     assert abs(estimate.total / 6.47e9 - 1) < 0.10, estimate.describe()
     assert estimate.kv_cache == 28 * 2 * 72 * 4096 * 2
     f32 = estimate_memory(GPTJ_6B, "f32", "cpp", context=2048)
-    assert f32.total > 24e9 and estimate_memory(GPTJ_6B, "f16", "cpp").weights > 24e9   # f16 is widened
+    assert f32.total > 24e9 and estimate_memory(GPTJ_6B, "f16", "cpp").weights > 24e9  # f16 is widened
     assert estimate_memory(GPTJ_6B, "q8", "reference").weights == GPTJ_6B.n_params() * 4
 
 
@@ -334,9 +362,9 @@ def test_quantize_on_load_equals_convert_then_load(tiny_files, tmp_path, monkeyp
     on_load = gptj_ref.load(tiny_files["hf"], dtype="q8", backend="cpp")
     converted = gptj_ref.load(tiny_files["q8"], backend="cpp")
     ids = on_load.encode("The dog barked at the")
-    assert np.array_equal(on_load.logits(ids), converted.logits(ids))      # bitwise: the same file contents
+    assert np.array_equal(on_load.logits(ids), converted.logits(ids))  # bitwise: the same file contents
     assert on_load.dtype == "q8" and on_load.backend.name == "cpp-q8"
-    assert list(tmp_path.iterdir()) == []                                   # the temporary file is gone
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone
     with pytest.raises(SettingsError, match="unknown dtype 'int4'"):
         gptj_ref.load(tiny_files["hf"], dtype="int4")
 
@@ -344,6 +372,7 @@ def test_quantize_on_load_equals_convert_then_load(tiny_files, tmp_path, monkeyp
 # ---------------------------------------------------------------------------------------------------
 # Hub names, offline
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_hub_names_resolve_in_the_local_cache(tiny_files, tmp_path, monkeypatch):
     import shutil
@@ -364,6 +393,7 @@ def test_hub_names_resolve_in_the_local_cache(tiny_files, tmp_path, monkeypatch)
 # ---------------------------------------------------------------------------------------------------
 # Packaging and documented commands
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_license_matches_pyproject():
     pyproject = (ROOT / "pyproject.toml").read_text()
@@ -425,8 +455,13 @@ def test_every_model_command_checks_threads_and_names_the_model_the_same_way(com
         assert option in help_text, (command, option)
     (tmp_path / "in.txt").write_text("In the beginning God created the heaven and the earth.\n")
     (tmp_path / "in.jsonl").write_text('{"id": 1, "prompt": "The dog"}\n')
-    args = {"generate": ["The dog"], "bench": [], "eval": ["perplexity", str(tmp_path / "in.txt")],
-            "serve": ["--port", "0"], "batch": [str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")]}[command]
+    args = {
+        "generate": ["The dog"],
+        "bench": [],
+        "eval": ["perplexity", str(tmp_path / "in.txt")],
+        "serve": ["--port", "0"],
+        "batch": [str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")],
+    }[command]
     result = run(command, *args, "--threads", "0", check_ok=False)
     assert result.returncode == 2, result.stderr
     assert f"gptj {command}: error: threads must be a positive integer, got 0" in result.stderr
@@ -441,7 +476,7 @@ def test_the_estimate_counts_a_q8_files_embedding_as_int8_rows_from_format_versi
         v1 = estimate_memory(GPTJ_6B, "q8", "cpp", context, format_version=1).weights
         v2 = estimate_memory(GPTJ_6B, "q8", "cpp", context, format_version=2).weights
         assert v2 < v1
-        assert v2 == estimate_memory(GPTJ_6B, "q8", "cpp", context).weights   # version 2 is what convert writes
+        assert v2 == estimate_memory(GPTJ_6B, "q8", "cpp", context).weights  # version 2 is what convert writes
     # whole embedding touched (a context of all the vocabulary's rows): the file's tensor bytes, no more
     everything = estimate_memory(GPTJ_6B, "q8", "cpp", 2048, batch=10**4, format_version=2).weights
     assert native_size(GPTJ_6B, "q8") * 0.99 < everything <= native_size(GPTJ_6B, "q8")

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-N_POSITIONS = 64   # short, so the rolling and strided windows are exercised by a few lines of text
+N_POSITIONS = 64  # short, so the rolling and strided windows are exercised by a few lines of text
 EOT = 50256
 
 # Tolerances, each with its reason:
@@ -61,7 +61,7 @@ def make_lines(n=40, seed=0):
 
 
 LINES = make_lines()
-TRAINED = LINES[::2]   # memorised; the other half is never seen
+TRAINED = LINES[::2]  # memorised; the other half is never seen
 
 
 def train_tiny_gptj(path, steps=30):
@@ -74,22 +74,30 @@ def train_tiny_gptj(path, steps=30):
 
     tokenizer = default_tokenizer()
     torch.manual_seed(0)
-    config = transformers.GPTJConfig(vocab_size=50400, n_positions=N_POSITIONS, n_embd=64, n_layer=2, n_head=4,
-                                     rotary_dim=8, bos_token_id=EOT, eos_token_id=EOT)
+    config = transformers.GPTJConfig(
+        vocab_size=50400,
+        n_positions=N_POSITIONS,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        rotary_dim=8,
+        bos_token_id=EOT,
+        eos_token_id=EOT,
+    )
     model = transformers.GPTJForCausalLM(config)
     rows, labels = [], []
     for context, food in TRAINED:
         n_context = 1 + len(tokenizer.encode(context))
         row = [EOT] + tokenizer.encode(f"{context} {food}")
         rows.append(row)
-        labels.append([-100] * n_context + row[n_context:])   # the loss is on the last word only
+        labels.append([-100] * n_context + row[n_context:])  # the loss is on the last word only
     width = max(map(len, rows))
     ids = torch.tensor([r + [EOT] * (width - len(r)) for r in rows])
     labels = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # a model this small trains faster on one thread than on contended two
+    torch.set_num_threads(1)  # a model this small trains faster on one thread than on contended two
     try:
         for _ in range(steps):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -100,8 +108,9 @@ def train_tiny_gptj(path, steps=30):
         torch.set_num_threads(threads)
     model.eval()
     model.save_pretrained(path)
-    hf_tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer._tok, eos_token="<|endoftext|>",
-                                                        bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    hf_tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer._tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
     hf_tokenizer.save_pretrained(path)
 
 
@@ -172,12 +181,12 @@ def workspace(tmp_path_factory):
             rng.shuffle(choices)
             f.write(json.dumps({"context": context, "choices": choices, "label": choices.index(food)}) + "\n")
     with open(data / "rolling.jsonl", "w") as f:
-        for k in range(0, len(LINES), 8):   # 5 documents of 8 lines: ~100 tokens each, past the 64 context
-            f.write(json.dumps({"text": ". ".join(f"{c} {food}" for c, food in LINES[k:k + 8]) + "."}) + "\n")
+        for k in range(0, len(LINES), 8):  # 5 documents of 8 lines: ~100 tokens each, past the 64 context
+            f.write(json.dumps({"text": ". ".join(f"{c} {food}" for c, food in LINES[k : k + 8]) + "."}) + "\n")
     lambada_yaml = os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "lambada", "lambada_openai.yaml")
     for name, text in TASK_YAML.items():
         (data / f"{name}.yaml").write_text(text.format(data=data, lambada_yaml=lambada_yaml))
-    with pytest.MonkeyPatch.context() as env:   # no network: the data and the model are local files
+    with pytest.MonkeyPatch.context() as env:  # no network: the data and the model are local files
         env.setenv("HF_DATASETS_OFFLINE", "1")
         env.setenv("HF_HUB_OFFLINE", "1")
         yield checkpoint, q8, data
@@ -189,10 +198,17 @@ def lm_eval_results(model, model_args, data):
 
     import gptj_ref.harness  # noqa: F401  (registers "gptj_ref")
 
-    out = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=sorted(TASK_YAML),
-                                  task_manager=TaskManager(include_path=str(data)), batch_size=1)
-    return {task: {k.split(",")[0]: v for k, v in metrics.items() if k.endswith(",none")}
-            for task, metrics in out["results"].items()}
+    out = lm_eval.simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=sorted(TASK_YAML),
+        task_manager=TaskManager(include_path=str(data)),
+        batch_size=1,
+    )
+    return {
+        task: {k.split(",")[0]: v for k, v in metrics.items() if k.endswith(",none")}
+        for task, metrics in out["results"].items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -205,17 +221,25 @@ def hf_results(workspace):
 def ours(workspace):
     """lm-eval results of the gptj_ref adapter: reference and cpp on the checkpoint, cpp on the int8 file."""
     checkpoint, q8, data = workspace
-    return {name: lm_eval_results("gptj_ref", args, data) for name, args in [
-        ("reference", f"pretrained={checkpoint},backend=reference"),
-        ("cpp", f"pretrained={checkpoint},backend=cpp"),
-        ("int8", f"pretrained={q8},backend=cpp"),
-    ]}
+    return {
+        name: lm_eval_results("gptj_ref", args, data)
+        for name, args in [
+            ("reference", f"pretrained={checkpoint},backend=reference"),
+            ("cpp", f"pretrained={checkpoint},backend=cpp"),
+            ("int8", f"pretrained={q8},backend=cpp"),
+        ]
+    }
 
 
 def run_gptj(*args):
-    return subprocess.run([sys.executable, "-m", "gptj_ref.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-                          cwd=os.path.dirname(sys.executable))   # not the source tree: it has no compiled extension
+    return subprocess.run(
+        [sys.executable, "-m", "gptj_ref.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        cwd=os.path.dirname(sys.executable),  # not the source tree: it has no compiled extension
+    )
 
 
 def run_gptj_json(*args):
@@ -227,6 +251,7 @@ def run_gptj_json(*args):
 # ---------------------------------------------------------------------------------------------------
 # The adapter against lm-eval's hf model
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_the_task_is_not_vacuous(hf_results):
     # The model memorised half of the lines: accuracy must sit well inside (0, 1) for the comparisons
@@ -265,13 +290,31 @@ def test_gptj_eval_harness_runs_local_tasks(workspace, hf_results, capsys):
 
     checkpoint, _, data = workspace
     # In-process (lm-eval is slow to import): the wrapper's exit status, its JSON, its one-line error.
-    assert main(["eval", "harness", "--tasks", "tiny_choice", "--include-path", str(data), "--model", str(checkpoint),
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "harness",
+                "--tasks",
+                "tiny_choice",
+                "--include-path",
+                str(data),
+                "--model",
+                str(checkpoint),
+                "--json",
+            ]
+        )
+        == 0
+    )
     got = json.loads(capsys.readouterr().out)["results"]["tiny_choice"]
-    assert (got["acc,none"], got["acc_norm,none"]) == (hf_results["tiny_choice"]["acc"],
-                                                       hf_results["tiny_choice"]["acc_norm"])
-    assert main(["eval", "harness", "--tasks", "no_such_task", "--include-path", str(data),
-                 "--model", str(checkpoint)]) == 2
+    assert (got["acc,none"], got["acc_norm,none"]) == (
+        hf_results["tiny_choice"]["acc"],
+        hf_results["tiny_choice"]["acc_norm"],
+    )
+    assert (
+        main(["eval", "harness", "--tasks", "no_such_task", "--include-path", str(data), "--model", str(checkpoint)])
+        == 2
+    )
     assert "unknown lm-eval task(s): no_such_task" in capsys.readouterr().err
 
 
@@ -288,12 +331,13 @@ def test_adapter_generate_until_is_greedy_and_stops(workspace):
     (text,) = lm.generate_until([request])
     expected = gptj_ref.load(checkpoint, backend="reference").generate(context, max_new_tokens=8, stop=["\n"])
     assert text == expected.split("\n")[0]
-    assert text.startswith(" " + TRAINED[0][1])   # it memorised this line
+    assert text.startswith(" " + TRAINED[0][1])  # it memorised this line
 
 
 # ---------------------------------------------------------------------------------------------------
 # gptj eval against lm-eval's metric computation and transformers
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
 def test_gptj_eval_lambada_equals_lm_eval_lambada_openai(workspace, hf_results, backend):
@@ -322,10 +366,10 @@ def transformers_strided_perplexity(checkpoint, ids, stride):
     for begin in range(0, ids.shape[1], stride):
         end = min(begin + N_POSITIONS, ids.shape[1])
         targets = ids[:, begin:end].clone()
-        targets[:, :-(end - prev_end)] = -100
+        targets[:, : -(end - prev_end)] = -100
         with torch.no_grad():
             loss = model(ids[:, begin:end], labels=targets).loss
-        scored = int((targets[:, 1:] != -100).sum())   # the model shifts labels: position 0 is never scored
+        scored = int((targets[:, 1:] != -100).sum())  # the model shifts labels: position 0 is never scored
         nll_sum += float(loss) * scored
         n_scored += scored
         prev_end = end
@@ -339,10 +383,11 @@ def test_gptj_eval_perplexity_equals_transformers_strided(workspace, tmp_path, b
     from gptj_ref.tokenizer import default_tokenizer
 
     checkpoint, _, _ = workspace
-    text = "\n".join(f"{c} {food}." for c, food in LINES[:12])   # ~130 tokens: several windows
+    text = "\n".join(f"{c} {food}." for c, food in LINES[:12])  # ~130 tokens: several windows
     (tmp_path / "text.txt").write_text(text)
-    got = run_gptj_json("eval", "perplexity", tmp_path / "text.txt", "--model", checkpoint, "--backend", backend,
-                        "--stride", stride)
+    got = run_gptj_json(
+        "eval", "perplexity", tmp_path / "text.txt", "--model", checkpoint, "--backend", backend, "--stride", stride
+    )
     expected, n_scored = transformers_strided_perplexity(checkpoint, default_tokenizer().encode(text), stride)
     assert got["tokens"] == n_scored
     assert got["perplexity"] == pytest.approx(expected, rel=FP32_RTOL)
@@ -378,7 +423,7 @@ def test_scores_equal_log_softmax_of_transformers_logits(workspace):
     np.testing.assert_allclose(scores.logprobs, expected, rtol=0, atol=1e-4)
     assert scores.token_ids == ids[1:]
     # A pair: context = the first 5 tokens, continuation = the rest.
-    (ll, greedy), = model.loglikelihoods([(ids[:5], ids[5:])])
+    ((ll, greedy),) = model.loglikelihoods([(ids[:5], ids[5:])])
     assert ll == pytest.approx(expected[4:].sum(), rel=0, abs=1e-4 * len(ids))
     assert greedy == bool((logp[4:-1].argmax(axis=1) == np.array(ids[5:])).all())
 
@@ -386,6 +431,7 @@ def test_scores_equal_log_softmax_of_transformers_logits(workspace):
 # ---------------------------------------------------------------------------------------------------
 # Bad input: one line naming the file and the line, exit 2
 # ---------------------------------------------------------------------------------------------------
+
 
 def long_word(tokens: int) -> str:
     from gptj_ref.tokenizer import default_tokenizer
@@ -395,15 +441,22 @@ def long_word(tokens: int) -> str:
     return word
 
 
-@pytest.mark.parametrize("command,content,expected", [
-    ("perplexity", "", "the file is empty"),
-    ("lambada", "", "has no records"),
-    ("lambada", '{"text": "a b c"}\n{"txt": "a b c"}\n', ':2: no "text" field'),
-    ("lambada", '{"text": "a b c"}\nnot json\n', ":2: not valid JSON"),
-    ("lambada", '{"text": "a b c"}\n{"text": "two words ' + "LONGWORD" + '"}\n', ":2: the text to score has"),
-    ("choice", '{"context": "a", "choices": ["x", "y"], "label": 2}\n', ":1: label 2 is out of range for 2 choices"),
-    ("choice", '{"context": "a", "choices": ["x", "y"]}\n', ':1: no "label" field'),
-])
+@pytest.mark.parametrize(
+    "command,content,expected",
+    [
+        ("perplexity", "", "the file is empty"),
+        ("lambada", "", "has no records"),
+        ("lambada", '{"text": "a b c"}\n{"txt": "a b c"}\n', ':2: no "text" field'),
+        ("lambada", '{"text": "a b c"}\nnot json\n', ":2: not valid JSON"),
+        ("lambada", '{"text": "a b c"}\n{"text": "two words ' + "LONGWORD" + '"}\n', ":2: the text to score has"),
+        (
+            "choice",
+            '{"context": "a", "choices": ["x", "y"], "label": 2}\n',
+            ":1: label 2 is out of range for 2 choices",
+        ),
+        ("choice", '{"context": "a", "choices": ["x", "y"]}\n', ':1: no "label" field'),
+    ],
+)
 def test_bad_input_is_one_line_naming_file_and_line(workspace, tmp_path, command, content, expected):
     checkpoint, _, _ = workspace
     path = tmp_path / ("in.txt" if command == "perplexity" else "in.jsonl")

@@ -24,7 +24,7 @@ from gptj_ref.convert import convert
 from gptj_ref.errors import CheckpointError, InputError
 from gptj_ref.native import open_native
 from gptj_ref.reference import Reference
-from helpers import CONFIGS, make_hf_model, report_diff, state_dict_numpy
+from helpers import CONFIGS, make_hf_model, report_diff, state_dict_numpy, use_isa
 
 _core = pytest.importorskip("gptj_ref._core")
 
@@ -59,7 +59,7 @@ def weight_for(fmt, rng, N, K):
 
 
 @pytest.mark.parametrize("name", [f["name"] for f in TABLE])
-@pytest.mark.parametrize("N,K", [(37, 96), (70, 288), (33, 448)])   # 3, 9 and 14 blocks: every step tail
+@pytest.mark.parametrize("N,K", [(37, 96), (70, 288), (33, 448)])  # 3, 9 and 14 blocks: every step tail
 def test_every_available_level_against_the_oracle(name, N, K):
     fmt = formats.FORMATS[name]
     rng = np.random.default_rng(N * K)
@@ -99,7 +99,6 @@ def test_every_available_level_against_the_oracle(name, N, K):
             assert np.array_equal(y.view(np.int32), simd[0].view(np.int32)), f"{name}, M={M}: SIMD levels differ"
 
 
-
 @pytest.mark.parametrize("byte", [0x00, 0xFF, 0x0F, 0x80])
 def test_q4_extreme_values_are_exact_at_every_level(byte):
     # Every stored nibble at an end of [0, 15] (q = -8 or +7) against activations of +-127, alone and with
@@ -114,19 +113,17 @@ def test_q4_extreme_values_are_exact_at_every_level(byte):
     bias = np.linspace(-1, 1, N).astype(np.float32)
     expected = fmt.emulate(x, values, scales, bias)
     bound = fmt.error_bound(x, values, scales, bias, lanes=1)
-    outputs, before = {}, _core.isa()
-    try:
-        for isa in ISAS:
-            _core.set_isa(isa)
+    outputs = {}
+    for isa in ISAS:
+        with use_isa(isa):
             outputs[isa] = _core.format_linear("q4", x, values, scales.view(np.uint16), bias, threads=2)
-    finally:
-        _core.set_isa(before)
     simd = [outputs[isa] for isa in ISAS if isa != "scalar"]
     for y in simd[1:]:
         assert np.array_equal(y.view(np.int32), simd[0].view(np.int32)), report_diff(y, simd[0])
     for isa in ISAS:
         assert (np.abs(outputs[isa] - expected) <= bound).all(), f"{isa}: {report_diff(outputs[isa], expected)}"
     assert np.array_equal(outputs["scalar"].view(np.int32), expected.view(np.int32))
+
 
 def test_q4_packing_round_trip_and_layout():
     rng = np.random.default_rng(1)
@@ -158,11 +155,11 @@ def test_q4_quantizer_picks_the_smallest_error():
 
 # q4 files ----------------------------------------------------------------------------------------------
 
-EMULATION_MAX = 2e-2   # max |Δ| / max |logits| against the exact emulation (int8 rounding-boundary flips,
+EMULATION_MAX = 2e-2  # max |Δ| / max |logits| against the exact emulation (int8 rounding-boundary flips,
 EMULATION_MEDIAN = 1e-3  # as in test_int8_runtime.py; median with float16 caches)
-DEQUANTIZED_MAX_REL = 0.05    # int8 activations, as test_int8_runtime.py's FP32_MAX_REL for q8
-DEQUANTIZED_MIN_AGREE = 0.9   # greedy next token agrees at this fraction of positions (q8's FP32_MIN_AGREE)
-FP32_MIN_COSINE = 0.95   # 4 bits: ~8% rms weight error (q8: 0.5%); measured 0.977-0.987 on this random model
+DEQUANTIZED_MAX_REL = 0.05  # int8 activations, as test_int8_runtime.py's FP32_MAX_REL for q8
+DEQUANTIZED_MIN_AGREE = 0.9  # greedy next token agrees at this fraction of positions (q8's FP32_MIN_AGREE)
+FP32_MIN_COSINE = 0.95  # 4 bits: ~8% rms weight error (q8: 0.5%); measured 0.977-0.987 on this random model
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +184,7 @@ def test_q4_file_runs_on_its_kernels_and_on_the_reference(q4_model, monkeypatch)
     np.testing.assert_array_equal(native.tensor(wte + "_scale"), quant.quantize_blocks(fp32[wte])[1])
     cpp = gptj_ref.load(path, backend="cpp", threads=2).backend
     assert cpp.name == "cpp-q4" and cpp.kv_dtype == "float16"
-    assert np.shares_memory(cpp.weight_views()[name], cpp.native.tensor(name))   # used in place
+    assert np.shares_memory(cpp.weight_views()[name], cpp.native.tensor(name))  # used in place
     ids = np.random.default_rng(0).integers(0, native.config.vocab_size, 12)
     got = cpp.forward(ids)
 
@@ -211,8 +208,10 @@ def test_q4_file_runs_on_its_kernels_and_on_the_reference(q4_model, monkeypatch)
     # activations only (the weights are the same numbers), as the q8 runtime differs from fp32
     ref = gptj_ref.load(path, backend="reference").backend.forward(ids)
     rel = np.abs(got - ref).max() / np.abs(ref).max()
-    print(f"\nq4 runtime vs reference on the dequantized weights: max |Δ| / max |logits| {rel:.4f}, "
-          f"argmax agreement {np.mean(got.argmax(-1) == ref.argmax(-1)):.2f}")
+    print(
+        f"\nq4 runtime vs reference on the dequantized weights: max |Δ| / max |logits| {rel:.4f}, "
+        f"argmax agreement {np.mean(got.argmax(-1) == ref.argmax(-1)):.2f}"
+    )
     assert rel <= DEQUANTIZED_MAX_REL
     assert np.mean(got.argmax(-1) == ref.argmax(-1)) >= DEQUANTIZED_MIN_AGREE
     full = Reference(native.config, fp32).forward(ids)
@@ -226,32 +225,43 @@ def rewrite(src, dst, meta=None, entry=None, scale_value=None):
     """A copy of the safetensors file src with metadata keys, one header entry or one scale changed."""
     import json
     import struct
+
     with open(src, "rb") as f:
         data = f.read()
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    body = bytearray(data[8 + n:])
+    header = json.loads(data[8 : 8 + n])
+    body = bytearray(data[8 + n :])
     header["__metadata__"].update(meta or {})
     if entry:
         header[entry[0]].update(entry[1])
     if scale_value is not None:
         start = header["lm_head.weight_scale"]["data_offsets"][0]
-        body[start:start + 2] = np.float16(scale_value).tobytes()
+        body[start : start + 2] = np.float16(scale_value).tobytes()
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     with open(dst, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw + bytes(body))
 
 
-@pytest.mark.parametrize("case,change,message", [
-    ("unknown layout version", {"meta": {"dtype_version": "2"}}, "q4 layout version '2'"),
-    # a header claiming one value a byte (512 per row) where q4 packs two: 256 bytes a row
-    ("wrong nibble count", {"entry": ("lm_head.weight", {"shape": [1013, 512]})},
-     "'lm_head.weight': shape \\[1013, 512\\] of U8 needs 518656 bytes but data_offsets span 259328"),
-    ("values of another format", {"entry": ("lm_head.weight", {"dtype": "I8"})}, "'lm_head.weight' is I8 \\[1013, 256\\]"),
-    ("NaN scale", {"scale_value": np.nan}, "scale tensor 'lm_head.weight_scale' holds nan"),
-    ("infinite scale", {"scale_value": np.inf}, "scale tensor 'lm_head.weight_scale' holds inf"),
-])
+@pytest.mark.parametrize(
+    "case,change,message",
+    [
+        ("unknown layout version", {"meta": {"dtype_version": "2"}}, "q4 layout version '2'"),
+        # a header claiming one value a byte (512 per row) where q4 packs two: 256 bytes a row
+        (
+            "wrong nibble count",
+            {"entry": ("lm_head.weight", {"shape": [1013, 512]})},
+            "'lm_head.weight': shape \\[1013, 512\\] of U8 needs 518656 bytes but data_offsets span 259328",
+        ),
+        (
+            "values of another format",
+            {"entry": ("lm_head.weight", {"dtype": "I8"})},
+            "'lm_head.weight' is I8 \\[1013, 256\\]",
+        ),
+        ("NaN scale", {"scale_value": np.nan}, "scale tensor 'lm_head.weight_scale' holds nan"),
+        ("infinite scale", {"scale_value": np.inf}, "scale tensor 'lm_head.weight_scale' holds inf"),
+    ],
+)
 def test_bad_q4_files_are_rejected_on_open(q4_model, tmp_path, case, change, message):
     path, _ = q4_model
     bad = tmp_path / "bad.gptj"

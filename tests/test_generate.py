@@ -54,8 +54,9 @@ def transformers_processed(scores, previous, s: GenerationSettings):
     min_new_tokens=st.integers(0, 5),
     n_new=st.integers(0, 6),
 )
-def test_processed_distribution_equals_transformers(seed, do_sample, temperature, top_k, top_p,
-                                                    repetition_penalty, min_length, min_new_tokens, n_new):
+def test_processed_distribution_equals_transformers(
+    seed, do_sample, temperature, top_k, top_p, repetition_penalty, min_length, min_new_tokens, n_new
+):
     rng = np.random.default_rng(seed)
     scores = (rng.standard_normal(V) * 3).astype(np.float32)
     if top_p == 1.0:
@@ -64,8 +65,15 @@ def test_processed_distribution_equals_transformers(seed, do_sample, temperature
         # keys, which torch does not define.
         scores[rng.integers(0, V, 5)] = scores.max()
     previous = rng.integers(0, V, size=6 + n_new).tolist()
-    s = GenerationSettings(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                           repetition_penalty=repetition_penalty, min_length=min_length, min_new_tokens=min_new_tokens)
+    s = GenerationSettings(
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        min_length=min_length,
+        min_new_tokens=min_new_tokens,
+    )
     object.__setattr__(s, "_n_new", n_new)
     ours = process_logits(scores, previous, n_new, s, EOS)
     theirs = transformers_processed(scores, previous, s)
@@ -76,7 +84,7 @@ def test_processed_distribution_equals_transformers(seed, do_sample, temperature
 
 @pytest.fixture(scope="module")
 def demo():
-    return load("tiny-random", backend="reference")   # the random tiny model, named explicitly
+    return load("tiny-random", backend="reference")  # the random tiny model, named explicitly
 
 
 def test_seeded_sampling_is_reproducible(demo):
@@ -110,7 +118,7 @@ def test_stop_strings(demo):
     full = demo.generate("The dog", max_new_tokens=20)
     stop = full[5:8]
     cut = demo.generate("The dog", max_new_tokens=20, stop=[stop])
-    assert cut == full[:full.find(stop)]
+    assert cut == full[: full.find(stop)]
     assert "".join(demo.stream("The dog", max_new_tokens=20, stop=[stop])) == cut
     assert stop_prefix_len("abcxy", ["xyz"]) == 2 and stop_prefix_len("abc", ["xyz"]) == 0
 
@@ -144,16 +152,19 @@ def test_pipeline_accepts_the_model_card_call(demo):
     assert len(demo.encode(text)) >= 45  # 50 tokens generated in total; re-encoding may merge a few
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=-1.0), r"temperature must be >= 0 \(0 = greedy\)"),
-    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
-    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
-    (dict(top_k=-1), "top_k must be an integer >= 0"),
-    (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
-    (dict(max_new_tokens=5000), "exceed the model's context of 2048"),
-    (dict(repetition_penalty=0), "repetition_penalty must be > 0"),
-    (dict(stop=[""]), "stop strings must be non-empty"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-1.0), r"temperature must be >= 0 \(0 = greedy\)"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(top_k=-1), "top_k must be an integer >= 0"),
+        (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+        (dict(max_new_tokens=5000), "exceed the model's context of 2048"),
+        (dict(repetition_penalty=0), "repetition_penalty must be > 0"),
+        (dict(stop=[""]), "stop strings must be non-empty"),
+    ],
+)
 def test_bad_settings_raise_settings_error(demo, kwargs, message):
     with pytest.raises(SettingsError, match=message):
         demo.generate("The dog", **kwargs)

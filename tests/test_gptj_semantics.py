@@ -54,12 +54,17 @@ def test_cached_keys_equal_transformers_past_key_values(hf_models, name):
         cache = backend.new_cache(len(ids))
         backend.forward(ids, cache)
         for layer in range(config.n_layer):
-            got = stored_keys(cache, layer)[:, :len(ids)]
+            got = stored_keys(cache, layer)[:, : len(ids)]
             # Tolerance: float32 matmul rounding through at most this many layers, ~1e-6 of the keys' scale
             # (measured: below 9e-7 relative); one position off turns pair 0 by a radian, an O(1) change.
             scale = np.abs(expected[layer]).max()
-            np.testing.assert_allclose(got, expected[layer], rtol=0, atol=1e-5 * scale,
-                                       err_msg=f"{backend.name} layer {layer}: {report_diff(got, expected[layer])}")
+            np.testing.assert_allclose(
+                got,
+                expected[layer],
+                rtol=0,
+                atol=1e-5 * scale,
+                err_msg=f"{backend.name} layer {layer}: {report_diff(got, expected[layer])}",
+            )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -85,7 +90,7 @@ def test_top_p_with_tied_probabilities_matches_transformers(top_p, survivors):
 
     scores = np.full(10, -40.0, np.float32)
     scores[[1, 4, 6, 9]] = 2.0
-    ours = np.isfinite(apply_top_p(scores, top_p))                   # removed tokens get -inf
+    ours = np.isfinite(apply_top_p(scores, top_p))  # removed tokens get -inf
     theirs = np.isfinite(TopPLogitsWarper(top_p)(None, torch.tensor(scores)[None])[0].numpy())
     assert ours.sum() == survivors
     assert np.array_equal(ours, theirs)
@@ -96,11 +101,11 @@ def test_reference_gelu_new_to_float32_precision():
     # |x| = 2: invisible in the logits' parity tolerance, 100 times this test's.
     x = np.linspace(-6, 6, 2001, dtype=np.float32)
     x64 = x.astype(np.float64)
-    expected = 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)))
+    expected = 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)))
     got = gelu_new(x)
     # Tolerance: a handful of float32 roundings (tanh within 1 ulp, five products and sums): 8 ulp of the
     # result, plus 8 ulp of 0.5 |x| for the cancellation in 1 + tanh near large negative x.
-    tol = 8 * 2.0 ** -24 * (np.abs(expected) + 0.5 * np.abs(x64))
+    tol = 8 * 2.0**-24 * (np.abs(expected) + 0.5 * np.abs(x64))
     assert np.all(np.abs(got - expected) <= tol), report_diff(got, expected)
     from transformers.activations import NewGELUActivation
 

@@ -62,11 +62,14 @@ def test_row_methods_refuse_a_cache_in_use(small):
     to stand for that other call."""
     cache = small.new_cache(16, batch=2)
     with small._claim(cache):
-        for call in (lambda: small.forward_rows([[1], [2]], cache), lambda: small.reset_row(cache, 0),
-                     lambda: small.copy_row(cache, 0, 1, 0)):
+        for call in (
+            lambda: small.forward_rows([[1], [2]], cache),
+            lambda: small.reset_row(cache, 0),
+            lambda: small.copy_row(cache, 0, 1, 0),
+        ):
             with pytest.raises(InputError, match="in use by another"):
                 call()
-    small.forward_rows([[1], [2]], cache)   # released: usable again
+    small.forward_rows([[1], [2]], cache)  # released: usable again
     assert not cache._in_use.locked()
 
 
@@ -79,22 +82,33 @@ def test_server_answers_bad_text_with_a_400_error_object(small):
         err = r.json()["error"]
         assert "U+D800" in err["message"] and err["type"] == "invalid_request_error"
         chat = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi \ud800"}], "max_tokens": 2})
-        r = httpx.post(base + "/v1/chat/completions", content=chat.encode(), timeout=30,
-                       headers={"content-type": "application/json"})
+        r = httpx.post(
+            base + "/v1/chat/completions",
+            content=chat.encode(),
+            timeout=30,
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 400 and "U+D800" in r.json()["error"]["message"], r.text
-        r = httpx.post(base + "/v1/completions", content=b'{"prompt": "\xff\xfe"}', timeout=30,
-                       headers={"content-type": "application/json"})
+        r = httpx.post(
+            base + "/v1/completions",
+            content=b'{"prompt": "\xff\xfe"}',
+            timeout=30,
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 400 and "error" in r.json(), r.text
-        ok = httpx.post(base + "/v1/completions", timeout=60,
-                        json={"model": "tiny", "prompt": "The dog", "max_tokens": 2})
-        assert ok.status_code == 200    # the server carries on
+        ok = httpx.post(
+            base + "/v1/completions", timeout=60, json={"model": "tiny", "prompt": "The dog", "max_tokens": 2}
+        )
+        assert ok.status_code == 200  # the server carries on
 
 
 def test_batch_bad_text_lines_become_error_records(tmp_path):
     jobs = tmp_path / "in.jsonl"
-    jobs.write_bytes(b'{"id": 1, "prompt": "The \\ud800 dog", "max_tokens": 2}\n'
-                     b'{"id": 2, "prompt": "\xff\xfe", "max_tokens": 2}\n'
-                     b'{"id": 3, "prompt": "The dog", "max_tokens": 2}\n')
+    jobs.write_bytes(
+        b'{"id": 1, "prompt": "The \\ud800 dog", "max_tokens": 2}\n'
+        b'{"id": 2, "prompt": "\xff\xfe", "max_tokens": 2}\n'
+        b'{"id": 3, "prompt": "The dog", "max_tokens": 2}\n'
+    )
     out = tmp_path / "out.jsonl"
     main(["batch", str(jobs), str(out)])
     done = [json.loads(line) for line in out.read_text().splitlines()]
@@ -117,15 +131,16 @@ def test_eval_bad_text_files_are_input_errors(tmp_path, capsys):
 @pytest.mark.parametrize("version", ["9" * 5000, "-1", "0", "3"], ids=["5000 digits", "-1", "0", "3"])
 def test_native_format_version_field_is_checked(tmp_path, version):
     from gptj_ref.demo import DEMO_PATH
+
     with open(DEMO_PATH, "rb") as f:
         data = f.read()
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     assert header["__metadata__"]["format_version"] == "2"
     header["__metadata__"]["format_version"] = version
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     path = tmp_path / "bad.gptj"
-    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n :])
     with pytest.raises(CheckpointError, match="version"):
         open_native(str(path))

@@ -14,7 +14,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gptj_ref.checkpoint import MAX_PICKLE_HASHED, check_pickle_shape, open_checkpoint
 from gptj_ref.config import GPTJConfig
@@ -25,8 +26,9 @@ from gptj_ref.native import open_native, write_native
 from gptj_ref.safetensors_file import SafetensorsFile, save_tensors
 from gptj_ref.tokenizer import Tokenizer
 
-CONFIG = GPTJConfig(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
-                    bos_token_id=299, eos_token_id=299)
+CONFIG = GPTJConfig(
+    vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, bos_token_id=299, eos_token_id=299
+)
 
 
 def safetensors_bytes(header, data=b"") -> bytes:
@@ -71,7 +73,7 @@ def glob(module, name) -> bytes:
 def shared_tuples(depth: int, width: int) -> bytes:
     """Pickle opcodes leaving one tuple on the stack: `width` references to the tuple below, `depth` levels
     (width**depth elements once expanded, from ~3 * width * depth bytes)."""
-    out = b"K\x01\x940"                                   # 1, memoized, popped
+    out = b"K\x01\x940"  # 1, memoized, popped
     for i in range(depth):
         out += b"(" + (b"h" + bytes([i])) * width + b"t\x940"
     return out + b"h" + bytes([depth])
@@ -82,17 +84,25 @@ PID = b"(X\x07\x00\x00\x00storage" + glob("torch", "FloatStorage") + b"X\x01\x00
 
 def tensor_pickle(offset: bytes = b"K\x00", size: bytes = b"K\x04\x85", pid: bytes = PID) -> bytes:
     """A state dict {"a": _rebuild_tensor_v2(pid, offset, size, (1,), False, None)} with pieces replaceable."""
-    return (b"\x80\x02}X\x01\x00\x00\x00a" + glob("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + offset
-            + size + b"K\x01\x85\x89NtRs.")
+    return (
+        b"\x80\x02}X\x01\x00\x00\x00a"
+        + glob("torch._utils", "_rebuild_tensor_v2")
+        + b"("
+        + pid
+        + offset
+        + size
+        + b"K\x01\x85\x89NtRs."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Pickles (defects 2, 8, 15): bounded nesting and hashing, BUILD only for a state dict's _metadata
 # ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("where", ["persistent id", "storage offset", "dict key", "frozenset"])
 def test_exponential_shared_tuples_are_refused_quickly(tmp_path, where):
-    deep = shared_tuples(40, 2)                    # 2**40 elements from ~300 bytes
+    deep = shared_tuples(40, 2)  # 2**40 elements from ~300 bytes
     pickles = {
         "persistent id": b"\x80\x02" + deep + b"Q.",
         "storage offset": tensor_pickle(offset=deep),
@@ -104,7 +114,7 @@ def test_exponential_shared_tuples_are_refused_quickly(tmp_path, where):
 
 
 def test_wide_shared_keys_within_the_depth_limit_are_refused(tmp_path):
-    wide = shared_tuples(20, 4)                    # 4**20 elements to hash, 20 levels deep
+    wide = shared_tuples(20, 4)  # 4**20 elements to hash, 20 levels deep
     with pytest.raises(CheckpointError, match=f"more than {MAX_PICKLE_HASHED} elements"):
         open_checkpoint(bin_dir(tmp_path, b"\x80\x02}" + wide + b"K\x01s."))
 
@@ -122,7 +132,7 @@ def test_a_real_state_dict_passes_the_shape_check():
     torch.save(model.state_dict(), buffer)
     with zipfile.ZipFile(buffer) as z:
         data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
-    check_pickle_shape(data, "state dict")        # the _metadata BUILD and shared storage types included
+    check_pickle_shape(data, "state dict")  # the _metadata BUILD and shared storage types included
 
 
 def test_build_on_ordered_dict_cannot_set_attributes(tmp_path):
@@ -149,8 +159,9 @@ def test_error_messages_never_repr_untrusted_objects_unbounded():
 # Zip records (defect 3): compressed or oversized records are refused before reading
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_a_compressed_pickle_is_refused_before_inflating(tmp_path):
-    pkl = b"\x80\x02X" + struct.pack("<I", 50 << 20) + b"\0" * (50 << 20) + b"."   # 50 MB of zeros, 50 KB deflated
+    pkl = b"\x80\x02X" + struct.pack("<I", 50 << 20) + b"\0" * (50 << 20) + b"."  # 50 MB of zeros, 50 KB deflated
     with pytest.raises(CheckpointError, match="'archive/data.pkl' is compressed"):
         open_checkpoint(bin_dir(tmp_path, pkl, compress=zipfile.ZIP_DEFLATED))
 
@@ -164,16 +175,20 @@ def test_an_oversized_byteorder_record_is_refused(tmp_path):
 # safetensors headers (defect 9): bounded JSON, Python-int shapes, typed fields
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("header, message", [
-    (b"[" * 100_000 + b"]" * 100_000, f"nesting deeper than {MAX_JSON_DEPTH} levels"),
-    (b'{"a": ' + b"9" * 5000 + b"}", "a number has more than 20 digits"),
-    ({"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, r"unknown dtype \['F32'\]"),
-    ({"a": {"dtype": "F32", "shape": [2**70], "data_offsets": [0, 4]}}, "more than 20 digits"),
-    ({"a": {"dtype": "F32", "shape": [2**63], "data_offsets": [0, 4]}}, r"integers in \[0, 2\*\*63\)"),
-    ({"a": {"dtype": "F32", "shape": [4, 2**62 + 1], "data_offsets": [0, 16]}}, "needs 73786976294838206480 bytes"),
-    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0.0, 4.0]}}, r"data_offsets must be \[begin, end\]"),
-    (b'{"a": NaN}', "NaN is not valid JSON"),
-])
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, f"nesting deeper than {MAX_JSON_DEPTH} levels"),
+        (b'{"a": ' + b"9" * 5000 + b"}", "a number has more than 20 digits"),
+        ({"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, r"unknown dtype \['F32'\]"),
+        ({"a": {"dtype": "F32", "shape": [2**70], "data_offsets": [0, 4]}}, "more than 20 digits"),
+        ({"a": {"dtype": "F32", "shape": [2**63], "data_offsets": [0, 4]}}, r"integers in \[0, 2\*\*63\)"),
+        ({"a": {"dtype": "F32", "shape": [4, 2**62 + 1], "data_offsets": [0, 16]}}, "needs 73786976294838206480 bytes"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0.0, 4.0]}}, r"data_offsets must be \[begin, end\]"),
+        (b'{"a": NaN}', "NaN is not valid JSON"),
+    ],
+)
 def test_bad_safetensors_headers_are_checkpoint_errors(tmp_path, header, message):
     with pytest.raises(CheckpointError, match=message):
         open_safetensors(tmp_path, safetensors_bytes(header, b"\0" * 16))
@@ -183,24 +198,28 @@ def test_bad_safetensors_headers_are_checkpoint_errors(tmp_path, header, message
 # Sizes (defect 4) and non-finite weights (defect 10)
 # ---------------------------------------------------------------------------------------------------
 
+
 def rewrite_config(src, dst, **changes):
     raw = src.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     config = json.loads(header["__metadata__"]["config"])
     config.update(changes)
     header["__metadata__"]["config"] = json.dumps(config)
     blob = json.dumps(header).encode()
     blob += b" " * (-(8 + len(blob)) % 64)
-    dst.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
+    dst.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
     return dst
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(n_positions=10**9), "n_positions = 1000000000 is beyond gptj_ref's limit"),
-    (dict(n_layer=10**6), "n_layer = 1000000 is beyond gptj_ref's limit"),
-    (dict(n_layer=1000), "the file holds 39 tensors but a q8 file of its config \\(n_layer 1000\\) has 16007"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(n_positions=10**9), "n_positions = 1000000000 is beyond gptj_ref's limit"),
+        (dict(n_layer=10**6), "n_layer = 1000000 is beyond gptj_ref's limit"),
+        (dict(n_layer=1000), "the file holds 39 tensors but a q8 file of its config \\(n_layer 1000\\) has 16007"),
+    ],
+)
 def test_config_sizes_are_checked_before_allocating(tmp_path, q8_file, changes, message):
     with pytest.raises(CheckpointError, match=message):
         open_native(rewrite_config(q8_file, tmp_path / "bad.gptj", **changes))
@@ -209,7 +228,7 @@ def test_config_sizes_are_checked_before_allocating(tmp_path, q8_file, changes, 
 def test_config_limits():
     with pytest.raises(ConfigError, match="beyond gptj_ref's limit"):
         GPTJConfig(n_layer=5000)
-    GPTJConfig(n_positions=1 << 17)               # the largest context allowed
+    GPTJConfig(n_positions=1 << 17)  # the largest context allowed
 
 
 def patch_float(path, name, value):
@@ -242,6 +261,7 @@ def test_non_finite_checkpoint_biases_are_refused_at_load(tmp_path, checkpoint_d
 # Files in a model directory (defect 13): regular files only, never blocking
 # ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["directory", "fifo"])
 @pytest.mark.parametrize("name", ["config.json", "tokenizer.json"])
 def test_only_regular_files_are_opened(tmp_path, checkpoint_dir, kind, name):
@@ -273,20 +293,24 @@ def only_gptj_errors(fn, *args):
         pass
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
-                           | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                       max_size=4), max_leaves=20)
-tensor_specs = st.fixed_dictionaries({
-    "dtype": st.sampled_from(["F32", "F16", "BF16", "I8", "U8", "BOOL", "X", 1]) | json_values,
-    "shape": st.lists(st.integers(-1, 2**64), max_size=4) | json_values,
-    "data_offsets": st.lists(st.integers(-1, 2**64), min_size=0, max_size=3) | json_values,
-})
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+tensor_specs = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(["F32", "F16", "BF16", "I8", "U8", "BOOL", "X", 1]) | json_values,
+        "shape": st.lists(st.integers(-1, 2**64), max_size=4) | json_values,
+        "data_offsets": st.lists(st.integers(-1, 2**64), min_size=0, max_size=3) | json_values,
+    }
+)
 
 
 @FUZZ
-@given(header=st.dictionaries(st.text(max_size=10), tensor_specs | json_values, max_size=4),
-       data=st.binary(max_size=64))
+@given(
+    header=st.dictionaries(st.text(max_size=10), tensor_specs | json_values, max_size=4), data=st.binary(max_size=64)
+)
 def test_fuzz_safetensors_headers(tmp_path_factory, header, data):
     path = tmp_path_factory.mktemp("fz") / "t.safetensors"
     path.write_bytes(safetensors_bytes(header, data))
@@ -295,8 +319,11 @@ def test_fuzz_safetensors_headers(tmp_path_factory, header, data):
 
 def mutations(seed: bytes):
     """Byte strings derived from a valid file: bytes flipped, spans cut, duplicated or overwritten."""
-    return st.lists(st.tuples(st.integers(0, max(len(seed) - 1, 0)), st.integers(0, 255), st.sampled_from("xdcl")),
-                    min_size=1, max_size=6).map(lambda edits: _apply(seed, edits))
+    return st.lists(
+        st.tuples(st.integers(0, max(len(seed) - 1, 0)), st.integers(0, 255), st.sampled_from("xdcl")),
+        min_size=1,
+        max_size=6,
+    ).map(lambda edits: _apply(seed, edits))
 
 
 def _apply(seed: bytes, edits) -> bytes:
@@ -306,9 +333,9 @@ def _apply(seed: bytes, edits) -> bytes:
         if kind == "x" and out:
             out[pos] = value
         elif kind == "d":
-            del out[pos:pos + value]
+            del out[pos : pos + value]
         elif kind == "c":
-            out[pos:pos] = out[pos:pos + value]
+            out[pos:pos] = out[pos : pos + value]
         else:
             out = out[:pos]
     return bytes(out)
@@ -320,7 +347,7 @@ def test_fuzz_native_files(tmp_path_factory, q8_file, data):
     raw = q8_file.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     # Mutate the header region (where parsing happens) far more often than the data.
-    blob = data.draw(mutations(raw[:8 + n + 64])) + raw[8 + n + 64:]
+    blob = data.draw(mutations(raw[: 8 + n + 64])) + raw[8 + n + 64 :]
     path = tmp_path_factory.mktemp("fz") / "m.gptj"
     path.write_bytes(blob)
     only_gptj_errors(open_native, path)
@@ -360,10 +387,28 @@ def test_fuzz_torch_zip_and_pickle(tmp_path_factory, real_pickle, data):
 
 
 @FUZZ
-@given(config=st.dictionaries(st.sampled_from(["vocab_size", "n_positions", "n_embd", "n_layer", "n_head",
-                                               "rotary_dim", "n_inner", "layer_norm_epsilon", "bos_token_id",
-                                               "eos_token_id", "model_type", "activation_function"]),
-                              json_values | st.integers(-5, 2**20), max_size=8))
+@given(
+    config=st.dictionaries(
+        st.sampled_from(
+            [
+                "vocab_size",
+                "n_positions",
+                "n_embd",
+                "n_layer",
+                "n_head",
+                "rotary_dim",
+                "n_inner",
+                "layer_norm_epsilon",
+                "bos_token_id",
+                "eos_token_id",
+                "model_type",
+                "activation_function",
+            ]
+        ),
+        json_values | st.integers(-5, 2**20),
+        max_size=8,
+    )
+)
 def test_fuzz_config_json(tmp_path_factory, config):
     path = tmp_path_factory.mktemp("fz") / "config.json"
     path.write_text(json.dumps(config))
@@ -380,8 +425,10 @@ def test_fuzz_bounded_json(text):
 
 
 @FUZZ
-@given(vocab=st.dictionaries(st.text(max_size=4), st.integers(-1, 2**25) | json_values, max_size=6),
-       merges=st.text(max_size=60))
+@given(
+    vocab=st.dictionaries(st.text(max_size=4), st.integers(-1, 2**25) | json_values, max_size=6),
+    merges=st.text(max_size=60),
+)
 def test_fuzz_tokenizer_files(tmp_path_factory, vocab, merges):
     d = tmp_path_factory.mktemp("fz")
     (d / "vocab.json").write_text(json.dumps(vocab))
@@ -413,9 +460,9 @@ def test_found_by_fuzzing_a_merge_of_tokens_missing_from_the_vocabulary(tmp_path
 
 def test_found_by_fuzzing_an_unknown_zip_version(tmp_path, real_pickle):
     data = bytearray(real_pickle)
-    end = data.rindex(b"PK\x05\x06")                      # the central directory's first entry precedes it
+    end = data.rindex(b"PK\x05\x06")  # the central directory's first entry precedes it
     first = data.index(b"PK\x01\x02")
-    data[first + 6] = 173                                 # "version needed to extract" 17.3
+    data[first + 6] = 173  # "version needed to extract" 17.3
     CONFIG.to_json_file(tmp_path / "config.json")
     (tmp_path / "pytorch_model.bin").write_bytes(bytes(data))
     assert end > first

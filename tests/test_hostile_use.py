@@ -28,8 +28,9 @@ from gptj_ref.safetensors_file import save_tensors
 # gptj_ref has no compiled extension.
 ENV = dict(os.environ)
 OUTSIDE = tempfile.gettempdir()
-BASE = dict(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=8, bos_token_id=99,
-            eos_token_id=99)
+BASE = dict(
+    vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=8, bos_token_id=99, eos_token_id=99
+)
 
 
 def cpp_model(**changes) -> CppModel:
@@ -49,6 +50,7 @@ def checkpoint_dir(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------
 # KV caches (defects 1, 14): a cache fits only the geometry that made it, is used by one call at a time
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("other", [dict(n_embd=128, n_layer=4), dict(n_layer=1), dict(n_head=2)])
 def test_a_cache_of_another_geometry_is_refused(other):
@@ -122,7 +124,9 @@ except InputError as e:
     print("refused:", e)
 print(m.generate("The dog", max_new_tokens=2) is not None)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV, cwd=OUTSIDE)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV, cwd=OUTSIDE
+    )
     assert out.returncode == 0, out.stderr
     assert "refused: cannot allocate a KV cache of 7.81 GiB" in out.stdout and out.stdout.endswith("True\n")
 
@@ -131,24 +135,28 @@ print(m.generate("The dog", max_new_tokens=2) is not None)
 # Prompts (defects 5, 12): only integers are token ids; text must be valid Unicode, one rule for all
 # ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def demo():
     return gptj_ref.load(None, backend="reference")
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda m: m.generate_ids(["abc"]), "token id 0 is a str"),
-    (lambda m: m.generate_ids([None]), "token id 0 is a NoneType"),
-    (lambda m: m.generate_ids([float("nan")]), "token id 0 is a float"),
-    (lambda m: m.generate_ids([1.7]), "token id 0 is a float"),
-    (lambda m: m.generate_ids([5, True]), "token id 1 is a bool"),
-    (lambda m: m.generate_ids(np.array([1.0, 2.0])), "1-D array of integers"),
-    (lambda m: m.generate_ids(b"hi"), "not bytes"),
-    (lambda m: m.logits(b"The dog"), "not bytes"),
-    (lambda m: m.generate(b"The dog"), "got bytes"),
-    (lambda m: m.generate([None]), "got NoneType"),
-    (lambda m: m.generate_ids(5), "got int"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: m.generate_ids(["abc"]), "token id 0 is a str"),
+        (lambda m: m.generate_ids([None]), "token id 0 is a NoneType"),
+        (lambda m: m.generate_ids([float("nan")]), "token id 0 is a float"),
+        (lambda m: m.generate_ids([1.7]), "token id 0 is a float"),
+        (lambda m: m.generate_ids([5, True]), "token id 1 is a bool"),
+        (lambda m: m.generate_ids(np.array([1.0, 2.0])), "1-D array of integers"),
+        (lambda m: m.generate_ids(b"hi"), "not bytes"),
+        (lambda m: m.logits(b"The dog"), "not bytes"),
+        (lambda m: m.generate(b"The dog"), "got bytes"),
+        (lambda m: m.generate([None]), "got NoneType"),
+        (lambda m: m.generate_ids(5), "got int"),
+    ],
+)
 def test_only_integers_are_token_ids(demo, call, message):
     with pytest.raises(InputError, match=message):
         call(demo)
@@ -159,18 +167,28 @@ def test_numpy_integer_ids_are_ids(demo):
     assert demo.generate_ids(ids, max_new_tokens=2) == demo.generate_ids([464, 3290], max_new_tokens=2)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a\ud800", "lone surrogate U\\+D800 at character 1"),
-    ("ok \udcff", "byte 0xff, which is not UTF-8, at character 3"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a\ud800", "lone surrogate U\\+D800 at character 1"),
+        ("ok \udcff", "byte 0xff, which is not UTF-8, at character 3"),
+    ],
+)
 def test_invalid_unicode_text_is_refused_with_its_position(demo, text, message):
     with pytest.raises(InputError, match=message):
         demo.generate(text, max_new_tokens=2)
 
 
 def run_cli(*args, stdin=None, stdout=subprocess.PIPE):
-    return subprocess.run([sys.executable, "-m", "gptj_ref.cli", *args], input=stdin, stdout=stdout,
-                          stderr=subprocess.PIPE, timeout=120, env=ENV, cwd=OUTSIDE)
+    return subprocess.run(
+        [sys.executable, "-m", "gptj_ref.cli", *args],
+        input=stdin,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        timeout=120,
+        env=ENV,
+        cwd=OUTSIDE,
+    )
 
 
 @pytest.mark.parametrize("how", ["argument", "stdin"])
@@ -179,7 +197,8 @@ def test_the_cli_refuses_bytes_that_are_not_utf8_the_same_way(how):
     result = run_cli(*args, os.fsdecode(b"\xff\xfe")) if how == "argument" else run_cli(*args, stdin=b"\xff\xfe")
     assert result.returncode == 2
     assert result.stderr.decode().strip().splitlines()[-1] == (
-        "gptj generate: error: the text holds byte 0xff, which is not UTF-8, at character 0; give valid UTF-8 text")
+        "gptj generate: error: the text holds byte 0xff, which is not UTF-8, at character 0; give valid UTF-8 text"
+    )
 
 
 def test_output_to_a_full_device_is_one_line_error():
@@ -188,12 +207,14 @@ def test_output_to_a_full_device_is_one_line_error():
     assert result.returncode == 2
     assert result.stderr.decode().strip().splitlines() == [
         "gptj: no --model given, using " + gptj_ref.api.BUILTIN_DESCRIPTION,
-        "gptj generate: error: cannot write the output: No space left on device"]
+        "gptj generate: error: cannot write the output: No space left on device",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
 # The converter's output (defects 6, 7)
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
 def test_convert_refuses_to_overwrite_its_input(tmp_path, checkpoint_dir, name):
@@ -212,14 +233,20 @@ def test_convert_needs_a_file_name(tmp_path, checkpoint_dir, dst):
 
 def test_a_failing_write_is_one_line_and_leaves_nothing(tmp_path, checkpoint_dir):
     """A file-size limit makes the write fail with EFBIG, as a full disk fails it with ENOSPC."""
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); from gptj_ref.cli import main; "
-            f"sys.exit(main(['convert', {str(checkpoint_dir)!r}, {str(tmp_path / 'out.gptj')!r}, '--dtype', 'f32', "
-            "'--no-progress']))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV, cwd=OUTSIDE)
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); from gptj_ref.cli import main; "
+        f"sys.exit(main(['convert', {str(checkpoint_dir)!r}, {str(tmp_path / 'out.gptj')!r}, '--dtype', 'f32', "
+        "'--no-progress']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV, cwd=OUTSIDE
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == f"gptj convert: error: cannot write {tmp_path / 'out.gptj'}: File too large; " \
-                                    "nothing was written"
+    assert (
+        result.stderr.strip() == f"gptj convert: error: cannot write {tmp_path / 'out.gptj'}: File too large; "
+        "nothing was written"
+    )
     assert os.listdir(tmp_path) == []
 
 
@@ -249,8 +276,9 @@ c.convert(sys.argv[1], sys.argv[2], dtype="f32", progress=False)
 
 
 def start_slow_convert(src, dst):
-    p = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, str(src), str(dst)], stdout=subprocess.PIPE,
-                         env=ENV, cwd=OUTSIDE)
+    p = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CONVERT, str(src), str(dst)], stdout=subprocess.PIPE, env=ENV, cwd=OUTSIDE
+    )
     assert p.stdout.readline() == b"started\n"
     p.stdout.close()
     deadline = time.monotonic() + 60
@@ -308,6 +336,7 @@ def test_a_source_truncated_mid_convert_is_an_error_not_sigbus(tmp_path, checkpo
         def each(name, nbytes):
             os.truncate(weights, 4096)
             progress(name, nbytes)
+
         kwargs["progress"] = each
         return write(*args, **kwargs)
 

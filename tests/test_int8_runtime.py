@@ -9,13 +9,14 @@ Three comparisons, each with its own tolerance:
    up in one and down in the other, a 2^-11 relative step (~8000x the fp32 noise); over a forward pass a
    few do, and each moves what follows by up to ~5e-4 relative. Enforced for float16: median |Δ| <=
    EMULATION_MEDIAN_F16 * max |logits|, same max bound; that the cache stores exactly the rounded
-   values is checked bit for bit on its own (test_float16_cache_stores_rounded_values). What is left is float32 rounding in the other kernels (LayerNorm, GELU, attention) and in
-   the block sums — about 2e-7 of the largest logit — plus, now and then, an activation that sits on a
-   rounding boundary of its int8 grid and lands one step away: that moves everything downstream by about
-   one quantization step times a weight. Measured: two geometries agree to 3e-7 relative everywhere; the
-   512-wide one ("real-heads") has such flips in some positions, up to 8e-3 relative, while most logits
-   still agree to 1e-7. Enforced: median |Δ| <= EMULATION_MEDIAN * max |logits| (the integer path is exact)
-   and max |Δ| <= EMULATION_MAX * max |logits| (flips stay one-step sized).
+   values is checked bit for bit on its own (test_float16_cache_stores_rounded_values). What is left is
+   float32 rounding in the other kernels (LayerNorm, GELU, attention) and in the block sums — about 2e-7 of
+   the largest logit — plus, now and then, an activation that sits on a rounding boundary of its int8 grid
+   and lands one step away: that moves everything downstream by about one quantization step times a weight.
+   Measured: two geometries agree to 3e-7 relative everywhere; the 512-wide one ("real-heads") has such
+   flips in some positions, up to 8e-3 relative, while most logits still agree to 1e-7. Enforced: median |Δ|
+   <= EMULATION_MEDIAN * max |logits| (the integer path is exact) and max |Δ| <= EMULATION_MAX * max
+   |logits| (flips stay one-step sized).
 2. Against the fp32 reference on the original weights: what int8 costs. Logit cosine, relative max |Δ|
    and greedy next-token agreement, with thresholds enforced (and printed with -s).
 3. Against itself: 1 and 2 threads bitwise identical; cached decoding equal to one full pass.
@@ -42,10 +43,10 @@ _core = pytest.importorskip("gptj_ref._core")
 NAMES = ["rot-lt-head", "real-heads", "odd-vocab"]
 EMULATION_MEDIAN = 1e-5  # median |Δ| relative to max |logits|, against the exact int8 emulation
 EMULATION_MEDIAN_F16 = 1e-3  # the same with float16 caches (half-ulp ties, see above; measured <= 1e-4)
-EMULATION_MAX = 2e-2     # max |Δ| relative to max |logits| (rounding-boundary flips, see above)
+EMULATION_MAX = 2e-2  # max |Δ| relative to max |logits| (rounding-boundary flips, see above)
 FP32_MIN_COSINE = 0.999  # logits cosine against the fp32 reference, every position
-FP32_MAX_REL = 0.05      # max |Δ| relative to max |logits|, against the fp32 reference
-FP32_MIN_AGREE = 0.9     # fraction of positions whose argmax (greedy next token) agrees with fp32
+FP32_MAX_REL = 0.05  # max |Δ| relative to max |logits|, against the fp32 reference
+FP32_MIN_AGREE = 0.9  # fraction of positions whose argmax (greedy next token) agrees with fp32
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def cosine(a, b):
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_int8_emulation(q8_models, name, kv_dtype, monkeypatch):
     config, native, _, cpp = q8_models[name]
-    assert cpp.kv_dtype == "float16"   # the default for int8 models
+    assert cpp.kv_dtype == "float16"  # the default for int8 models
     if kv_dtype != cpp.kv_dtype:
         cpp = CppModel.from_native(native, threads=2, kv_dtype=kv_dtype)
     ids = token_ids(config, 12)
@@ -102,8 +103,10 @@ def test_matches_int8_emulation(q8_models, name, kv_dtype, monkeypatch):
     got = cpp.forward(ids)
     assert got.shape == expected.shape == (12, config.vocab_size)
     rel = np.abs(got - expected) / np.abs(expected).max()
-    print(f"\n{name}, {kv_dtype} cache: int8 runtime vs int8 emulation: |Δ| / max |logits| median "
-          f"{np.median(rel):.1e}, max {rel.max():.1e}")
+    print(
+        f"\n{name}, {kv_dtype} cache: int8 runtime vs int8 emulation: |Δ| / max |logits| median "
+        f"{np.median(rel):.1e}, max {rel.max():.1e}"
+    )
     median_bound = EMULATION_MEDIAN_F16 if kv_dtype == "float16" else EMULATION_MEDIAN
     assert np.median(rel) <= median_bound, report_diff(got, expected)
     assert rel.max() <= EMULATION_MAX, report_diff(got, expected)
@@ -138,8 +141,10 @@ def test_close_to_fp32_reference(q8_models, name):
     cos = cosine(got, expected)
     rel = np.abs(got - expected).max() / np.abs(expected).max()
     agree = float((got.argmax(-1) == expected.argmax(-1)).mean())
-    print(f"\n{name}: int8 vs fp32 logits: min cosine {cos.min():.6f}, max |Δ| / max |logits| {rel:.4f}, "
-          f"greedy agreement {agree:.0%}")
+    print(
+        f"\n{name}: int8 vs fp32 logits: min cosine {cos.min():.6f}, max |Δ| / max |logits| {rel:.4f}, "
+        f"greedy agreement {agree:.0%}"
+    )
     assert cos.min() >= FP32_MIN_COSINE, f"cosine {cos.min():.6f} at position {cos.argmin()}"
     assert rel <= FP32_MAX_REL, report_diff(got, expected)
     assert agree >= FP32_MIN_AGREE, f"greedy agreement {agree:.0%}"
@@ -165,7 +170,7 @@ def test_cached_decoding_matches_full_pass(q8_models, name):
     ids = token_ids(config, 10, seed=3)
     full = cpp.forward(ids)
     cache = cpp.new_cache(10)
-    steps = [cpp.forward(ids[:4], cache)] + [cpp.forward(ids[t:t + 1], cache) for t in range(4, 10)]
+    steps = [cpp.forward(ids[:4], cache)] + [cpp.forward(ids[t : t + 1], cache) for t in range(4, 10)]
     steps = np.concatenate(steps)
     assert np.abs(steps - full).max() <= EMULATION_MAX * np.abs(full).max(), report_diff(steps, full)
 
@@ -228,8 +233,8 @@ def test_kv_cache_precision_defaults_and_choices(q8_models):
     assert (half.core.dtype, full.core.dtype) == ("float16", "float32")
     assert 2 * half.core.nbytes == full.core.nbytes == 2 * config.n_layer * config.n_embd * 20 * 4
     assert gptj_ref.load(native.path, backend="cpp", kv_dtype="float32").backend.kv_dtype == "float32"
-    assert gptj_ref.load(native.path, backend="reference").backend.kv_dtype == "float32"   # the oracle's own
-    assert CppModel(config, fp32, threads=1).kv_dtype == "float32"   # fp32 weights: exact parity by default
+    assert gptj_ref.load(native.path, backend="reference").backend.kv_dtype == "float32"  # the oracle's own
+    assert CppModel(config, fp32, threads=1).kv_dtype == "float32"  # fp32 weights: exact parity by default
     for bad in ("bfloat16", "fp16", 16):
         with pytest.raises(SettingsError, match="kv_dtype must be one of float32, float16"):
             CppModel.from_native(native, kv_dtype=bad)
@@ -244,18 +249,19 @@ def test_bad_files_fail_on_load_with_clear_errors(q8_models, tmp_path):
     data = Path(native.path).read_bytes()
 
     truncated = tmp_path / "truncated.gptj"
-    truncated.write_bytes(data[:len(data) - 100])
+    truncated.write_bytes(data[: len(data) - 100])
     with pytest.raises(GPTJError, match="truncated|past the end|size|bytes"):
         gptj_ref.load(truncated, backend="cpp")
 
     # A NaN scale (float16 0x7e00) in the first quantized weight's scales.
     header_len = int.from_bytes(data[:8], "little")
     import json
-    header = json.loads(data[8:8 + header_len])
+
+    header = json.loads(data[8 : 8 + header_len])
     name = scale_name("transformer.h.0.attn.q_proj.weight")
     begin = 8 + header_len + header[name]["data_offsets"][0]
     damaged = bytearray(data)
-    damaged[begin:begin + 2] = (0x7e00).to_bytes(2, "little")
+    damaged[begin : begin + 2] = (0x7E00).to_bytes(2, "little")
     bad_scale = tmp_path / "nan-scale.gptj"
     bad_scale.write_bytes(bytes(damaged))
     with pytest.raises(GPTJError, match="scale"):

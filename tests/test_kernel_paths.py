@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import report_diff
+from helpers import report_diff, use_isa
+from test_kernels import attention64  # the float64 oracle of causal attention, owned by test_kernels.py
 
 _core = pytest.importorskip("gptj_ref._core")
 
-U = 2.0 ** -24
+U = 2.0**-24
 ISAS = _core.available_isas()
 
 
@@ -24,12 +25,8 @@ def normal(seed, shape, scale=1.0):
 
 
 def run(isa, fn, *args, **kwargs):
-    before = _core.isa()
-    _core.set_isa(isa)
-    try:
+    with use_isa(isa):
         return fn(*args, **kwargs)
-    finally:
-        _core.set_isa(before)
 
 
 def assert_within(actual, expected, tol):
@@ -41,13 +38,13 @@ def assert_within(actual, expected, tol):
 # M <= kMidM = 64 streams W in chunks of kChunk = 48 rows, M > 64 (prompts) packs W blocks of kNb = 60
 # rows; K runs in blocks of kLinearBlockK = 512 and within a block 8 lanes at a time, then a scalar tail.
 LINEAR_SHAPES = [
-    (4, 47, 8),        # the largest unpacked x; N one short of a W chunk; K one lane group, no tail
-    (5, 49, 9),        # x packed; N one past a chunk (a partial second chunk); a one-element K tail
-    (64, 50, 513),     # the last M that streams W; K one past a block
-    (65, 61, 520),     # the first M of the prompt path; N one past a W block of 60; K = 512 + 8
-    (67, 121, 1031),   # prompt path with a partial row tile (67 = 16 * 4 + 3) and a partial W block of 1
-    (130, 2, 7),       # prompt path with N below one register tile and K below one lane group
-    (70, 180, 1100),   # N = 3 full W blocks; K crosses two block boundaries with a ragged last block
+    (4, 47, 8),  # the largest unpacked x; N one short of a W chunk; K one lane group, no tail
+    (5, 49, 9),  # x packed; N one past a chunk (a partial second chunk); a one-element K tail
+    (64, 50, 513),  # the last M that streams W; K one past a block
+    (65, 61, 520),  # the first M of the prompt path; N one past a W block of 60; K = 512 + 8
+    (67, 121, 1031),  # prompt path with a partial row tile (67 = 16 * 4 + 3) and a partial W block of 1
+    (130, 2, 7),  # prompt path with N below one register tile and K below one lane group
+    (70, 180, 1100),  # N = 3 full W blocks; K crosses two block boundaries with a ragged last block
 ]
 
 
@@ -81,20 +78,6 @@ def test_softmax_of_scores_beyond_exps_range(isa, N, offset):
     assert_within(y, p, 1.1 * (np.abs(shifted) + N + 6) * U * p + 1.2e-38)
 
 
-def attention64(q, k, v, start):
-    """Causal attention in float64, and for each (query, head) the largest |q| . |k_j| / sqrt(d)."""
-    T, H, d = q.shape
-    out, magnitude = np.zeros((T, H, d)), np.zeros((T, H))
-    for t in range(T):
-        n = start + t + 1
-        for h in range(H):
-            s = k[h, :n].astype(np.float64) @ q[t, h] / np.sqrt(d)
-            p = np.exp(s - s.max())
-            out[t, h] = (p / p.sum()) @ v[h, :n]
-            magnitude[t, h] = (np.abs(k[h, :n]).astype(np.float64) @ np.abs(q[t, h])).max() / np.sqrt(d)
-    return out, magnitude
-
-
 # attention_avx2.cpp: queries in groups of kQueryGroup = 4 (shared keys read once per group); dot
 # products in 16- and 8-lane steps and a scalar tail; the weighted sum of values 64 columns at a time,
 # then 8, then single columns.
@@ -125,7 +108,7 @@ def test_gelu_new_at_the_constant_it_depends_on(isa, n):
     x = np.linspace(-3.0, 3.0, n).astype(np.float32) if n > 1 else np.array([2.0], np.float32)
     y = run(isa, _core.gelu_new, x)
     x64 = x.astype(np.float64)
-    arg = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)
+    arg = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)
     expected = 0.5 * x64 * (1 + np.tanh(arg))
     # Tolerance as in test_kernels.py: the AVX2 tanh is within 3e-7 absolute, and a few roundings.
     assert_within(y, expected, 0.5 * np.abs(x64) * (3e-7 + 8 * U * np.abs(arg)) + 4 * U * np.abs(expected) + 1e-37)

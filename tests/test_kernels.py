@@ -7,30 +7,18 @@ for the kernel's fp32 arithmetic, stated beside the test. u = 2^-24 is the fp32 
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import report_diff
+from helpers import report_diff, use_isa
 
 _core = pytest.importorskip("gptj_ref._core")
 
-U = 2.0 ** -24
+U = 2.0**-24
 ISAS = _core.available_isas()
 FAST = settings(max_examples=30, deadline=None)
-
-
-@contextlib.contextmanager
-def use_isa(isa):
-    before = _core.isa()
-    _core.set_isa(isa)
-    try:
-        yield
-    finally:
-        _core.set_isa(before)
 
 
 def normal(seed, shape, scale=1.0):
@@ -40,17 +28,22 @@ def normal(seed, shape, scale=1.0):
 def assert_within(actual, expected, tol):
     """|actual - expected| <= tol elementwise (tol broadcasts), with the worst element in the message."""
     err = np.abs(np.asarray(actual, np.float64) - expected)
-    assert np.all(err <= tol), report_diff(actual, expected) + f"; tolerance there {np.broadcast_to(tol, err.shape).flat[np.argmax(err - tol)]:.3e}"
+    assert np.all(err <= tol), (
+        report_diff(actual, expected)
+        + f"; tolerance there {np.broadcast_to(tol, err.shape).flat[np.argmax(err - tol)]:.3e}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # linear
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("isa", ISAS)
 @FAST
-@given(M=st.integers(1, 40), N=st.integers(1, 40), K=st.integers(1, 1100), bias=st.booleans(),
-       seed=st.integers(0, 2**31))
+@given(
+    M=st.integers(1, 40), N=st.integers(1, 40), K=st.integers(1, 1100), bias=st.booleans(), seed=st.integers(0, 2**31)
+)
 def test_linear_matches_numpy(isa, M, N, K, bias, seed):
     # K up to 1100 crosses the kLinearBlockK = 512 boundary twice with a ragged last block; M up to 40
     # and N up to 40 cover every partial register tile (4 x 3), the decode loop (M <= 16) and the
@@ -84,13 +77,14 @@ def test_avx2_linear_row_does_not_depend_on_the_batch():
     x, w = normal(3, (21, 1100)), normal(4, (130, 1100))
     with use_isa("avx2"):
         batch = _core.linear(x, w)
-        rows = np.concatenate([_core.linear(x[i:i + 1], w) for i in range(21)])
+        rows = np.concatenate([_core.linear(x[i : i + 1], w) for i in range(21)])
     assert np.array_equal(batch, rows), report_diff(rows, batch)
 
 
 # --------------------------------------------------------------------------------------------------
 # layer norm, gelu_new, softmax, residual add
 # --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("isa", ISAS)
 @FAST
@@ -114,7 +108,7 @@ def test_layer_norm_matches_numpy(isa, M, N, offset, seed):
 
 def gelu_new64(x):
     x = x.astype(np.float64)
-    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -128,13 +122,17 @@ def test_gelu_new_matches_numpy(isa, n, scale, seed):
     # exp; libm's is within 1 ulp) gives 0.5 |x| 3e-7; the rounding of the constant sqrt(2/pi) and of
     # x^3 moves the tanh argument by ~4 u relative, i.e. t by ~4 u |arg|; plus 4 ulp of the result.
     arg = np.sqrt(2 / np.pi) * np.abs(x.astype(np.float64) + 0.044715 * x.astype(np.float64) ** 3)
-    tol = 0.5 * np.abs(x) * (3e-7 + 8 * U * arg / np.cosh(np.minimum(arg, 40)) ** 2) + 4 * U * np.abs(gelu_new64(x)) + 1e-37
+    tol = (
+        0.5 * np.abs(x) * (3e-7 + 8 * U * arg / np.cosh(np.minimum(arg, 40)) ** 2)
+        + 4 * U * np.abs(gelu_new64(x))
+        + 1e-37
+    )
     assert_within(y, gelu_new64(x), tol)
 
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_gelu_new_special_values(isa):
-    x = np.array([0, -0.0, 1e-30, -1e-30, 10, -10, 88, -88, 1e4, -1e4, 3.4e38 ** 0.3], np.float32)
+    x = np.array([0, -0.0, 1e-30, -1e-30, 10, -10, 88, -88, 1e4, -1e4, 3.4e38**0.3], np.float32)
     with use_isa(isa):
         y = _core.gelu_new(x)
     assert np.all(np.isfinite(y))
@@ -143,8 +141,7 @@ def test_gelu_new_special_values(isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 @FAST
-@given(M=st.integers(1, 5), N=st.integers(1, 300), scale=st.sampled_from([0.1, 3.0, 20.0]),
-       seed=st.integers(0, 2**31))
+@given(M=st.integers(1, 5), N=st.integers(1, 300), scale=st.sampled_from([0.1, 3.0, 20.0]), seed=st.integers(0, 2**31))
 def test_softmax_matches_numpy(isa, M, N, scale, seed):
     x = normal(seed, (M, N), scale)
     with use_isa(isa):
@@ -174,6 +171,7 @@ def test_residual_add_is_exactly_a_plus_m_plus_x(isa, n, seed):
 # rotary
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("isa", ISAS)
 @FAST
 @given(T=st.integers(1, 7), n_head=st.integers(1, 4), d_head_pairs=st.integers(1, 20), data=st.data())
@@ -184,7 +182,7 @@ def test_rotary_matches_reference(isa, T, n_head, d_head_pairs, data):
     n_rot = 2 * data.draw(st.integers(0, d_head_pairs), label="n_rot/2")
     pos = np.asarray(data.draw(st.lists(st.integers(0, 99), min_size=T, max_size=T), label="pos"), np.int64)
     sin, cos = rotary_tables(100, max(n_rot, 2))
-    sin, cos = np.ascontiguousarray(sin[:, :n_rot // 2]), np.ascontiguousarray(cos[:, :n_rot // 2])
+    sin, cos = np.ascontiguousarray(sin[:, : n_rot // 2]), np.ascontiguousarray(cos[:, : n_rot // 2])
     x = normal(int(pos.sum()), (T, n_head * d_head))
     with use_isa(isa):
         y = _core.rotary(x, sin, cos, pos, n_head=n_head, n_rot=n_rot)
@@ -207,8 +205,11 @@ def test_rotary_matches_reference(isa, T, n_head, d_head_pairs, data):
 # attention
 # --------------------------------------------------------------------------------------------------
 
+
 def attention64(q, k, v, start):
-    """q (T, H, d), k, v (H, S, d) -> (T, H, d): query t sees slots [0, start + t]."""
+    """Causal attention in float64, q (T, H, d), k, v (H, S, d) -> (T, H, d): query t sees slots
+    [0, start + t]. Also, for each (query, head), the largest |q| . |k_j| / sqrt(d), which the error
+    bounds scale with. tests/test_kernel_paths.py uses it too."""
     T, H, d = q.shape
     out = np.zeros((T, H, d))
     bound = np.zeros((T, H))
@@ -224,13 +225,19 @@ def attention64(q, k, v, start):
 
 @pytest.mark.parametrize("isa", ISAS)
 @FAST
-@given(T=st.integers(1, 6), start=st.integers(0, 40), H=st.integers(1, 3), d=st.sampled_from([1, 7, 8, 16, 33, 64]),
-       slack=st.integers(0, 5), seed=st.integers(0, 2**31))
+@given(
+    T=st.integers(1, 6),
+    start=st.integers(0, 40),
+    H=st.integers(1, 3),
+    d=st.sampled_from([1, 7, 8, 16, 33, 64]),
+    slack=st.integers(0, 5),
+    seed=st.integers(0, 2**31),
+)
 def test_attention_matches_numpy(isa, T, start, H, d, slack, seed):
     S = start + T + slack  # cache slots beyond start + T hold garbage the kernel must not read
     q, k, v = normal(seed, (T, H, d), 2.0), normal(seed + 1, (H, S, d), 2.0), normal(seed + 2, (H, S, d))
-    k[:, start + T:] = np.nan
-    v[:, start + T:] = np.nan
+    k[:, start + T :] = np.nan
+    v[:, start + T :] = np.nan
     with use_isa(isa):
         out = _core.attention(q, k, v, start)
     expected, score_mag = attention64(q, k, v, start)
@@ -267,10 +274,19 @@ def test_attention_of_a_query_does_not_depend_on_its_neighbours(isa, d):
     q, k, v = normal(21, (T, H, d), 2.0), normal(22, (H, start + T, d), 2.0), normal(23, (H, start + T, d))
     with use_isa(isa):
         together = _core.attention(q, k, v, start)
-        alone = [_core.attention(q[t:t + 1].copy(), k, v, start + t)[0] for t in range(T)]
-        half = _core.attention_f16kv(q, k.astype(np.float16).view(np.uint16), v.astype(np.float16).view(np.uint16), start)
-        half_alone = [_core.attention_f16kv(q[t:t + 1].copy(), k.astype(np.float16).view(np.uint16),
-                                            v.astype(np.float16).view(np.uint16), start + t)[0] for t in range(T)]
+        alone = [_core.attention(q[t : t + 1].copy(), k, v, start + t)[0] for t in range(T)]
+        half = _core.attention_f16kv(
+            q, k.astype(np.float16).view(np.uint16), v.astype(np.float16).view(np.uint16), start
+        )
+        half_alone = [
+            _core.attention_f16kv(
+                q[t : t + 1].copy(),
+                k.astype(np.float16).view(np.uint16),
+                v.astype(np.float16).view(np.uint16),
+                start + t,
+            )[0]
+            for t in range(T)
+        ]
     assert np.array_equal(together, np.stack(alone)), report_diff(together, np.stack(alone))
     assert np.array_equal(half, np.stack(half_alone)), report_diff(half, np.stack(half_alone))
 
@@ -296,8 +312,25 @@ def float16_rounding_cases():
     wide = (rng.standard_normal(20000) * 10.0 ** rng.integers(-9, 6, 20000)).astype(np.float32)
     halves = np.arange(0, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float32)
     ties = ((halves[:-1].astype(np.float64) + halves[1:]) / 2).astype(np.float32)  # exact in float32
-    special = np.array([65504, 65519.996, 65520, 65536, 1e9, 6.1035156e-05, 5.9604645e-08, 2.9802322e-08,
-                        2.9802326e-08, 1e-12, 0.0, -0.0, np.inf, -np.inf], np.float32)
+    special = np.array(
+        [
+            65504,
+            65519.996,
+            65520,
+            65536,
+            1e9,
+            6.1035156e-05,
+            5.9604645e-08,
+            2.9802322e-08,
+            2.9802326e-08,
+            1e-12,
+            0.0,
+            -0.0,
+            np.inf,
+            -np.inf,
+        ],
+        np.float32,
+    )
     return np.concatenate([wide, halves, ties, -ties, special])
 
 
@@ -316,12 +349,16 @@ def test_f32_to_f16_rounds_as_numpy(isa):
 # the Python boundary
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make_bad, message", [
-    (lambda x: x.astype(np.float64), "dtype float64, expected float32"),
-    (lambda x: np.asfortranarray(x), "not C-contiguous"),
-    (lambda x: x[:, :3], "not C-contiguous"),
-    (lambda x: x[None], "shape (1, 4, 5), expected (-1, -1)"),
-])
+
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda x: x.astype(np.float64), "dtype float64, expected float32"),
+        (lambda x: np.asfortranarray(x), "not C-contiguous"),
+        (lambda x: x[:, :3], "not C-contiguous"),
+        (lambda x: x[None], "shape (1, 4, 5), expected (-1, -1)"),
+    ],
+)
 def test_kernels_reject_arrays_they_would_have_to_copy(make_bad, message):
     x, w = normal(0, (4, 5)), normal(1, (3, 5))
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

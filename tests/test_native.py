@@ -12,13 +12,23 @@ import pytest
 from gptj_ref.config import GPTJ_6B, GPTJConfig
 from gptj_ref.errors import CheckpointError, ConfigError, GPTJError
 from gptj_ref.layout import random_weights, weight_shapes
-from gptj_ref.native import (EMBEDDING, FORMAT_VERSION, NativeFile, is_native_file, native_size, native_specs, open_native,
-                             scale_name, write_native)
+from gptj_ref.native import (
+    EMBEDDING,
+    FORMAT_VERSION,
+    NativeFile,
+    is_native_file,
+    native_size,
+    native_specs,
+    open_native,
+    scale_name,
+    write_native,
+)
 from gptj_ref.quant import QK, dequantize_blocks, is_quantized, quantize_blocks
 from gptj_ref.safetensors_file import DTYPES, save_tensors, write_safetensors
 
-CONFIG = GPTJConfig(vocab_size=101, n_positions=32, n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
-                    bos_token_id=100, eos_token_id=100)
+CONFIG = GPTJConfig(
+    vocab_size=101, n_positions=32, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, bos_token_id=100, eos_token_id=100
+)
 TOKENIZER = '{"model": "a stand-in tokenizer JSON string"}'
 
 
@@ -41,6 +51,7 @@ def files(tmp_path_factory, weights):
 # -------------------------------------------------------------------------------------------------
 # Round trips
 # -------------------------------------------------------------------------------------------------
+
 
 def test_f32_round_trip_is_bit_identical(files, weights):
     with open_native(files["f32"]) as native:
@@ -81,7 +92,7 @@ def test_q8_round_trip_is_the_quantizer(files, weights):
         assert runtime["lm_head.weight"].dtype == np.int8
         assert runtime["lm_head.weight_scale"].dtype == np.float16
         assert runtime["lm_head.weight_scale"].shape == (CONFIG.vocab_size, CONFIG.n_embd // QK)
-        assert runtime["transformer.wte.weight"].dtype == np.int8          # q8 rows from format version 2 on
+        assert runtime["transformer.wte.weight"].dtype == np.int8  # q8 rows from format version 2 on
         assert runtime["transformer.wte.weight_scale"].shape == (CONFIG.vocab_size, CONFIG.n_embd // QK)
         assert runtime["transformer.h.1.ln_1.bias"].dtype == np.float32
         native.check()
@@ -112,8 +123,14 @@ def test_any_safetensors_reader_reads_the_file(files, dtype):
     assert GPTJConfig.from_hf(json.loads(metadata["config"])) == CONFIG
 
 
-@pytest.mark.parametrize("config", [CONFIG, GPTJ_6B, GPTJConfig(vocab_size=50257, n_embd=32, n_layer=1, n_head=1, rotary_dim=8,
-                                                               bos_token_id=0, eos_token_id=0)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        CONFIG,
+        GPTJ_6B,
+        GPTJConfig(vocab_size=50257, n_embd=32, n_layer=1, n_head=1, rotary_dim=8, bos_token_id=0, eos_token_id=0),
+    ],
+)
 @pytest.mark.parametrize("dtype", ["q8", "f16", "f32"])
 def test_the_layout_aligns_every_tensor(config, dtype):
     offset = 0
@@ -126,7 +143,7 @@ def test_the_layout_aligns_every_tensor(config, dtype):
 
 
 def test_6b_file_sizes():
-    assert abs(native_size(GPTJ_6B, "q8") / 1e9 - 6.43) < 0.01      # int8 blocks, embedding included
+    assert abs(native_size(GPTJ_6B, "q8") / 1e9 - 6.43) < 0.01  # int8 blocks, embedding included
     # format version 1 kept the embedding F32: 50400 x 4096 x (4 - 1 - 2/32) bytes = 0.61 GB more
     v1 = sum(int(np.prod(shape)) * DTYPES[st].itemsize for _, st, shape in native_specs(GPTJ_6B, "q8", version=1))
     assert abs(v1 / 1e9 - 7.03) < 0.01
@@ -155,6 +172,7 @@ def test_empty_tokenizer_is_allowed(tmp_path, weights):
 # Bad files: each is rejected on open with a CheckpointError that says what is wrong
 # -------------------------------------------------------------------------------------------------
 
+
 def read_header(path):
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
@@ -180,6 +198,7 @@ def rewritten(src, dst, mutate):
 def set_meta(key, value):
     def mutate(header, data):
         header["__metadata__"][key] = value
+
     return mutate
 
 
@@ -188,18 +207,21 @@ def set_config(**changes):
         hf = json.loads(header["__metadata__"]["config"])
         hf.update(changes)
         header["__metadata__"]["config"] = json.dumps(hf)
+
     return mutate
 
 
 def remove(name):
     def mutate(header, data):
         del header[name]
+
     return mutate
 
 
 def set_entry(name, **changes):
     def mutate(header, data):
         header[name].update(changes)
+
     return mutate
 
 
@@ -216,13 +238,15 @@ def drop_metadata(header, data):
 
 
 BAD_FILES = {
-    "newer version": (set_meta("format_version", "3"),
-                      r"file format version 3 is newer than this gptj_ref supports \(2\); upgrade gptj_ref"),
+    "newer version": (
+        set_meta("format_version", "3"),
+        r"file format version 3 is newer than this gptj_ref supports \(2\); upgrade gptj_ref",
+    ),
     "version zero": (set_meta("format_version", "0"), "version 0 does not exist"),
     "version not a number": (set_meta("format_version", "1.5"), "not a version number"),
     "wrong format marker": (set_meta("format", "ggml"), "not a gptj_ref native model file.*'ggml'"),
     "no metadata": (drop_metadata, "not a gptj_ref native model file"),
-    "unknown dtype": (set_meta("dtype", "q3"), "dtype 'q3' is unknown"),   # q4 exists now: an unknown one
+    "unknown dtype": (set_meta("dtype", "q3"), "dtype 'q3' is unknown"),  # q4 exists now: an unknown one
     "other block size": (set_meta("qk", "64"), "block size qk = '64'"),
     "config not json": (set_meta("config", "{n_embd: 64"), "config in the file is not valid"),
     "config inconsistent": (set_config(n_head=5), "config in the file is not valid.*divisible"),
@@ -233,10 +257,16 @@ BAD_FILES = {
     "unexpected tensor": (add_empty_tensor, "unexpected tensor 'transformer.h.0.attn.bias'"),
     "wrong dtype": (set_entry("transformer.ln_f.weight", dtype="I32"), "'transformer.ln_f.weight' is I32 \\[64\\] but"),
     "wrong scale dtype": (set_entry("lm_head.weight_scale", dtype="BF16"), "'lm_head.weight_scale' is BF16"),
-    "wrong shape": (set_entry("transformer.wte.weight", shape=[64, 101]), "'transformer.wte.weight' is I8 \\[64, 101\\]"),
+    "wrong shape": (
+        set_entry("transformer.wte.weight", shape=[64, 101]),
+        "'transformer.wte.weight' is I8 \\[64, 101\\]",
+    ),
     "truncated data": (truncate, "truncated"),
-    "offsets outside the file": (set_entry("lm_head.weight", data_offsets=[10 ** 9, 10 ** 9 + 101 * 64]), "truncated"),
-    "offsets that disagree with the shape": (set_entry("transformer.ln_f.bias", data_offsets=[0, 4]), "needs 256 bytes"),
+    "offsets outside the file": (set_entry("lm_head.weight", data_offsets=[10**9, 10**9 + 101 * 64]), "truncated"),
+    "offsets that disagree with the shape": (
+        set_entry("transformer.ln_f.bias", data_offsets=[0, 4]),
+        "needs 256 bytes",
+    ),
 }
 
 
@@ -270,11 +300,11 @@ def test_bad_scales_are_rejected_on_open(tmp_path, files, value, message):
 def test_full_check_finds_minus_128_and_nan(tmp_path, files):
     path = rewritten(files["q8"], tmp_path / "bad.gptj", lambda h, d: None)
     patch_tensor(path, "transformer.h.0.attn.k_proj.weight", [5, -128])
-    with open_native(path) as native:               # open reads only the header and the scales
+    with open_native(path) as native:  # open reads only the header and the scales
         with pytest.raises(CheckpointError, match="holds -128"):
             native.check()
     path = rewritten(files["f32"], tmp_path / "bad-f32.gptj", lambda h, d: None)
-    patch_tensor(path, "transformer.h.0.mlp.fc_in.weight", [np.nan])   # matrices: only check() reads them all
+    patch_tensor(path, "transformer.h.0.mlp.fc_in.weight", [np.nan])  # matrices: only check() reads them all
     with open_native(path) as native:
         with pytest.raises(CheckpointError, match="'transformer.h.0.mlp.fc_in.weight' holds NaN"):
             native.check()
@@ -289,7 +319,7 @@ def test_misaligned_tensors_are_rejected(tmp_path):
     write_native(good, config, weights.__getitem__, "q8", "")
     specs = native_specs(config, "q8")
     first = [s for s in specs if s[0] == "lm_head.weight_scale"]
-    assert first[0][2] == (101, 1)                  # 202 bytes: shifts what follows by 2
+    assert first[0][2] == (101, 1)  # 202 bytes: shifts what follows by 2
     reordered = first + [s for s in specs if s[0] != "lm_head.weight_scale"]
     bad = tmp_path / "bad.gptj"
     with open_native(good) as native:
@@ -326,6 +356,7 @@ def test_missing_file():
 # Writing: bad sources, and nothing half-written
 # -------------------------------------------------------------------------------------------------
 
+
 def leftovers(directory):
     return sorted(p.name for p in directory.iterdir())
 
@@ -348,14 +379,18 @@ def test_a_source_with_a_wrong_shape_is_a_checkpoint_error(tmp_path, weights):
     def source(name):
         return weights[name].T if name == "transformer.h.1.mlp.fc_in.weight" else weights[name]
 
-    with pytest.raises(CheckpointError, match=r"'transformer.h.1.mlp.fc_in.weight' has shape \[64, 256\] but the "
-                                              r"config implies \[256, 64\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'transformer.h.1.mlp.fc_in.weight' has shape \[64, 256\] but the "
+        r"config implies \[256, 64\]",
+    ):
         write_native(tmp_path / "m.gptj", CONFIG, source, "q8", "")
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("dtype, value, message", [("q8", np.nan, "only finite weights"),
-                                                   ("f16", 1e6, "beyond float16's range")])
+@pytest.mark.parametrize(
+    "dtype, value, message", [("q8", np.nan, "only finite weights"), ("f16", 1e6, "beyond float16's range")]
+)
 def test_unstorable_values_are_checkpoint_errors(tmp_path, weights, dtype, value, message):
     def source(name):
         w = weights[name]

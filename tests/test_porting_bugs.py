@@ -43,7 +43,7 @@ def test_parity_names_the_block_where_the_bug_is(demo, bug, where):
     # (the smallest, the erf GELU, moves it by ~1e-5 on activations of size ~1; float32 rounding of
     # identical operations is 0 here, so any nonzero difference is the bug).
     assert size > 1e-6
-    assert rows[-1][1] > 0                           # and it reaches the logits
+    assert rows[-1][1] > 0  # and it reaches the logits
 
 
 def test_the_wrong_pieces_are_what_they_claim(demo):

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptj_ref import quant
-from helpers import report_diff
+from helpers import report_diff, use_isa
 
 _core = pytest.importorskip("gptj_ref._core")
 
@@ -33,10 +33,8 @@ ISAS = _core.available_isas()
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    before = _core.isa()
-    _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(before)
+    with use_isa(request.param):
+        yield request.param
 
 
 def random_activations(rng, M, K, zero_blocks=True):
@@ -54,6 +52,13 @@ def random_weight(rng, N, K):
     return q, scales
 
 
+def random_linear(rng, M, N, K, with_bias=True):
+    """A drawn problem for the linear: activations (M, K), a q8 weight (N, K) with its scales, a bias or None."""
+    q, scales = random_weight(rng, N, K)
+    bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
+    return random_activations(rng, M, K), q, scales, bias
+
+
 def c_linear(qx, dx, q, scales, bias=None, threads=None):
     return _core.q8_linear(qx, dx, q, scales.view(np.uint16), bias, threads=threads)
 
@@ -65,13 +70,14 @@ def check_linear(x, q, scales, bias, isa, threads=None):
     if isa == "scalar":
         assert np.array_equal(y.view(np.int32), expected.view(np.int32)), report_diff(y, expected)
     else:
-        bound = quant.q8_linear_error_bound(x, q, scales, bias, lanes=1)   # one exact int32 per block
+        bound = quant.q8_linear_error_bound(x, q, scales, bias, lanes=1)  # one exact int32 per block
         err = np.abs(y.astype(np.float64) - expected)
         assert (err <= bound).all(), f"{report_diff(y, expected)}; worst excess {(err - bound).max():.3e}"
     return y
 
 
 # Activation quantization -----------------------------------------------------------------------------
+
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(M=st.integers(1, 9), nb=st.integers(1, 9), seed=st.integers(0, 2**31 - 1))
@@ -96,8 +102,8 @@ def test_quantize_activations_ties_round_to_even(isa):
 
 def test_quantize_activations_never_minus_128(isa):
     x = np.full((2, 64), -3.0e38, np.float32)
-    x[1, :32] = np.float32(-1e-38)   # a subnormal-scale block
-    x[1, 32:] = 0.0                  # an all-zero block: dx = 0, qx = 0
+    x[1, :32] = np.float32(-1e-38)  # a subnormal-scale block
+    x[1, 32:] = 0.0  # an all-zero block: dx = 0, qx = 0
     qx, dx = _core.q8_quantize_activations(x)
     assert qx.min() >= -127
     assert np.array_equal(qx, quant.quantize_activations(x)[0])
@@ -106,23 +112,22 @@ def test_quantize_activations_never_minus_128(isa):
 
 # The linear layer ------------------------------------------------------------------------------------
 
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(M=st.integers(1, 7), N=st.integers(1, 37), nb=st.sampled_from([1, 3, 5, 8, 9]),
-       with_bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@given(
+    M=st.integers(1, 7),
+    N=st.integers(1, 37),
+    nb=st.sampled_from([1, 3, 5, 8, 9]),
+    with_bias=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_q8_linear_matches_emulation(isa, M, N, nb, with_bias, seed):
-    rng = np.random.default_rng(seed)
-    K = 32 * nb
-    q, scales = random_weight(rng, N, K)
-    bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
-    check_linear(random_activations(rng, M, K), q, scales, bias, isa)
+    check_linear(*random_linear(np.random.default_rng(seed), M, N, 32 * nb, with_bias), isa)
 
 
 @pytest.mark.parametrize("M,N,K", [(1, 4100, 288), (8, 100, 1024), (33, 67, 160), (70, 45, 96)])
 def test_q8_linear_larger_shapes(isa, M, N, K):
-    rng = np.random.default_rng(M * N + K)
-    q, scales = random_weight(rng, N, K)
-    bias = rng.standard_normal(N).astype(np.float32)
-    check_linear(random_activations(rng, M, K), q, scales, bias, isa)
+    check_linear(*random_linear(np.random.default_rng(M * N + K), M, N, K), isa)
 
 
 # Sizes that exercise the packed (prompt) path: M >= 64, with tails of every tiling of it.
@@ -133,26 +138,24 @@ PACKED_CASES = [(64, 16, 256), (67, 45, 544), (101, 100, 96), (263, 35, 288), (7
 def test_q8_linear_prompt_path_equals_decode_path_bitwise(isa, M, N, K):
     # Splitting the tokens into batches below the packed threshold runs the decode kernel on each; every
     # output element must come out bitwise the same as in one call on all M tokens.
-    rng = np.random.default_rng(M + N + K)
-    q, scales = random_weight(rng, N, K)
-    bias = rng.standard_normal(N).astype(np.float32)
-    x = random_activations(rng, M, K)
+    x, q, scales, bias = random_linear(np.random.default_rng(M + N + K), M, N, K)
     y = check_linear(x, q, scales, bias, isa)
     qx, dx = _core.q8_quantize_activations(x)
-    pieces = [c_linear(qx[t:t + 7].copy(), dx[t:t + 7].copy(), q, scales, bias) for t in range(0, M, 7)]
+    pieces = [c_linear(qx[t : t + 7].copy(), dx[t : t + 7].copy(), q, scales, bias) for t in range(0, M, 7)]
     small = np.concatenate(pieces)
     assert np.array_equal(small.view(np.int32), y.view(np.int32)), report_diff(small, y)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(M=st.integers(16, 90), N=st.integers(1, 50), nb=st.sampled_from([1, 7, 8, 9, 17]),
-       with_bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@given(
+    M=st.integers(16, 90),
+    N=st.integers(1, 50),
+    nb=st.sampled_from([1, 7, 8, 9, 17]),
+    with_bias=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_q8_linear_prompt_path_matches_emulation(isa, M, N, nb, with_bias, seed):
-    rng = np.random.default_rng(seed)
-    K = 32 * nb
-    q, scales = random_weight(rng, N, K)
-    bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
-    x = random_activations(rng, M, K)
+    x, q, scales, bias = random_linear(np.random.default_rng(seed), M, N, 32 * nb, with_bias)
     y1 = check_linear(x, q, scales, bias, isa, threads=1)
     y2 = check_linear(x, q, scales, bias, isa, threads=2)
     assert np.array_equal(y1.view(np.int32), y2.view(np.int32)), report_diff(y2, y1)
@@ -169,20 +172,17 @@ def test_q8_linear_extreme_values_do_not_saturate(isa):
     x[1] = 1.0
     x[2, 1::2] = 1.0
     check_linear(x, q, scales, None, isa)
-    check_linear(np.tile(x, (22, 1)), q, scales, None, isa)   # 66 tokens: the packed int16 path
+    check_linear(np.tile(x, (22, 1)), q, scales, None, isa)  # 66 tokens: the packed int16 path
 
 
 def test_q8_linear_threads_bitwise_and_rows_independent_of_batch(isa):
-    rng = np.random.default_rng(5)
-    M, N, K = 11, 203, 320
-    q, scales = random_weight(rng, N, K)
-    bias = rng.standard_normal(N).astype(np.float32)
-    qx, dx = _core.q8_quantize_activations(random_activations(rng, M, K))
+    x, q, scales, bias = random_linear(np.random.default_rng(5), M=11, N=203, K=320)
+    qx, dx = _core.q8_quantize_activations(x)
     y1 = c_linear(qx, dx, q, scales, bias, threads=1)
     y2 = c_linear(qx, dx, q, scales, bias, threads=2)
     assert np.array_equal(y1.view(np.int32), y2.view(np.int32)), report_diff(y2, y1)
-    for t in (0, 5, 10):   # one token alone (the decode path) equals its row inside the batch
-        alone = c_linear(qx[t:t + 1].copy(), dx[t:t + 1].copy(), q, scales, bias)
+    for t in (0, 5, 10):  # one token alone (the decode path) equals its row inside the batch
+        alone = c_linear(qx[t : t + 1].copy(), dx[t : t + 1].copy(), q, scales, bias)
         assert np.array_equal(alone[0].view(np.int32), y1[t].view(np.int32)), report_diff(alone[0], y1[t])
 
 
@@ -202,7 +202,7 @@ def test_vnni_and_amx_equal_avx2_bitwise(fast, M):
     q[0], q[1, ::2], q[2] = 127, -127, -127
     bias = rng.standard_normal(N).astype(np.float32)
     x = random_activations(rng, M, K)
-    x[0, :] = -1.0   # every activation -127: the offset operand at its smallest, 1
+    x[0, :] = -1.0  # every activation -127: the offset operand at its smallest, 1
     qx, dx = _core.q8_quantize_activations(x)
     out, before = {}, _core.isa()
     try:
@@ -240,7 +240,7 @@ def test_q8_bindings_reject_wrong_inputs():
     with pytest.raises(ValueError, match="dtype"):
         _core.q8_quantize_activations(np.zeros((2, 64), np.float64))
     with pytest.raises(ValueError, match="dtype"):
-        _core.q8_linear(qx, dx, q, scales, None)   # float16 scales must come as a uint16 view
+        _core.q8_linear(qx, dx, q, scales, None)  # float16 scales must come as a uint16 view
     with pytest.raises(ValueError, match=r"expected \(8, 2\)"):
         _core.q8_linear(qx, dx, q, np.zeros((8, 3), np.uint16), None)
     with pytest.raises(ValueError, match=r"expected \(8, 64\)|expected \(-?\d+, 64\)"):

@@ -37,7 +37,7 @@ def ray_instance(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo():
-    return gptj_ref.load(threads=1)   # one thread: a loaded 2-core machine makes OpenMP threads wait on each other
+    return gptj_ref.load(threads=1)  # one thread: a loaded 2-core machine makes OpenMP threads wait on each other
 
 
 def write_jsonl(path, rows):
@@ -52,11 +52,15 @@ def read_jsonl(path):
 
 ROWS = (
     [{"id": f"greedy{i}", "prompt": f"Story {i}: once", "max_new_tokens": 10 + i % 3} for i in range(6)]
-    + [{"id": f"seeded{i}", "prompt": f"Poem {i}:", "max_tokens": 10, "do_sample": True, "seed": i, "top_k": 20}
-       for i in range(4)]
-    + [{"id": "stop", "prompt": "The", "max_new_tokens": 20, "stop": ["e"]},
-       "not json",
-       {"id": "too-long", "prompt": "x", "max_new_tokens": 4000}]
+    + [
+        {"id": f"seeded{i}", "prompt": f"Poem {i}:", "max_tokens": 10, "do_sample": True, "seed": i, "top_k": 20}
+        for i in range(4)
+    ]
+    + [
+        {"id": "stop", "prompt": "The", "max_new_tokens": 20, "stop": ["e"]},
+        "not json",
+        {"id": "too-long", "prompt": "x", "max_new_tokens": 4000},
+    ]
 )
 
 
@@ -120,7 +124,7 @@ def test_an_actor_killed_mid_job_loses_no_id_and_repeats_none(ray_instance, demo
     assert killed, "no actor was killed: the job ended too soon or no MapWorker process was found"
     ids = [r["id"] for r in read_jsonl(out)]
     assert out.read_bytes().endswith(b"\n")
-    assert sorted(ids) == list(range(n))                       # every id exactly once
+    assert sorted(ids) == list(range(n))  # every id exactly once
     expected = demo.generate([r["prompt"] for r in rows], max_new_tokens=40)
     assert {r["id"]: r["text"] for r in read_jsonl(out)} == dict(enumerate(expected))
 
@@ -128,6 +132,7 @@ def test_an_actor_killed_mid_job_loses_no_id_and_repeats_none(ray_instance, demo
 # ---------------------------------------------------------------------------------------------------
 # Ray Serve
 # ---------------------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -161,9 +166,9 @@ class SingleProcessServer:
 # Greedy prompts whose continuations differ on the demo model (similar prompts such as "Request 0 says" and
 # "Request 1 says" can share one), so that answers delivered to the wrong request would show.
 GREEDY_PROMPTS = ("In the beginning", "The king of Babylon", "Jesus said to them", "And the dog")
-REQUESTS = ([{"prompt": p, "max_tokens": 12, "temperature": 0} for p in GREEDY_PROMPTS]
-            + [{"prompt": f"Seeded {i}:", "max_tokens": 12, "temperature": 0.8, "top_p": 0.9, "seed": 10 + i}
-               for i in range(4)])
+REQUESTS = [{"prompt": p, "max_tokens": 12, "temperature": 0} for p in GREEDY_PROMPTS] + [
+    {"prompt": f"Seeded {i}:", "max_tokens": 12, "temperature": 0.8, "top_p": 0.9, "seed": 10 + i} for i in range(4)
+]
 
 
 def complete_concurrently(base_url):
@@ -185,9 +190,9 @@ def test_serve_deployment_with_two_replicas_answers_like_the_single_process_serv
 
     with SingleProcessServer(create_app(demo)) as url:
         expected = complete_concurrently(url)
-    assert len(set(expected)) == len(REQUESTS)   # distinct prompts and seeds: a mix-up would show
+    assert len(set(expected)) == len(REQUESTS)  # distinct prompts and seeds: a mix-up would show
 
-    deadline = time.monotonic() + 60   # the batch tests' actors release their CPUs when their jobs end
+    deadline = time.monotonic() + 60  # the batch tests' actors release their CPUs when their jobs end
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) >= 2, "CPUs still held: two 1-CPU replicas would never start"

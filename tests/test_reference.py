@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import CONFIGS, report_diff
 from gptj_ref.errors import InputError
 from gptj_ref.reference import Reference, rotary, rotary_tables, softmax
+from helpers import CONFIGS, report_diff
 
 torch = pytest.importorskip("torch")
 
@@ -62,7 +62,7 @@ def test_hidden_states_match_transformers(hf_models, name):
     ours = Reference(config, weights).hidden_states(ids)
     assert len(ours) == config.n_layer + 3
     # transformers: embeddings, blocks 0..n-2, then ln_f(last block); ours: embeddings, blocks 0..n-1, ln_f, logits
-    pairs = list(zip(ours[:config.n_layer], hf[:config.n_layer])) + [(ours[-2], hf[-1])]
+    pairs = list(zip(ours[: config.n_layer], hf[: config.n_layer])) + [(ours[-2], hf[-1])]
     for mine, theirs in pairs:
         theirs = theirs[0].numpy()
         assert np.abs(mine - theirs).max() <= REL_TOL * max(1.0, np.abs(theirs).max()), report_diff(mine, theirs)
@@ -92,15 +92,15 @@ def test_left_padded_batch_equals_rows_alone(hf_models, name):
     ids = np.full((3, T), config.eos_token_id)
     mask = np.zeros((3, T), np.int64)
     for b, row in enumerate(rows):
-        ids[b, T - len(row):] = row
-        mask[b, T - len(row):] = 1
+        ids[b, T - len(row) :] = row
+        mask[b, T - len(row) :] = 1
     cache = ref.new_cache(T + 3, batch=3)
     batch = ref.forward(ids, cache, attention_mask=mask)
     step_ids = rng.integers(0, config.vocab_size, size=(3, 3))
     batch_steps = [ref.forward(step_ids[:, [j]], cache)[:, 0] for j in range(3)]
     for b, row in enumerate(rows):
         alone = ref.forward(np.concatenate([row, step_ids[b]]))
-        assert_logits_close(batch[b, T - len(row):], alone[:len(row)], rel=1e-5)
+        assert_logits_close(batch[b, T - len(row) :], alone[: len(row)], rel=1e-5)
         for j in range(3):
             assert_logits_close(batch_steps[j][b], alone[len(row) + j], rel=1e-5)
 
@@ -138,17 +138,24 @@ def test_greedy_generation_matches_transformers(hf_models):
     model, config, weights = hf_models["real-heads"]
     prompt = [5, 77, 300, 12]
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
-                             pad_token_id=config.eos_token_id)
-    expected = out[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=32,
+            min_new_tokens=32,
+            do_sample=False,
+            pad_token_id=config.eos_token_id,
+        )
+    expected = out[0, len(prompt) :].tolist()
     ours = Model(Reference(config, weights), default_tokenizer()).generate_ids(
-        prompt, max_new_tokens=32, min_new_tokens=32)
+        prompt, max_new_tokens=32, min_new_tokens=32
+    )
     assert ours == expected
 
 
 # ----------------------------------------------------------------------------------------------------
 # Invariants and golden values of the pieces
 # ----------------------------------------------------------------------------------------------------
+
 
 def test_rotary_table_golden_values():
     """docs/gptj.md, "Golden values": the rotary table."""
@@ -205,6 +212,7 @@ def test_causality_future_tokens_do_not_change_the_past(hf_models):
 # Bad input
 # ----------------------------------------------------------------------------------------------------
 
+
 def test_bad_inputs_raise_clear_errors(hf_models):
     _, config, weights = hf_models["rot-lt-head"]
     ref = Reference(config, weights)
@@ -242,8 +250,11 @@ def test_prompt_longer_than_context_is_refused(hf_models):
 # The real model, when the user has it
 # ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not os.environ.get("GPTJ_CHECKPOINT"),
-                    reason="set GPTJ_CHECKPOINT to a GPT-J 6B checkpoint directory or native file to run")
+
+@pytest.mark.skipif(
+    not os.environ.get("GPTJ_CHECKPOINT"),
+    reason="set GPTJ_CHECKPOINT to a GPT-J 6B checkpoint directory or native file to run",
+)
 def test_real_gptj_6b_golden_greedy_continuation():
     """docs/gptj.md, "Golden values": transformers' and TF's fp32 golden ids for 'The dog', greedy, 18 new tokens."""
     import gptj_ref

@@ -38,7 +38,7 @@ def test_presence_and_frequency_penalties_follow_openai():
         c = generated.count(j)
         expected[j] = scores[j] - c * np.float32(0.5) - (c > 0) * np.float32(0.25)
     got = apply_presence_frequency_penalty(scores, generated, 0.25, 0.5)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)   # float32 rounding of one subtraction
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)  # float32 rounding of one subtraction
     s = GenerationSettings(presence_penalty=0.25, frequency_penalty=0.5)
     processed = process_logits(scores, prompt + generated, len(generated), s, eos_id=49)
     np.testing.assert_allclose(processed, expected, rtol=0, atol=1e-6)
@@ -51,7 +51,7 @@ def test_presence_and_frequency_penalties_follow_openai():
 def test_penalties_change_generation(model):
     plain = model.generate_ids(model.encode("The dog"), max_new_tokens=30)
     penalised = model.generate_ids(model.encode("The dog"), max_new_tokens=30, frequency_penalty=2.0)
-    assert len(set(penalised)) > len(set(plain))   # greedy random-weight text repeats; the penalty breaks that
+    assert len(set(penalised)) > len(set(plain))  # greedy random-weight text repeats; the penalty breaks that
 
 
 def test_a_batch_of_seeded_prompts_equals_each_alone(model):

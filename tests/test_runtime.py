@@ -10,7 +10,6 @@ pair, a missing bias, an off-by-one position) moves logits by 1e-2 of their scal
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -21,27 +20,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import CONFIGS, report_diff
 from gptj_ref.config import GPTJConfig
 from gptj_ref.errors import CheckpointError, InputError, SettingsError
 from gptj_ref.layout import random_weights
 from gptj_ref.reference import Reference
+from helpers import CONFIGS, report_diff, use_isa
 
 runtime = pytest.importorskip("gptj_ref.runtime")
 from gptj_ref.runtime import CppModel  # noqa: E402
 
 ISAS = runtime._core.available_isas()
 REL_TOL = 1e-4
-
-
-@contextlib.contextmanager
-def use_isa(isa):
-    before = runtime.kernel_isa()
-    runtime.set_kernel_isa(isa)
-    try:
-        yield
-    finally:
-        runtime.set_kernel_isa(before)
 
 
 def assert_logits_close(actual, expected, rel=REL_TOL):
@@ -53,8 +42,10 @@ def assert_logits_close(actual, expected, rel=REL_TOL):
 @pytest.fixture(scope="module")
 def models(hf_models):
     """name -> (config, weights, Reference, CppModel with 2 threads) for every geometry in CONFIGS."""
-    return {name: (config, weights, Reference(config, weights), CppModel(config, weights, threads=2))
-            for name, (_, config, weights) in hf_models.items()}
+    return {
+        name: (config, weights, Reference(config, weights), CppModel(config, weights, threads=2))
+        for name, (_, config, weights) in hf_models.items()
+    }
 
 
 def random_ids(config, n, seed):
@@ -64,6 +55,7 @@ def random_ids(config, n, seed):
 # --------------------------------------------------------------------------------------------------
 # Logits against the reference
 # --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -85,9 +77,9 @@ def test_cached_decoding_matches_full_sequence(models, name, isa):
     expected = ref.forward(ids)
     with use_isa(isa):
         cache = cpp.new_cache(24)
-        steps = [cpp.forward(ids[:7], cache)]                       # a prompt, then one token at a time
-        steps += [cpp.forward(ids[t:t + 1], cache) for t in range(7, 13)]
-        steps += [cpp.forward(ids[13:20], cache)]                   # and a chunk on top of a cache
+        steps = [cpp.forward(ids[:7], cache)]  # a prompt, then one token at a time
+        steps += [cpp.forward(ids[t : t + 1], cache) for t in range(7, 13)]
+        steps += [cpp.forward(ids[13:20], cache)]  # and a chunk on top of a cache
         full = cpp.forward(ids)
     assert cache.length == 20 and cache.row_lengths == [20]
     assert_logits_close(np.concatenate(steps), expected)
@@ -131,10 +123,14 @@ def test_greedy_generation_is_identical(models, name, isa):
 # Batches with left padding
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("isa", ISAS)
 @settings(max_examples=8, deadline=None)
-@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4), name=st.sampled_from(list(CONFIGS)),
-       seed=st.integers(0, 2**31))
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    name=st.sampled_from(list(CONFIGS)),
+    seed=st.integers(0, 2**31),
+)
 def test_left_padded_batch_rows_equal_each_row_alone(models, isa, lengths, name, seed):
     config, _, ref, cpp = models[name]
     B, T, n_new = len(lengths), max(lengths), 3
@@ -143,20 +139,20 @@ def test_left_padded_batch_rows_equal_each_row_alone(models, isa, lengths, name,
     ids = np.zeros((B, T), np.int64)
     mask = np.zeros((B, T), np.int64)
     for b, row in enumerate(rows):
-        ids[b, T - len(row):], mask[b, T - len(row):] = row, 1
+        ids[b, T - len(row) :], mask[b, T - len(row) :] = row, 1
     new = rng.integers(0, config.vocab_size, size=(B, n_new))
 
     with use_isa(isa):
         cache = cpp.new_cache(T + n_new, batch=B)
-        prompt = cpp.forward(ids, cache, attention_mask=mask)                           # [B, T, V]
-        steps = [cpp.forward(new[:, i:i + 1], cache, np.ones((B, 1), np.int64)) for i in range(n_new)]
+        prompt = cpp.forward(ids, cache, attention_mask=mask)  # [B, T, V]
+        steps = [cpp.forward(new[:, i : i + 1], cache, np.ones((B, 1), np.int64)) for i in range(n_new)]
         alone = [cpp.forward(np.concatenate([row, new[b]])) for b, row in enumerate(rows)]
 
     expected = ref.forward(ids, ref.new_cache(T + n_new, B), attention_mask=mask)
     assert_logits_close(prompt[mask.astype(bool)], expected[mask.astype(bool)])
     assert np.all(prompt[~mask.astype(bool)] == 0), "pad positions are not computed: their logits are 0"
     for b, row in enumerate(rows):
-        got = np.concatenate([prompt[b, T - len(row):]] + [s[b] for s in steps])
+        got = np.concatenate([prompt[b, T - len(row) :]] + [s[b] for s in steps])
         assert_logits_close(got, alone[b])
     assert cache.length == T + n_new and cache.row_lengths == [n + n_new for n in lengths]
 
@@ -168,7 +164,7 @@ def test_last_only_logits_equal_the_last_position_of_the_full_pass(models, isa):
     config, _, ref, cpp = models["real-heads"]
     ids = random_ids(config, 9, seed=3)
     batch = np.stack([ids, np.concatenate([[0, 0], ids[:7]]), np.concatenate([ids[:5], [0] * 4])])
-    mask = np.array([[1] * 9, [0, 0] + [1] * 7, [1] * 5 + [0] * 4])   # row 2 ends in padding
+    mask = np.array([[1] * 9, [0, 0] + [1] * 7, [1] * 5 + [0] * 4])  # row 2 ends in padding
     with use_isa(isa):
         last = cpp.forward(ids, last_only=True)
         full = cpp.forward(ids)
@@ -212,6 +208,7 @@ def test_interior_padding_follows_the_reference(models):
 # Threads
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["rot-eq-head", "real-heads"])
 def test_logits_are_bitwise_identical_for_1_and_2_threads(models, name, isa):
@@ -225,7 +222,7 @@ def test_logits_are_bitwise_identical_for_1_and_2_threads(models, name, isa):
         for model in (one, two):
             cache = model.new_cache(20, batch=2)
             out = [model.forward(ids, cache, mask)]
-            out += [model.forward(ids[:, i:i + 1], cache, np.ones((2, 1))) for i in range(3)]
+            out += [model.forward(ids[:, i : i + 1], cache, np.ones((2, 1))) for i in range(3)]
             results.append(np.concatenate(out, axis=1))
     assert two.threads == 2 and one.threads == 1
     assert np.array_equal(results[0], results[1]), report_diff(results[1], results[0])
@@ -246,20 +243,27 @@ def test_threads_can_be_changed(models):
 # Bad input
 # --------------------------------------------------------------------------------------------------
 
-TINY_CFG = GPTJConfig(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2, rotary_dim=4,
-                      bos_token_id=0, eos_token_id=0)
+TINY_CFG = GPTJConfig(
+    vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2, rotary_dim=4, bos_token_id=0, eos_token_id=0
+)
 Q = "transformer.h.0.attn.q_proj.weight"
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda w: w.update({Q: w[Q].astype(np.float64)}), f"weight {Q} has dtype float64, expected float32"),
-    (lambda w: w.update({Q: np.asfortranarray(w[Q])}), f"weight {Q} is not C-contiguous"),
-    (lambda w: w.update({Q: w[Q][:, :8]}), f"weight {Q} is not C-contiguous"),
-    (lambda w: w.update({Q: w[Q][:8].copy()}), f"weight {Q} has shape (8, 16), expected (16, 16)"),
-    (lambda w: w.update({"lm_head.bias": np.zeros(49, np.float32)}), "weight lm_head.bias has shape (49,), expected (50,)"),
-    (lambda w: w.pop("transformer.ln_f.bias"), "missing weight transformer.ln_f.bias"),
-    (lambda w: w.update({Q: w[Q].tolist()}), f"weight {Q} is a list, expected a numpy.ndarray"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda w: w.update({Q: w[Q].astype(np.float64)}), f"weight {Q} has dtype float64, expected float32"),
+        (lambda w: w.update({Q: np.asfortranarray(w[Q])}), f"weight {Q} is not C-contiguous"),
+        (lambda w: w.update({Q: w[Q][:, :8]}), f"weight {Q} is not C-contiguous"),
+        (lambda w: w.update({Q: w[Q][:8].copy()}), f"weight {Q} has shape (8, 16), expected (16, 16)"),
+        (
+            lambda w: w.update({"lm_head.bias": np.zeros(49, np.float32)}),
+            "weight lm_head.bias has shape (49,), expected (50,)",
+        ),
+        (lambda w: w.pop("transformer.ln_f.bias"), "missing weight transformer.ln_f.bias"),
+        (lambda w: w.update({Q: w[Q].tolist()}), f"weight {Q} is a list, expected a numpy.ndarray"),
+    ],
+)
 def test_bad_weights_raise_checkpoint_error(change, message):
     weights = random_weights(TINY_CFG, seed=0)
     change(weights)
@@ -273,7 +277,7 @@ def test_weights_are_views_not_copies():
     model = CppModel(TINY_CFG, weights, threads=1)
     ids = np.arange(5)
     before = model.forward(ids)
-    weights["lm_head.bias"][:] += 1.0   # the model reads the caller's array in place
+    weights["lm_head.bias"][:] += 1.0  # the model reads the caller's array in place
     assert np.allclose(model.forward(ids), before + 1.0, atol=1e-5)
 
 
@@ -303,7 +307,12 @@ def test_kernel_isa_switch_and_environment():
     with use_isa("scalar"):
         assert runtime.kernel_isa() == "scalar"
     env = dict(os.environ, GPTJ_FORCE_SCALAR="1")
-    out = subprocess.run([sys.executable, "-c", "from gptj_ref import runtime; print(runtime.kernel_isa())"],
-                         env=env, capture_output=True, text=True, check=True,
-                         cwd=tempfile.gettempdir())  # not the source tree, whose gptj_ref has no _core
+    out = subprocess.run(
+        [sys.executable, "-c", "from gptj_ref import runtime; print(runtime.kernel_isa())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),  # not the source tree, whose gptj_ref has no _core
+    )
     assert out.stdout.strip() == "scalar"

@@ -53,7 +53,7 @@ def test_loglikelihoods_equal_transformers_and_batched_equals_one_at_a_time(hf_m
     shared = rng.integers(0, 99, size=20).tolist()
     pairs = [(shared, rng.integers(0, 99, size=n).tolist()) for n in (1, 3, 7, 1, 12)]  # multiple choice
     pairs += [(rng.integers(0, 99, size=9).tolist(), rng.integers(0, 99, size=4).tolist())]  # its own context
-    pairs += [(shared[:5], [7])]                                                                 # a prefix of it
+    pairs += [(shared[:5], [7])]  # a prefix of it
     # A greedy continuation, so that is_greedy is True at least once.
     greedy_cont = []
     for _ in range(3):
@@ -78,9 +78,9 @@ def test_pairs_longer_than_the_context_keep_their_last_tokens(hf_models):
     rng = np.random.default_rng(2)
     context, continuation = rng.integers(0, 99, size=150).tolist(), rng.integers(0, 99, size=10).tolist()
     kept = (context + continuation)[-129:]
-    logp = torch_logprobs(hf, kept[:-1])   # the model reads all but the last kept token
+    logp = torch_logprobs(hf, kept[:-1])  # the model reads all but the last kept token
     rows = np.arange(len(kept) - 11, len(kept) - 1)
-    (ll, _), = model.loglikelihoods([(context, continuation), (context, continuation[:3])])[:1]
+    ((ll, _),) = model.loglikelihoods([(context, continuation), (context, continuation[:3])])[:1]
     assert ll == pytest.approx(logp[rows, continuation].sum(), abs=LOGPROB_ATOL * 10)
     with pytest.raises(InputError, match="more than the model's context"):
         model.loglikelihood([1], rng.integers(0, 99, size=129).tolist())
@@ -99,9 +99,12 @@ def test_long_texts_are_scored_in_strided_windows_each_token_once(hf_models):
     begin, first, end = strided_windows(300, 128, 50)[2]
     window_logp = torch_logprobs(hf, ids[begin:end])
     offset = sum(e - f for _, f, e in strided_windows(300, 128, 50)[:2])
-    np.testing.assert_allclose(scores.logprobs[offset:offset + end - first],
-                               window_logp[np.arange(first - begin - 1, end - begin - 1), ids[first:end]],
-                               rtol=0, atol=LOGPROB_ATOL)
+    np.testing.assert_allclose(
+        scores.logprobs[offset : offset + end - first],
+        window_logp[np.arange(first - begin - 1, end - begin - 1), ids[first:end]],
+        rtol=0,
+        atol=LOGPROB_ATOL,
+    )
     with pytest.raises(InputError, match="stride"):
         model.score(ids, stride=129)
 
@@ -118,11 +121,13 @@ def test_cpp_copy_row_shares_a_prefix_and_rewinds(hf_models):
     assert cache.row_lengths == [20, 12]
     for layer in range(model.config.n_layer):
         for which in ("keys", "values"):
-            np.testing.assert_array_equal(cache.core.stored(which, layer, 1), cache.core.stored(which, layer, 0)[:, :12])
+            np.testing.assert_array_equal(
+                cache.core.stored(which, layer, 1), cache.core.stored(which, layer, 0)[:, :12]
+            )
     cache.core.copy_row(0, 0, 5)
     assert cache.row_lengths == [5, 12]
     with pytest.raises(ValueError):
-        cache.core.copy_row(0, 1, 6)   # row 0 now holds 5 tokens
+        cache.core.copy_row(0, 1, 6)  # row 0 now holds 5 tokens
 
 
 def test_text_pairs_are_tokenized_as_lm_eval_does():
@@ -130,7 +135,7 @@ def test_text_pairs_are_tokenized_as_lm_eval_does():
 
     tokenizer = default_tokenizer()
 
-    class Encoder(TemplateLM):   # lm-eval's own pair splitting over our tokenizer
+    class Encoder(TemplateLM):  # lm-eval's own pair splitting over our tokenizer
         eot_token_id = tokenizer.eos_token_id
 
         def tok_encode(self, string, **kwargs):
@@ -139,8 +144,14 @@ def test_text_pairs_are_tokenized_as_lm_eval_does():
         _loglikelihood_tokens = loglikelihood_rolling = generate_until = None
 
     lm_eval_encoder = Encoder()
-    for context, continuation in [("The cat sat on the", " mat"), ("Trailing space ", "here"), ("a\n", "b"),
-                                  ("Question: 2+2=", " 4"), ("naïve café", " crème brûlée"), ("x", "y z")]:
+    for context, continuation in [
+        ("The cat sat on the", " mat"),
+        ("Trailing space ", "here"),
+        ("a\n", "b"),
+        ("Question: 2+2=", " 4"),
+        ("naïve café", " crème brûlée"),
+        ("x", "y z"),
+    ]:
         assert encode_pair(tokenizer, context, continuation) == lm_eval_encoder._encode_pair(context, continuation)
     assert encode_pair(tokenizer, "", " hello") == ([tokenizer.eos_token_id], tokenizer.encode(" hello"))
     with pytest.raises(InputError):

@@ -108,6 +108,7 @@ def metric(base: str, name: str) -> float:
 # Completions and chat equal Model.generate
 # ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("temperature, seed", [(0, None), (0.9, 7)])
 def test_completions_equal_generate(client, model, stream, temperature, seed):
@@ -132,7 +133,7 @@ def test_completions_equal_generate(client, model, stream, temperature, seed):
     assert sorted(texts) == [0, 1, 2, 3]
     new_tokens = 0
     for i, prompt in enumerate(prompts):
-        for j in range(2):   # choice j of a prompt is seeded with seed + j
+        for j in range(2):  # choice j of a prompt is seeded with seed + j
             settings = settings_for(temperature, 12, None if seed is None else seed + j)
             assert texts[2 * i + j] == model.generate(prompt, **settings)
             new_tokens += len(model.generate_ids(model.encode(prompt), **settings))
@@ -140,9 +141,9 @@ def test_completions_equal_generate(client, model, stream, temperature, seed):
     assert usage.prompt_tokens == sum(len(model.encode(p)) for p in prompts)
     assert usage.completion_tokens == new_tokens
     if temperature == 0:
-        assert texts[0] == texts[1]          # greedy: both choices alike
+        assert texts[0] == texts[1]  # greedy: both choices alike
     else:
-        assert texts[0] != texts[1]          # different seeds per choice
+        assert texts[0] != texts[1]  # different seeds per choice
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -169,11 +170,12 @@ def test_stop_strings(client, model):
     full = model.generate("The dog", **settings_for(0, 20))
     stop = full[6:9]
     expected = model.generate("The dog", **settings_for(0, 20, stop=(stop,)))
-    assert expected == full[:full.find(stop)]
+    assert expected == full[: full.find(stop)]
     response = client.completions.create(model=NAME, prompt="The dog", max_tokens=20, temperature=0, stop=[stop])
     assert response.choices[0].text == expected and response.choices[0].finish_reason == "stop"
-    streamed = client.completions.create(model=NAME, prompt="The dog", max_tokens=20, temperature=0, stop=stop,
-                                         stream=True)
+    streamed = client.completions.create(
+        model=NAME, prompt="The dog", max_tokens=20, temperature=0, stop=stop, stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == expected
 
 
@@ -185,12 +187,12 @@ def test_logprobs_and_echo(client, model):
     continuation = model.generate(prompt, **settings_for(0, 6))
     assert choice.text == prompt + continuation
     lp = choice.logprobs
-    assert "".join(lp.tokens) == choice.text      # byte-level tokens of plain ASCII text join exactly
+    assert "".join(lp.tokens) == choice.text  # byte-level tokens of plain ASCII text join exactly
     assert len(lp.tokens) == len(ids) + 6 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
     # The log-probabilities are the model's: log_softmax of the logits of the whole sequence at once.
     # The server computed them chunk by chunk and batched; the C++ rows are bitwise the same, so the
     # float64 log-softmax agrees to rounding of the last digits (1e-9).
-    full_ids = ids + [model.encode(t)[0] for t in lp.tokens[len(ids):]]
+    full_ids = ids + [model.encode(t)[0] for t in lp.tokens[len(ids) :]]
     logp = np.array([log_softmax(row) for row in model.logits(full_ids)])
     for t in range(1, len(full_ids)):
         assert lp.token_logprobs[t] == pytest.approx(logp[t - 1, full_ids[t]], abs=1e-9)
@@ -202,8 +204,12 @@ def test_logprobs_and_echo(client, model):
     assert lp.text_offset[:3] == [0, 3, 7]
 
     # Streamed, the same text and log-probs arrive chunk by chunk (the prompt's in the first chunk).
-    chunks = [c.choices[0] for c in client.completions.create(model=NAME, prompt=prompt, max_tokens=6, temperature=0,
-                                                              logprobs=3, echo=True, stream=True)]
+    chunks = [
+        c.choices[0]
+        for c in client.completions.create(
+            model=NAME, prompt=prompt, max_tokens=6, temperature=0, logprobs=3, echo=True, stream=True
+        )
+    ]
     assert "".join(c.text for c in chunks) == choice.text
     streamed = [x for c in chunks if c.logprobs for x in c.logprobs.token_logprobs]
     assert streamed == lp.token_logprobs
@@ -212,10 +218,16 @@ def test_logprobs_and_echo(client, model):
     # max_tokens=0 with echo scores the prompt alone (what evaluation harnesses ask).
     scored = client.completions.create(model=NAME, prompt=prompt, max_tokens=0, echo=True, logprobs=0)
     assert scored.choices[0].text == prompt and scored.usage.completion_tokens == 0
-    assert scored.choices[0].logprobs.token_logprobs[1:] == pytest.approx(lp.token_logprobs[1:len(ids)], abs=0)
+    assert scored.choices[0].logprobs.token_logprobs[1:] == pytest.approx(lp.token_logprobs[1 : len(ids)], abs=0)
 
-    chat = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
-                                          temperature=0, logprobs=True, top_logprobs=2)
+    chat = client.chat.completions.create(
+        model=NAME,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
     content = chat.choices[0].logprobs.content
     assert "".join(c.token for c in content) == chat.choices[0].message.content
     assert all(len(c.top_logprobs) == 2 and c.logprob == pytest.approx(c.top_logprobs[0].logprob) for c in content)
@@ -224,8 +236,16 @@ def test_logprobs_and_echo(client, model):
 def test_sixteen_concurrent_clients_each_equal_their_solo_run(base, model):
     # max_batch is 4: sixteen clients at once exercise admission from the queue, rows of different
     # lengths side by side, and slots reused as soon as a sequence ends.
-    jobs = [dict(prompt=f"Client {k} says", max_tokens=8 + (k % 5) * 3, temperature=0 if k % 3 == 0 else 1.0,
-                 seed=100 + k, stream=k % 2 == 1) for k in range(16)]
+    jobs = [
+        dict(
+            prompt=f"Client {k} says",
+            max_tokens=8 + (k % 5) * 3,
+            temperature=0 if k % 3 == 0 else 1.0,
+            seed=100 + k,
+            stream=k % 2 == 1,
+        )
+        for k in range(16)
+    ]
     results = [None] * 16
 
     def run(k):
@@ -243,8 +263,9 @@ def test_sixteen_concurrent_clients_each_equal_their_solo_run(base, model):
     for t in threads:
         t.join(120)
     for k, job in enumerate(jobs):
-        assert results[k] == model.generate(job["prompt"], **settings_for(job["temperature"], job["max_tokens"],
-                                                                          job["seed"])), k
+        assert results[k] == model.generate(
+            job["prompt"], **settings_for(job["temperature"], job["max_tokens"], job["seed"])
+        ), k
     # Batching happened: fewer steps than tokens (each step decodes up to 4 rows).
     tokens = sum(len(model.encode(r)) for r in results)
     assert metric(base, "gptj_steps_total") - steps_before < 0.8 * tokens
@@ -253,6 +274,7 @@ def test_sixteen_concurrent_clients_each_equal_their_solo_run(base, model):
 # ---------------------------------------------------------------------------------------------------
 # Failure behaviour
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_disconnect_mid_stream_frees_the_slot(base):
     cancelled = metric(base, 'gptj_sequences_finished_total{reason="cancelled"}')
@@ -275,9 +297,9 @@ def test_full_queue_answers_429(model):
     with running(create_app(model, model_name=NAME, max_batch=1, max_queue=1)) as url:
         long = {"model": NAME, "prompt": "The dog", "max_tokens": 2000, "temperature": 0, "stream": True}
         with httpx.Client(timeout=30) as http:
-            with http.stream("POST", url + "/v1/completions", json=long) as first:      # takes the slot
+            with http.stream("POST", url + "/v1/completions", json=long) as first:  # takes the slot
                 assert first.status_code == 200
-                first_lines = first.iter_lines()   # keep the iterator: dropping it closes the connection
+                first_lines = first.iter_lines()  # keep the iterator: dropping it closes the connection
                 next(first_lines)
                 with http.stream("POST", url + "/v1/completions", json=long) as second:  # waits in the queue
                     assert second.status_code == 200
@@ -287,32 +309,36 @@ def test_full_queue_answers_429(model):
                     assert third.json()["error"]["code"] == "queue_full"
         # Both streams were abandoned: the slot and the queue empty again, and requests succeed.
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (metric(url, "gptj_batch_rows_active")
-                                               or metric(url, "gptj_queue_depth")):
+        while time.monotonic() < deadline and (
+            metric(url, "gptj_batch_rows_active") or metric(url, "gptj_queue_depth")
+        ):
             time.sleep(0.02)
         ok = httpx.post(url + "/v1/completions", json={"prompt": "A", "max_tokens": 2, "temperature": 0}, timeout=30)
         assert ok.status_code == 200
 
 
-@pytest.mark.parametrize("body, status, param, code", [
-    ({"prompt": "x", "temperature": 3}, 400, "temperature", "invalid_value"),
-    ({"prompt": "x", "temperature": "hot"}, 400, "temperature", "invalid_type"),
-    ({"prompt": "x", "n": 0}, 400, "n", "invalid_value"),
-    ({"prompt": "x", "top_p": 0}, 400, "top_p", "invalid_value"),
-    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
-    ({"prompt": "x", "seed": -1}, 400, "seed", "invalid_value"),
-    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "invalid_value"),
-    ({"prompt": "x", "presence_penalty": 2.5}, 400, "presence_penalty", "invalid_value"),
-    ({"prompt": "x", "logprobs": 50}, 400, "logprobs", "invalid_value"),
-    ({"prompt": "x", "temprature": 0.5}, 400, "temprature", "unrecognized_argument"),
-    ({"prompt": "x", "suffix": "y"}, 400, "suffix", "unsupported_parameter"),
-    ({"prompt": 5}, 400, "prompt", "invalid_type"),
-    ({"prompt": ""}, 400, "prompt", "invalid_value"),
-    ({"prompt": [1, 2, 10**9]}, 400, "prompt", "invalid_type"),
-    ({"prompt": "x", "model": "gpt-4"}, 404, "model", "model_not_found"),
-    ({"prompt": "The dog " * 1100, "max_tokens": 16}, 400, "prompt", "context_length_exceeded"),
-    ({"prompt": "x", "max_tokens": 2048}, 400, "prompt", "context_length_exceeded"),
-])
+@pytest.mark.parametrize(
+    "body, status, param, code",
+    [
+        ({"prompt": "x", "temperature": 3}, 400, "temperature", "invalid_value"),
+        ({"prompt": "x", "temperature": "hot"}, 400, "temperature", "invalid_type"),
+        ({"prompt": "x", "n": 0}, 400, "n", "invalid_value"),
+        ({"prompt": "x", "top_p": 0}, 400, "top_p", "invalid_value"),
+        ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
+        ({"prompt": "x", "seed": -1}, 400, "seed", "invalid_value"),
+        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "invalid_value"),
+        ({"prompt": "x", "presence_penalty": 2.5}, 400, "presence_penalty", "invalid_value"),
+        ({"prompt": "x", "logprobs": 50}, 400, "logprobs", "invalid_value"),
+        ({"prompt": "x", "temprature": 0.5}, 400, "temprature", "unrecognized_argument"),
+        ({"prompt": "x", "suffix": "y"}, 400, "suffix", "unsupported_parameter"),
+        ({"prompt": 5}, 400, "prompt", "invalid_type"),
+        ({"prompt": ""}, 400, "prompt", "invalid_value"),
+        ({"prompt": [1, 2, 10**9]}, 400, "prompt", "invalid_type"),
+        ({"prompt": "x", "model": "gpt-4"}, 404, "model", "model_not_found"),
+        ({"prompt": "The dog " * 1100, "max_tokens": 16}, 400, "prompt", "context_length_exceeded"),
+        ({"prompt": "x", "max_tokens": 2048}, 400, "prompt", "context_length_exceeded"),
+    ],
+)
 def test_bad_completion_requests(base, body, status, param, code):
     response = httpx.post(base + "/v1/completions", json=body, timeout=30)
     assert response.status_code == status, response.text
@@ -321,14 +347,17 @@ def test_bad_completion_requests(base, body, status, param, code):
     assert error["param"] == param and error["code"] == code and error["message"]
 
 
-@pytest.mark.parametrize("body, param", [
-    ({}, "messages"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-    ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
-    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
+    ],
+)
 def test_bad_chat_requests(base, body, param):
     response = httpx.post(base + "/v1/chat/completions", json=body, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["param"] == param
@@ -354,9 +383,15 @@ def test_models_health_metrics(base):
     assert httpx.get(base + f"/v1/models/{NAME}").json()["id"] == NAME
     assert httpx.get(base + "/health").json() == {"status": "ok"}
     text = httpx.get(base + "/metrics").text
-    for name in ("gptj_requests_total", "gptj_prompt_tokens_total", "gptj_completion_tokens_total",
-                 "gptj_queue_depth", "gptj_batch_rows_active", "gptj_time_to_first_token_seconds_bucket",
-                 "gptj_inter_token_latency_seconds_count"):
+    for name in (
+        "gptj_requests_total",
+        "gptj_prompt_tokens_total",
+        "gptj_completion_tokens_total",
+        "gptj_queue_depth",
+        "gptj_batch_rows_active",
+        "gptj_time_to_first_token_seconds_bucket",
+        "gptj_inter_token_latency_seconds_count",
+    ):
         assert name in text
     assert metric(base, "gptj_batch_rows_max") == 4
 
@@ -368,7 +403,7 @@ def test_api_key(model):
         wrong = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
         assert httpx.get(url + "/v1/models").status_code == 401
-        assert httpx.get(url + "/health").status_code == 200      # health and metrics need no key
+        assert httpx.get(url + "/health").status_code == 200  # health and metrics need no key
         c = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0)
         assert c.completions.create(model=NAME, prompt="The dog", max_tokens=2).choices[0].text
 
@@ -428,8 +463,9 @@ def test_non_finite_logits_end_the_request_with_an_error(weights):
         assert response.status_code == 500
         assert "non-finite logits" in response.json()["error"]["message"]
         assert "generation step 1" in response.json()["error"]["message"]
-        stream = httpx.post(url + "/v1/completions", json={"prompt": "The dog", "max_tokens": 4, "stream": True},
-                            timeout=30)
+        stream = httpx.post(
+            url + "/v1/completions", json={"prompt": "The dog", "max_tokens": 4, "stream": True}, timeout=30
+        )
         events = [line[6:] for line in stream.text.splitlines() if line.startswith("data: ")]
         assert json.loads(events[-2])["error"]["type"] == "server_error" and events[-1] == "[DONE]"
 
@@ -437,6 +473,7 @@ def test_non_finite_logits_end_the_request_with_an_error(weights):
 # ---------------------------------------------------------------------------------------------------
 # SIGTERM drains (the real command, as a subprocess)
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, weights):
     from gptj_ref.native import write_native
@@ -448,9 +485,9 @@ def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, weights):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd()] + sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "gptj_ref.cli", "serve", "--model", str(path), "--port", str(port),
-                             "--threads", "1", "--model-name", NAME, "--grace", "60"],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "gptj_ref.cli", "serve", "--model", str(path), "--model-name", NAME]
+    command += ["--port", str(port), "--threads", "1", "--grace", "60"]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, 60)
@@ -471,11 +508,12 @@ def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path, weights):
                         proc.send_signal(signal.SIGTERM)
                     else:
                         after_signal += 1
-                    if len(pieces) == 2:   # a new request is refused: no connection, or 503
+                    if len(pieces) == 2:  # a new request is refused: no connection, or 503
                         time.sleep(0.5)
                         try:
-                            late = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 1},
-                                              timeout=10)
+                            late = httpx.post(
+                                url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, timeout=10
+                            )
                             assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
                         except httpx.ConnectError:
                             pass
@@ -514,14 +552,22 @@ def test_custom_chat_template(model):
         assert reply.choices[0].message.content == model.generate(template.render(messages), **settings_for(0, 8))
 
 
-@pytest.mark.parametrize("body, param, code, words", [
-    ({"prompt": "x", "seed": 2**64}, "seed", "invalid_value", "seed must be an integer in [0, 2**64)"),
-    ({"prompt": "x", "seed": 1.5}, "seed", "invalid_type", "must be an integer"),
-    ({"prompt": "x", "num_beams": 4}, "num_beams", "unsupported_parameter", "beam search is not implemented"),
-    ({"prompt": "x", "typical_p": 0.9}, "typical_p", "unsupported_parameter", "use top_p or top_k"),
-    ({"prompt": "x", "temperature": -0.5}, "temperature", "invalid_value", "temperature must be >= 0 (0 = greedy)"),
-    ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty", "invalid_value", "repetition_penalty must be > 0"),
-])
+@pytest.mark.parametrize(
+    "body, param, code, words",
+    [
+        ({"prompt": "x", "seed": 2**64}, "seed", "invalid_value", "seed must be an integer in [0, 2**64)"),
+        ({"prompt": "x", "seed": 1.5}, "seed", "invalid_type", "must be an integer"),
+        ({"prompt": "x", "num_beams": 4}, "num_beams", "unsupported_parameter", "beam search is not implemented"),
+        ({"prompt": "x", "typical_p": 0.9}, "typical_p", "unsupported_parameter", "use top_p or top_k"),
+        ({"prompt": "x", "temperature": -0.5}, "temperature", "invalid_value", "temperature must be >= 0 (0 = greedy)"),
+        (
+            {"prompt": "x", "repetition_penalty": 0},
+            "repetition_penalty",
+            "invalid_value",
+            "repetition_penalty must be > 0",
+        ),
+    ],
+)
 def test_settings_are_checked_by_make_settings_over_http(base, body, param, code, words):
     """The server turns a request into settings with generate.make_settings, the check of the Python API
     and gptj batch: its SettingsError is a 400 error object naming the parameter, with the same words."""
@@ -530,15 +576,20 @@ def test_settings_are_checked_by_make_settings_over_http(base, body, param, code
     error = response.json()["error"]
     assert error["param"] == param and error["code"] == code, error
     assert words in error["message"], error
-    if code != "invalid_type":   # the Python API says the same
+    if code != "invalid_type":  # the Python API says the same
         with pytest.raises(SettingsError, match=re.escape(words)):
             make_settings({k: v for k, v in body.items() if k != "prompt"})
 
 
 def test_temperature_zero_over_http_is_greedy_whatever_the_seed(base, model):
     """temperature 0 is greedy (OpenAI's meaning), the same over HTTP as in Model.generate."""
-    texts = [httpx.post(base + "/v1/completions", timeout=60,
-                        json={"prompt": "The dog", "max_tokens": 10, "temperature": 0, "seed": s}).json()
-             ["choices"][0]["text"] for s in (1, 2)]
+    texts = [
+        httpx.post(
+            base + "/v1/completions",
+            timeout=60,
+            json={"prompt": "The dog", "max_tokens": 10, "temperature": 0, "seed": s},
+        ).json()["choices"][0]["text"]
+        for s in (1, 2)
+    ]
     assert texts[0] == texts[1] == model.generate("The dog", max_new_tokens=10, temperature=0, top_k=0)
-    assert texts[0] == model.generate("The dog", max_new_tokens=10)   # greedy
+    assert texts[0] == model.generate("The dog", max_new_tokens=10)  # greedy

@@ -11,8 +11,8 @@ from gptj_ref.tokenizer import Tokenizer, builtin_vocab_files, default_tokenizer
 
 CORPUS = [
     # The GPT-J model card
-    "GPT-J 6B is a transformer model trained using Ben Wang's Mesh Transformer JAX. \"GPT-J\" refers to the class "
-    "of model, while \"6B\" represents the number of trainable parameters.",
+    'GPT-J 6B is a transformer model trained using Ben Wang\'s Mesh Transformer JAX. "GPT-J" refers to the class '
+    'of model, while "6B" represents the number of trainable parameters.',
     "The model consists of 28 layers with a model dimension of 4096, and a feedforward dimension of 16384. "
     "The model dimension is split into 16 heads, each with a dimension of 256. Rotary Position Embedding (RoPE) "
     "is applied to 64 dimensions of each head.",

@@ -13,7 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_builder():
-    spec = importlib.util.spec_from_file_location("build_walkthrough", os.path.join(ROOT, "docs", "build_walkthrough.py"))
+    spec = importlib.util.spec_from_file_location(
+        "build_walkthrough", os.path.join(ROOT, "docs", "build_walkthrough.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -24,8 +26,11 @@ def test_the_walkthrough_is_what_its_code_prints():
     built = builder.build(figures=False)
     with open(builder.PAGE, encoding="utf-8") as f:
         committed = f.read()
-    diff = "".join(difflib.unified_diff(committed.splitlines(True), built.splitlines(True),
-                                        "docs/walkthrough.md", "built now", n=1))
+    diff = "".join(
+        difflib.unified_diff(
+            committed.splitlines(True), built.splitlines(True), "docs/walkthrough.md", "built now", n=1
+        )
+    )
     assert committed == built, "the walkthrough no longer matches its code:\n" + diff
 
 

@@ -39,7 +39,7 @@ MODEL_TESTS = ("tests/test_gptj_semantics.py", "tests/test_reference.py", "tests
 @dataclass(frozen=True)
 class Mutant:
     name: str
-    path: str                           # relative to the repository root
+    path: str  # relative to the repository root
     edits: Tuple[Tuple[str, str], ...]  # (exact text, replacement); each text must occur once
     tests: Tuple[str, ...]
     why: str
@@ -55,87 +55,242 @@ def m(name, path, old, new, tests, why, *more_edits) -> Mutant:
 
 MUTANTS: List[Mutant] = [
     # --- the NumPy reference --------------------------------------------------------------------
-    m("ref-gelu-constant", "gptj_ref/reference.py", "f32(0.044715)", "f32(0.0447)",
-      ("tests/test_gptj_semantics.py", "tests/test_reference.py"), "GELU's cubic constant mistyped"),
-    m("ref-positions-from-1", "gptj_ref/reference.py", "np.cumsum(mask, axis=1) - 1", "np.cumsum(mask, axis=1)",
-      MODEL_TESTS, "rotary positions start at 1"),
-    m("ref-rotary-sign", "gptj_ref/reference.py", "x_swapped[..., 0::2] = -x[..., 1::2]",
-      "x_swapped[..., 0::2] = x[..., 1::2]", ("tests/test_reference.py",), "rotate_every_two's minus sign lost"),
-    m("ref-rotate-half", "gptj_ref/reference.py",
-      "x_swapped[..., 0::2] = -x[..., 1::2]                 # (x0, x1) -> (-x1, x0)\n"
-      "    x_swapped[..., 1::2] = x[..., 0::2]",
-      "half = x.shape[-1] // 2\n    x_swapped[..., :half] = -x[..., half:]\n    x_swapped[..., half:] = x[..., :half]",
-      ("tests/test_reference.py",), "NeoX/LLaMA's rotate_half pairing on GPT-J weights"),
-    m("ref-softmax-no-max", "gptj_ref/reference.py", "np.exp(x - x.max(axis=-1, keepdims=True))", "np.exp(x)",
-      ("tests/test_gptj_semantics.py", "tests/test_reference.py"), "softmax without subtracting the row maximum"),
-    m("ref-layernorm-unbiased", "gptj_ref/reference.py", "var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)",
-      "var = ((x - mean) ** 2).sum(axis=-1, keepdims=True) / (x.shape[-1] - 1)",
-      ("tests/test_reference.py",), "LayerNorm with the unbiased variance"),
-    m("ref-serial-block", "gptj_ref/reference.py", 'm = mlp(h, w["mlp"])',
-      'm = mlp(layer_norm(x + a, w["ln_1"]["weight"], w["ln_1"]["bias"], config.layer_norm_epsilon), w["mlp"])',
-      ("tests/test_reference.py",), "GPT-2's serial block instead of GPT-J's parallel one"),
-    m("ref-no-lm-head-bias", "gptj_ref/reference.py", 'linear(x, self.lm_head["weight"], self.lm_head["bias"])',
-      'linear(x, self.lm_head["weight"])', ("tests/test_reference.py",), "lm_head's bias dropped"),
-    m("ref-scale-by-d", "gptj_ref/reference.py", "/ f32(np.sqrt(d_head))", "/ f32(d_head)",
-      ("tests/test_reference.py",), "scores scaled by 1/d_head instead of 1/sqrt(d_head)"),
-    m("ref-mask-one-future", "gptj_ref/reference.py", "(key_slot <= query_slot)[None]",
-      "(key_slot <= query_slot + 1)[None]",
-      ("tests/test_reference.py",), "the causal mask lets a query see the next token"),
-    m("ref-erf-gelu", "gptj_ref/reference.py",
-      "f32(0.5) * x * (f32(1.0) + np.tanh(f32(np.sqrt(2.0 / np.pi)) * (x + f32(0.044715) * (x * x * x))))",
-      "x * f32(0.5) * (f32(1.0) + np.vectorize(__import__('math').erf)(x / np.sqrt(2.0)).astype(f32))",
-      ("tests/test_gptj_semantics.py", "tests/test_reference.py"), "the erf GELU instead of gelu_new"),
+    m(
+        "ref-gelu-constant",
+        "gptj_ref/reference.py",
+        "f32(0.044715)",
+        "f32(0.0447)",
+        ("tests/test_gptj_semantics.py", "tests/test_reference.py"),
+        "GELU's cubic constant mistyped",
+    ),
+    m(
+        "ref-positions-from-1",
+        "gptj_ref/reference.py",
+        "np.cumsum(mask, axis=1) - 1",
+        "np.cumsum(mask, axis=1)",
+        MODEL_TESTS,
+        "rotary positions start at 1",
+    ),
+    m(
+        "ref-rotary-sign",
+        "gptj_ref/reference.py",
+        "x_swapped[..., 0::2] = -x[..., 1::2]",
+        "x_swapped[..., 0::2] = x[..., 1::2]",
+        ("tests/test_reference.py",),
+        "rotate_every_two's minus sign lost",
+    ),
+    m(
+        "ref-rotate-half",
+        "gptj_ref/reference.py",
+        "x_swapped[..., 0::2] = -x[..., 1::2]                 # (x0, x1) -> (-x1, x0)\n"
+        "    x_swapped[..., 1::2] = x[..., 0::2]",
+        "half = x.shape[-1] // 2\n"
+        "    x_swapped[..., :half] = -x[..., half:]\n"
+        "    x_swapped[..., half:] = x[..., :half]",
+        ("tests/test_reference.py",),
+        "NeoX/LLaMA's rotate_half pairing on GPT-J weights",
+    ),
+    m(
+        "ref-softmax-no-max",
+        "gptj_ref/reference.py",
+        "np.exp(x - x.max(axis=-1, keepdims=True))",
+        "np.exp(x)",
+        ("tests/test_gptj_semantics.py", "tests/test_reference.py"),
+        "softmax without subtracting the row maximum",
+    ),
+    m(
+        "ref-layernorm-unbiased",
+        "gptj_ref/reference.py",
+        "var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)",
+        "var = ((x - mean) ** 2).sum(axis=-1, keepdims=True) / (x.shape[-1] - 1)",
+        ("tests/test_reference.py",),
+        "LayerNorm with the unbiased variance",
+    ),
+    m(
+        "ref-serial-block",
+        "gptj_ref/reference.py",
+        'm = mlp(h, w["mlp"])',
+        'm = mlp(layer_norm(x + a, w["ln_1"]["weight"], w["ln_1"]["bias"], config.layer_norm_epsilon), w["mlp"])',
+        ("tests/test_reference.py",),
+        "GPT-2's serial block instead of GPT-J's parallel one",
+    ),
+    m(
+        "ref-no-lm-head-bias",
+        "gptj_ref/reference.py",
+        'linear(x, self.lm_head["weight"], self.lm_head["bias"])',
+        'linear(x, self.lm_head["weight"])',
+        ("tests/test_reference.py",),
+        "lm_head's bias dropped",
+    ),
+    m(
+        "ref-scale-by-d",
+        "gptj_ref/reference.py",
+        "/ f32(np.sqrt(d_head))",
+        "/ f32(d_head)",
+        ("tests/test_reference.py",),
+        "scores scaled by 1/d_head instead of 1/sqrt(d_head)",
+    ),
+    m(
+        "ref-mask-one-future",
+        "gptj_ref/reference.py",
+        "(key_slot <= query_slot)[None]",
+        "(key_slot <= query_slot + 1)[None]",
+        ("tests/test_reference.py",),
+        "the causal mask lets a query see the next token",
+    ),
+    m(
+        "ref-erf-gelu",
+        "gptj_ref/reference.py",
+        "f32(0.5) * x * (f32(1.0) + np.tanh(f32(np.sqrt(2.0 / np.pi)) * (x + f32(0.044715) * (x * x * x))))",
+        "x * f32(0.5) * (f32(1.0) + np.vectorize(__import__('math').erf)(x / np.sqrt(2.0)).astype(f32))",
+        ("tests/test_gptj_semantics.py", "tests/test_reference.py"),
+        "the erf GELU instead of gelu_new",
+    ),
     # --- generation -----------------------------------------------------------------------------
-    m("gen-top-p-boundary", "gptj_ref/generate.py", "cumulative <= (1 - p)", "cumulative < (1 - p)",
-      ("tests/test_gptj_semantics.py", "tests/test_generate.py"), "top-p's boundary < instead of <="),
-    m("gen-top-k-drops-kth", "gptj_ref/generate.py", "np.where(scores < kth, NEG_INF, scores)",
-      "np.where(scores <= kth, NEG_INF, scores)", ("tests/test_generate.py",), "top-k keeps k - 1 tokens"),
-    m("gen-repetition-penalty-sign", "gptj_ref/generate.py",
-      "np.where(seen < 0, seen * np.float32(penalty), seen / np.float32(penalty))",
-      "seen / np.float32(penalty)", ("tests/test_generate.py",), "repetition penalty divides negative scores too"),
-    m("gen-min-new-tokens-off-by-one", "gptj_ref/generate.py", "n_new < settings.min_new_tokens",
-      "n_new <= settings.min_new_tokens", ("tests/test_generate.py",), "EOS suppressed one step too long"),
+    m(
+        "gen-top-p-boundary",
+        "gptj_ref/generate.py",
+        "cumulative <= (1 - p)",
+        "cumulative < (1 - p)",
+        ("tests/test_gptj_semantics.py", "tests/test_generate.py"),
+        "top-p's boundary < instead of <=",
+    ),
+    m(
+        "gen-top-k-drops-kth",
+        "gptj_ref/generate.py",
+        "np.where(scores < kth, NEG_INF, scores)",
+        "np.where(scores <= kth, NEG_INF, scores)",
+        ("tests/test_generate.py",),
+        "top-k keeps k - 1 tokens",
+    ),
+    m(
+        "gen-repetition-penalty-sign",
+        "gptj_ref/generate.py",
+        "np.where(seen < 0, seen * np.float32(penalty), seen / np.float32(penalty))",
+        "seen / np.float32(penalty)",
+        ("tests/test_generate.py",),
+        "repetition penalty divides negative scores too",
+    ),
+    m(
+        "gen-min-new-tokens-off-by-one",
+        "gptj_ref/generate.py",
+        "n_new < settings.min_new_tokens",
+        "n_new <= settings.min_new_tokens",
+        ("tests/test_generate.py",),
+        "EOS suppressed one step too long",
+    ),
     # --- int8 format ----------------------------------------------------------------------------
-    m("quant-scale-to-nearest", "gptj_ref/quant.py", "d16[low] = np.nextafter(d16[low], np.float16(np.inf))",
-      "pass", Q8_TESTS, "the float16 scale rounded to nearest, so values clip"),
+    m(
+        "quant-scale-to-nearest",
+        "gptj_ref/quant.py",
+        "d16[low] = np.nextafter(d16[low], np.float16(np.inf))",
+        "pass",
+        Q8_TESTS,
+        "the float16 scale rounded to nearest, so values clip",
+    ),
     # --- C++ kernels ----------------------------------------------------------------------------
-    m("cpp-linear-prompt-drops-w-block", "cpp/kernels/linear_avx2.cpp",
-      "for (int64_t nb = 0; nb < N; nb += kNb) {", "for (int64_t nb = 0; nb < N - N % kNb; nb += kNb) {",
-      KERNEL_TESTS, "the prompt path (M > 64) drops its last partial block of output rows"),
-    m("cpp-linear-prompt-drops-row-tile", "cpp/kernels/linear_avx2.cpp",
-      "for (int64_t m = 0; m < M; m += kRm)\n                        for (int64_t j = 0;",
-      "for (int64_t m = 0; m + kRm <= M; m += kRm)\n                        for (int64_t j = 0;",
-      KERNEL_TESTS, "the prompt path drops the last partial tile of input rows"),
-    m("cpp-softmax-no-max", "cpp/kernels/simd_avx2.h",
-      "exp_f32x8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mx8))", "exp_f32x8(_mm256_loadu_ps(x + i))",
-      KERNEL_TESTS, "softmax without subtracting the row maximum (exp clamps at 88)",
-      ("exp_f32x8(_mm256_sub_ps(_mm256_maskload_ps(x + n8, tail), mx8))",
-       "exp_f32x8(_mm256_maskload_ps(x + n8, tail))")),
-    m("cpp-gelu-constant-avx2", "cpp/kernels/activation_avx2.cpp", "_mm256_set1_ps(0.044715f)",
-      "_mm256_set1_ps(0.0447f)",
-      KERNEL_TESTS, "GELU's cubic constant mistyped in the AVX2 kernel"),
-    m("cpp-positions-from-1", "cpp/runtime/model.cpp", "positions_.push_back(start + t)",
-      "positions_.push_back(start + t + 1)",
-      MODEL_TESTS, "the runtime's rotary positions start at 1"),
-    m("cpp-rotary-sign-scalar", "cpp/kernels/rotary_scalar.cpp", "xh[2 * i + 1] = x1 * c[i] + x0 * s[i];",
-      "xh[2 * i + 1] = x1 * c[i] - x0 * s[i];", KERNEL_TESTS, "a rotary sign error in the scalar kernel"),
-    m("cpp-attention-sees-next", "cpp/kernels/attention_avx2.cpp", "const int64_t n_keys = start + t0 + r + 1;",
-      "const int64_t n_keys = std::min(start + T, start + t0 + r + 2);", KERNEL_TESTS,
-      "AVX2 attention lets a query see the next token"),
-    m("cpp-attention-scale-by-d", "cpp/kernels/attention_avx2.cpp", "const float scale = std::sqrt(float(d_head));",
-      "const float scale = float(d_head);", KERNEL_TESTS, "scores scaled by 1/d_head"),
-    m("cpp-layernorm-unbiased", "cpp/kernels/norm_avx2.cpp", "std::sqrt(sq / float(N) + eps)",
-      "std::sqrt(sq / float(N - 1) + eps)", KERNEL_TESTS, "LayerNorm with the unbiased variance (AVX2)"),
-    m("cpp-q8-activation-truncates", "cpp/kernels/q8_scalar.cpp", "std::nearbyint(xb[j] / divisor)",
-      "std::trunc(xb[j] / divisor)", Q8_TESTS, "activations quantized by truncation, not round to nearest"),
-    m("cpp-q8-drops-last-block", "cpp/kernels/q8_scalar.cpp", "for (int64_t blk = 0; blk < nb; ++blk) {",
-      "for (int64_t blk = 0; blk + 1 < nb; ++blk) {", Q8_TESTS, "the int8 dot product skips its last block"),
-    m("cpp-residual-order", "cpp/kernels/activation_avx2.cpp",
-      "const f32x8 am = _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(m + i));\n"
-      "        _mm256_storeu_ps(x + i, _mm256_add_ps(am, _mm256_loadu_ps(x + i)));",
-      "const f32x8 mx = _mm256_add_ps(_mm256_loadu_ps(m + i), _mm256_loadu_ps(x + i));\n"
-      "        _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(a + i), mx));",
-      KERNEL_TESTS, "the residual sum reassociated: a + (m + x) differs from transformers' (a + m) + x"),
+    m(
+        "cpp-linear-prompt-drops-w-block",
+        "cpp/kernels/linear_avx2.cpp",
+        "for (int64_t nb = 0; nb < N; nb += kNb) {",
+        "for (int64_t nb = 0; nb < N - N % kNb; nb += kNb) {",
+        KERNEL_TESTS,
+        "the prompt path (M > 64) drops its last partial block of output rows",
+    ),
+    m(
+        "cpp-linear-prompt-drops-row-tile",
+        "cpp/kernels/linear_avx2.cpp",
+        "for (int64_t m = 0; m < M; m += kRm)\n                        for (int64_t j = 0;",
+        "for (int64_t m = 0; m + kRm <= M; m += kRm)\n                        for (int64_t j = 0;",
+        KERNEL_TESTS,
+        "the prompt path drops the last partial tile of input rows",
+    ),
+    m(
+        "cpp-softmax-no-max",
+        "cpp/kernels/simd_avx2.h",
+        "exp_f32x8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mx8))",
+        "exp_f32x8(_mm256_loadu_ps(x + i))",
+        KERNEL_TESTS,
+        "softmax without subtracting the row maximum (exp clamps at 88)",
+        (
+            "exp_f32x8(_mm256_sub_ps(_mm256_maskload_ps(x + n8, tail), mx8))",
+            "exp_f32x8(_mm256_maskload_ps(x + n8, tail))",
+        ),
+    ),
+    m(
+        "cpp-gelu-constant-avx2",
+        "cpp/kernels/activation_avx2.cpp",
+        "_mm256_set1_ps(0.044715f)",
+        "_mm256_set1_ps(0.0447f)",
+        KERNEL_TESTS,
+        "GELU's cubic constant mistyped in the AVX2 kernel",
+    ),
+    m(
+        "cpp-positions-from-1",
+        "cpp/runtime/model.cpp",
+        "positions_.push_back(start + t)",
+        "positions_.push_back(start + t + 1)",
+        MODEL_TESTS,
+        "the runtime's rotary positions start at 1",
+    ),
+    m(
+        "cpp-rotary-sign-scalar",
+        "cpp/kernels/rotary_scalar.cpp",
+        "xh[2 * i + 1] = x1 * c[i] + x0 * s[i];",
+        "xh[2 * i + 1] = x1 * c[i] - x0 * s[i];",
+        KERNEL_TESTS,
+        "a rotary sign error in the scalar kernel",
+    ),
+    m(
+        "cpp-attention-sees-next",
+        "cpp/kernels/attention_avx2.cpp",
+        "const int64_t n_keys = start + t0 + r + 1;",
+        "const int64_t n_keys = std::min(start + T, start + t0 + r + 2);",
+        KERNEL_TESTS,
+        "AVX2 attention lets a query see the next token",
+    ),
+    m(
+        "cpp-attention-scale-by-d",
+        "cpp/kernels/attention_avx2.cpp",
+        "const float scale = std::sqrt(float(d_head));",
+        "const float scale = float(d_head);",
+        KERNEL_TESTS,
+        "scores scaled by 1/d_head",
+    ),
+    m(
+        "cpp-layernorm-unbiased",
+        "cpp/kernels/norm_avx2.cpp",
+        "std::sqrt(sq / float(N) + eps)",
+        "std::sqrt(sq / float(N - 1) + eps)",
+        KERNEL_TESTS,
+        "LayerNorm with the unbiased variance (AVX2)",
+    ),
+    m(
+        "cpp-q8-activation-truncates",
+        "cpp/kernels/q8_scalar.cpp",
+        "std::nearbyint(xb[j] / divisor)",
+        "std::trunc(xb[j] / divisor)",
+        Q8_TESTS,
+        "activations quantized by truncation, not round to nearest",
+    ),
+    m(
+        "cpp-q8-drops-last-block",
+        "cpp/kernels/q8_scalar.cpp",
+        "for (int64_t blk = 0; blk < nb; ++blk) {",
+        "for (int64_t blk = 0; blk + 1 < nb; ++blk) {",
+        Q8_TESTS,
+        "the int8 dot product skips its last block",
+    ),
+    m(
+        "cpp-residual-order",
+        "cpp/kernels/activation_avx2.cpp",
+        "const f32x8 am = _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(m + i));\n"
+        "        _mm256_storeu_ps(x + i, _mm256_add_ps(am, _mm256_loadu_ps(x + i)));",
+        "const f32x8 mx = _mm256_add_ps(_mm256_loadu_ps(m + i), _mm256_loadu_ps(x + i));\n"
+        "        _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(a + i), mx));",
+        KERNEL_TESTS,
+        "the residual sum reassociated: a + (m + x) differs from transformers' (a + m) + x",
+    ),
 ]
 
 
@@ -156,11 +311,23 @@ def build(scratch: str, log) -> bool:
     """Configure once, then build incrementally; copy the extension next to the package. True on success."""
     build_dir = os.path.join(scratch, "build", "mutate")
     if not os.path.exists(os.path.join(build_dir, "CMakeCache.txt")):
-        pybind11_dir = subprocess.run([sys.executable, "-m", "pybind11", "--cmakedir"], check=True,
-                                      capture_output=True, text=True).stdout.strip()
-        r = subprocess.run(["cmake", "-S", scratch, "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release",
-                            f"-Dpybind11_DIR={pybind11_dir}", f"-DPython_EXECUTABLE={sys.executable}"],
-                           capture_output=True, text=True)
+        pybind11_dir = subprocess.run(
+            [sys.executable, "-m", "pybind11", "--cmakedir"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        r = subprocess.run(
+            [
+                "cmake",
+                "-S",
+                scratch,
+                "-B",
+                build_dir,
+                "-DCMAKE_BUILD_TYPE=Release",
+                f"-Dpybind11_DIR={pybind11_dir}",
+                f"-DPython_EXECUTABLE={sys.executable}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             log(r.stdout + r.stderr)
             return False
@@ -196,8 +363,10 @@ def apply(scratch: str, mutant: Mutant) -> str:
     for old, new in mutant.edits:
         count = text.count(old)
         if count != 1:
-            raise SystemExit(f"mutant {mutant.name}: the text to replace occurs {count} times in {mutant.path}, "
-                             f"expected once; update tools/mutate.py: {old!r}")
+            raise SystemExit(
+                f"mutant {mutant.name}: the text to replace occurs {count} times in {mutant.path}, "
+                f"expected once; update tools/mutate.py: {old!r}"
+            )
         text = text.replace(old, new)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -260,8 +429,10 @@ def main(argv=None) -> int:
     counted = [(mu, r) for mu, r in results if r.startswith(("killed", "survived"))]
     killed = sum(r.startswith("killed") for _, r in counted)
     uncounted = len(results) - len(counted)
-    print(f"\nmutation score: {killed} of {len(counted)} killed"
-          + (f" ({uncounted} not counted: stillborn or errors)" if uncounted else ""))
+    print(
+        f"\nmutation score: {killed} of {len(counted)} killed"
+        + (f" ({uncounted} not counted: stillborn or errors)" if uncounted else "")
+    )
     survivors = [mu.name for mu, r in counted if r == "survived"]
     if survivors:
         print("survived: " + ", ".join(survivors))

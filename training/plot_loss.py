@@ -1,6 +1,6 @@
 """Draw a training run's loss curve (loss.tsv from train_demo.py) as a small PNG. Needs matplotlib.
 
-    python training/plot_loss.py training/demo_loss.tsv docs/img/demo_loss.png
+python training/plot_loss.py training/demo_loss.tsv docs/img/demo_loss.png
 """
 
 import sys

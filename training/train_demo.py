@@ -46,6 +46,7 @@ DEFAULT_SIZES = dict(n_embd=128, n_layer=4, n_head=4, rotary_dim=16, n_positions
 # Corpus
 # -------------------------------------------------------------------------------------------------
 
+
 def _run(command: list, package: str) -> str:
     try:
         return subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True).stdout
@@ -58,14 +59,14 @@ def kjv_chapters() -> list:
     raw = _run(["bible", "-m", "8192", "gen1:1-rev22:21"], "bible-kjv")
     chapters, book, verses = [], None, []
     for line in raw.splitlines():
-        heading = re.fullmatch(r"((?:[1-3] )?[A-Z][A-Za-z ]+?) \d+", line.strip())     # "Genesis 1", "1 Kings 3"
+        heading = re.fullmatch(r"((?:[1-3] )?[A-Z][A-Za-z ]+?) \d+", line.strip())  # "Genesis 1", "1 Kings 3"
         if heading:
             if verses:
                 chapters.append((book, " ".join(verses)))
             book, verses = heading.group(1), []
-        elif re.match(r"\s+\d+ ", line):                                   # "  12 And the ..."
+        elif re.match(r"\s+\d+ ", line):  # "  12 And the ..."
             verses.append(line.strip().split(" ", 1)[1])
-        elif line.strip():                                                 # a verse's wrapped line
+        elif line.strip():  # a verse's wrapped line
             verses[-1] += " " + line.strip()
     if verses:
         chapters.append((book, " ".join(verses)))
@@ -73,12 +74,15 @@ def kjv_chapters() -> list:
 
 
 def web_chapters() -> list:
-    """The World English Bible with Deuterocanon (Debian sword-text-web, read with `diatheke`) as (book, text)
-    chapters, footnotes removed. Markup the plain filter leaves in a few lines is removed, so are psalm titles repeated on
-    lines that are not theirs; over-long "verses" (the glossary the module appends to the last verse) are dropped."""
-    raw = _run(["diatheke", "-b", "engWEB2015eb", "-f", "plain", "-o", "f", "-k", "Genesis 1:1-Revelation 22:21"],
-               "diatheke sword-text-web")
-    raw = re.sub(r"\s*\[\d+:\d+ [^\]]*\]\s*", " ", raw)      # footnotes, shown so that words around them keep their space
+    """The World English Bible with Deuterocanon (Debian sword-text-web, read with `diatheke`) as (book,
+    text) chapters, footnotes removed. Markup the plain filter leaves in a few lines is removed, so are psalm
+    titles repeated on lines that are not theirs; over-long "verses" (the glossary the module appends to the
+    last verse) are dropped."""
+    raw = _run(
+        ["diatheke", "-b", "engWEB2015eb", "-f", "plain", "-o", "f", "-k", "Genesis 1:1-Revelation 22:21"],
+        "diatheke sword-text-web",
+    )
+    raw = re.sub(r"\s*\[\d+:\d+ [^\]]*\]\s*", " ", raw)  # footnotes, shown so that words around them keep their space
     lines = [re.sub(r"<[^>]*>", " ", line).strip() for line in raw.splitlines()]
     # The module repeats psalm titles on thousands of lines that are not theirs: a line that is not a verse
     # and occurs 40 or more times is such a title and is dropped.
@@ -92,7 +96,7 @@ def web_chapters() -> list:
                     chapters.append((key[0], verses))
                 key, verses = (m.group(1), m.group(2)), []
             verses.append(m.group(3))
-        elif line and line not in common and verses and not line.startswith("(engWEB"):   # a poetry line
+        elif line and line not in common and verses and not line.startswith("(engWEB"):  # a poetry line
             verses[-1] += " " + line
     if verses:
         chapters.append((key[0], verses))
@@ -122,7 +126,7 @@ def prepare_corpus(out: str):
         with open(path, encoding="utf-8") as f:
             paragraphs = f.read().strip().split("\n\n")
         stream = []
-        for p in paragraphs:                   # chapters are separate documents: <|endoftext|> between them
+        for p in paragraphs:  # chapters are separate documents: <|endoftext|> between them
             stream.extend(tokenizer.encode(p))
             stream.append(END_OF_TEXT_ID)
         ids[name] = np.asarray(stream, dtype=np.int64)
@@ -133,21 +137,28 @@ def batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_len: in
     """Batch `step`: batch_size random windows of seq_len + 1 tokens, drawn from a generator seeded by (seed, step)."""
     rng = np.random.default_rng([seed, step])
     starts = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size)
-    return np.stack([tokens[s:s + seq_len + 1] for s in starts])
+    return np.stack([tokens[s : s + seq_len + 1] for s in starts])
 
 
 # -------------------------------------------------------------------------------------------------
 # Training
 # -------------------------------------------------------------------------------------------------
 
+
 def build_model(args):
     import torch
-    from transformers import GPTJConfig as HFConfig, GPTJForCausalLM
+    from transformers import GPTJConfig as HFConfig
+    from transformers import GPTJForCausalLM
 
     from gptj_ref.config import GPTJConfig
 
-    config = GPTJConfig(n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
-                        rotary_dim=args.rotary_dim, n_positions=args.seq_len)
+    config = GPTJConfig(
+        n_embd=args.n_embd,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        rotary_dim=args.rotary_dim,
+        n_positions=args.seq_len,
+    )
     torch.manual_seed(args.seed)
     hf = HFConfig(**{k: v for k, v in config.to_hf().items() if k != "architectures"})
     return GPTJForCausalLM(hf), config
@@ -170,7 +181,7 @@ class CorpusHead:
         vocab = model.lm_head.weight.shape[0]
         self.used = torch.from_numpy(np.asarray(used_ids, dtype=np.int64))
         self.n_unused = vocab - len(used_ids)
-        self.index = torch.full((vocab,), len(used_ids), dtype=torch.int64)   # unused ids -> the "other" class
+        self.index = torch.full((vocab,), len(used_ids), dtype=torch.int64)  # unused ids -> the "other" class
         self.index[self.used] = torch.arange(len(used_ids))
         self.c = torch.nn.Parameter(torch.zeros(()))
         self.model = model
@@ -217,7 +228,7 @@ def mean_loss(model, head, tokens: np.ndarray, args, max_windows: int) -> float:
     with torch.no_grad(), autocast(args):
         for start in range(0, n, args.batch_size):
             rows = range(start, min(n, start + args.batch_size))
-            x = torch.from_numpy(np.stack([tokens[r * args.seq_len:(r + 1) * args.seq_len + 1] for r in rows]))
+            x = torch.from_numpy(np.stack([tokens[r * args.seq_len : (r + 1) * args.seq_len + 1] for r in rows]))
             hidden = model.transformer(input_ids=x[:, :-1]).last_hidden_state
             total += float(head.loss(hidden, x[:, 1:], reduction="sum"))
             count += x[:, 1:].numel()
@@ -279,11 +290,17 @@ def main(argv=None) -> int:
     head = CorpusHead(model, np.unique(train_ids))
     decay = [p for n, p in model.named_parameters() if p.ndim == 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2] + [head.c]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {config.n_layer} layers, width {config.n_embd}, {config.n_head} heads, rotary {config.rotary_dim}, "
-          f"{n_params:,} parameters", file=sys.stderr)
+    print(
+        f"model: {config.n_layer} layers, width {config.n_embd}, {config.n_head} heads, rotary {config.rotary_dim}, "
+        f"{n_params:,} parameters",
+        file=sys.stderr,
+    )
 
     state_path = os.path.join(args.out, "state.pt")
     loss_path = os.path.join(args.out, "loss.tsv")
@@ -310,8 +327,16 @@ def main(argv=None) -> int:
     bar = tqdm(total=stop_at, initial=step, disable=args.no_progress, unit="step", dynamic_ncols=True)
 
     def checkpoint():
-        save_atomic({"model": model.state_dict(), "c": head.c.detach(), "optimizer": optimizer.state_dict(), "step": step,
-                     "elapsed": elapsed_before + time.monotonic() - started}, state_path)
+        save_atomic(
+            {
+                "model": model.state_dict(),
+                "c": head.c.detach(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "elapsed": elapsed_before + time.monotonic() - started,
+            },
+            state_path,
+        )
 
     model.train()
     with open(loss_path, "a") as log:

@@ -11,8 +11,8 @@ namespace gptj::kernels::avx2 {
 // gelu_new on 8 lanes: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 static inline f32x8 gelu_new_f32x8(f32x8 x) {
     const f32x8 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
-    const f32x8 inner = _mm256_mul_ps(_mm256_set1_ps(0.7978845608f),
-                                      _mm256_add_ps(x, _mm256_mul_ps(_mm256_set1_ps(0.044715f), x3)));
+    const f32x8 inner =
+        _mm256_mul_ps(_mm256_set1_ps(0.7978845608f), _mm256_add_ps(x, _mm256_mul_ps(_mm256_set1_ps(0.044715f), x3)));
     const f32x8 half_x = _mm256_mul_ps(_mm256_set1_ps(0.5f), x);
     return _mm256_mul_ps(half_x, _mm256_add_ps(_mm256_set1_ps(1.0f), tanh_f32x8(inner)));
 }

@@ -19,7 +19,9 @@ namespace gptj::kernels::avx2 {
 
 // 8 (or 1) cache values as float32: loads, or F16C widening of float16 bits (exact).
 static inline f32x8 load8(const float* p) { return _mm256_loadu_ps(p); }
-static inline f32x8 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+static inline f32x8 load8(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
 static inline float load1(const float* p) { return *p; }
 static inline float load1(const uint16_t* p) { return f16_to_f32(*p); }
 
@@ -136,8 +138,8 @@ static void attention_over(float* out, const float* q, const KV* k, const KV* v,
     }
 }
 
-void attention(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T,
-               int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens) {
+void attention(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T, int64_t start,
+               int64_t n_head, int64_t d_head, int64_t max_tokens) {
     attention_over(out, q, k, v, scratch, T, start, n_head, d_head, max_tokens);
 }
 

@@ -47,8 +47,8 @@ static void attention_over(float* out, const float* q, const KV* k, const KV* v,
     }
 }
 
-void attention(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T,
-               int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens) {
+void attention(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T, int64_t start,
+               int64_t n_head, int64_t d_head, int64_t max_tokens) {
     attention_over(out, q, k, v, scratch, T, start, n_head, d_head, max_tokens);
 }
 

@@ -79,11 +79,16 @@ bool amx_cpu() {
 
 bool isa_supported(Isa isa) {
     switch (isa) {
-        case Isa::Scalar: return true;
-        case Isa::Avx2: return avx2_cpu();
-        case Isa::AvxVnni: return avxvnni_cpu();
-        case Isa::Avx512: return avx512_cpu();
-        case Isa::Amx: return amx_cpu();
+        case Isa::Scalar:
+            return true;
+        case Isa::Avx2:
+            return avx2_cpu();
+        case Isa::AvxVnni:
+            return avxvnni_cpu();
+        case Isa::Avx512:
+            return avx512_cpu();
+        case Isa::Amx:
+            return amx_cpu();
     }
     return false;
 }
@@ -110,11 +115,16 @@ Isa isa() { return current_isa().load(); }
 
 const char* isa_name(Isa isa) {
     switch (isa) {
-        case Isa::Amx: return "amx";
-        case Isa::Avx512: return "avx512";
-        case Isa::AvxVnni: return "avxvnni";
-        case Isa::Avx2: return "avx2";
-        default: return "scalar";
+        case Isa::Amx:
+            return "amx";
+        case Isa::Avx512:
+            return "avx512";
+        case Isa::AvxVnni:
+            return "avxvnni";
+        case Isa::Avx2:
+            return "avx2";
+        default:
+            return "scalar";
     }
 }
 
@@ -154,13 +164,13 @@ void softmax(float* y, const float* x, int64_t M, int64_t N) { GPTJ_DISPATCH(sof
 
 void residual_add(float* x, const float* a, const float* m, int64_t n) { GPTJ_DISPATCH(residual_add(x, a, m, n)); }
 
-void rotary(float* x, const float* sin, const float* cos, const int64_t* pos, int64_t T, int64_t ld,
-            int64_t n_head, int64_t d_head, int64_t n_rot) {
+void rotary(float* x, const float* sin, const float* cos, const int64_t* pos, int64_t T, int64_t ld, int64_t n_head,
+            int64_t d_head, int64_t n_rot) {
     GPTJ_DISPATCH(rotary(x, sin, cos, pos, T, ld, n_head, d_head, n_rot));
 }
 
-void attention(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T,
-               int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens) {
+void attention(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T, int64_t start,
+               int64_t n_head, int64_t d_head, int64_t max_tokens) {
     GPTJ_DISPATCH(attention(out, q, k, v, scratch, T, start, n_head, d_head, max_tokens));
 }
 

@@ -52,11 +52,11 @@ struct LevelKernel {
 constexpr int kIsaCount = int(Isa::Amx) + 1;
 
 struct WeightFormat {
-    const char* name;          // as in a native file's metadata: "f32", "q8", "q4"
-    int version;               // of the stored layout; files name it, readers check it
-    int64_t block;             // elements of K per scale (1: no blocks)
-    int bits;                  // bits of one stored value
-    Activations activations;   // what its kernels read
+    const char* name;               // as in a native file's metadata: "f32", "q8", "q4"
+    int version;                    // of the stored layout; files name it, readers check it
+    int64_t block;                  // elements of K per scale (1: no blocks)
+    int bits;                       // bits of one stored value
+    Activations activations;        // what its kernels read
     LevelKernel linear[kIsaCount];  // by Isa; {} where the level has no kernel of its own
 
     // Bytes of one row of stored values for K inputs, and float16 scales per row.

@@ -60,15 +60,15 @@ void residual_add(float* x, const float* a, const float* m, int64_t n);
 // Interleaved rotary ("rotate_every_two") on the first n_rot dims of every head, in place.
 // x (T, n_head * d_head) with row stride ld; sin, cos (n_ctx, n_rot / 2); pos (T) positions of the rows.
 // Pair i of a head at position p: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), angle p * inv_freq[i].
-void rotary(float* x, const float* sin, const float* cos, const int64_t* pos, int64_t T, int64_t ld,
-            int64_t n_head, int64_t d_head, int64_t n_rot);
+void rotary(float* x, const float* sin, const float* cos, const int64_t* pos, int64_t T, int64_t ld, int64_t n_head,
+            int64_t d_head, int64_t n_rot);
 
 // Causal attention of T new queries over one sequence's KV cache, scores and softmax in fp32.
 // out, q (T, n_head * d_head); k, v (n_head, max_tokens, d_head), slots [0, start + T) filled;
 // scratch (attention_scratch_floats(start + T) floats). Query t sits in slot start + t and sees slots [0, start + t].
 // out = softmax(q k^T / sqrt(d_head)) v per head.
-void attention(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T,
-               int64_t start, int64_t n_head, int64_t d_head, int64_t max_tokens);
+void attention(float* out, const float* q, const float* k, const float* v, float* scratch, int64_t T, int64_t start,
+               int64_t n_head, int64_t d_head, int64_t max_tokens);
 // The same with keys and values stored as float16 (the half-size KV cache): each is widened to
 // float32 exactly where it is read, so the result is attention() on the widened cache, bitwise.
 void attention_f16kv(float* out, const float* q, const uint16_t* k, const uint16_t* v, float* scratch, int64_t T,

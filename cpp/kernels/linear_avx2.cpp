@@ -33,17 +33,17 @@ namespace gptj::kernels::avx2 {
 
 namespace {
 
-constexpr int kRm = 4;             // rows of x per register tile
-constexpr int kRn = 3;             // rows of W per register tile: kRm * kRn accumulators + kRn W vectors
-constexpr int64_t kNb = 20 * kRn;  // rows of W per cache block in the prompt path
-constexpr int64_t kMidM = 64;      // up to this many rows of x, W is streamed once
+constexpr int kRm = 4;                // rows of x per register tile
+constexpr int kRn = 3;                // rows of W per register tile: kRm * kRn accumulators + kRn W vectors
+constexpr int64_t kNb = 20 * kRn;     // rows of W per cache block in the prompt path
+constexpr int64_t kMidM = 64;         // up to this many rows of x, W is streamed once
 constexpr int64_t kChunk = 16 * kRn;  // rows of W a thread takes at a time when streaming W
 
 // y[i, j] (+)= x[i, 0:kc] . w[j, 0:kc] for i < RM, j < RN; `first` starts the sum, `bias` (when not null)
 // is added after the last block.  x (RM, ldx), w (RN, ldw), y (RM, ldy), bias (RN)
 template <int RM, int RN>
-void tile(float* y, int64_t ldy, const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t kc,
-          bool first, const float* bias) {
+void tile(float* y, int64_t ldy, const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t kc, bool first,
+          const float* bias) {
     f32x8 acc[RM][RN];
     for (int i = 0; i < RM; ++i)
         for (int j = 0; j < RN; ++j) acc[i][j] = _mm256_setzero_ps();
@@ -146,8 +146,8 @@ void linear(float* y, const float* x, const float* w, const float* b, int64_t M,
                         for (int64_t j = 0; j < nb_rows; j += kRn) {
                             const float* bias = b && k0 + kc == K ? b + nb + j : nullptr;
                             run_tile(y + m * N + nb + j, N, x_block(k0) + m * kc, kc, w_pack.data() + j * kc, kc,
-                                     std::min<int64_t>(kRm, M - m), std::min<int64_t>(kRn, nb_rows - j), kc,
-                                     k0 == 0, bias);
+                                     std::min<int64_t>(kRm, M - m), std::min<int64_t>(kRn, nb_rows - j), kc, k0 == 0,
+                                     bias);
                         }
                 }
             }

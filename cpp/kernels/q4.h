@@ -42,9 +42,9 @@ void q4_via_q8(float* y, const LinearInputs& x, const WeightData& w, const float
 constexpr int64_t kQ4UnpackMinTokens = 16;
 
 // y = x W^T + b.  qx (M, K), dx (M, K/32); w (N, K/2) uint8, ws (N, K/32); b (N) or nullptr; y (M, N).
-#define GPTJ_Q4_DECL                                                                                    \
-    void q4_linear(float* y, const int8_t* qx, const float* dx, const uint8_t* w, const uint16_t* ws,   \
-                   const float* b, int64_t M, int64_t N, int64_t K);
+#define GPTJ_Q4_DECL                                                                                                  \
+    void q4_linear(float* y, const int8_t* qx, const float* dx, const uint8_t* w, const uint16_t* ws, const float* b, \
+                   int64_t M, int64_t N, int64_t K);
 namespace scalar {
 GPTJ_Q4_DECL
 }
@@ -52,7 +52,7 @@ GPTJ_Q4_DECL
 namespace avx2 {
 GPTJ_Q4_DECL
 void q4_unpack(int8_t* q, const uint8_t* w, int64_t rows, int64_t K);  // every level above AVX2 uses it too
-}
+}  // namespace avx2
 #endif
 #if defined(GPTJ_HAVE_AVXVNNI)
 namespace avxvnni {

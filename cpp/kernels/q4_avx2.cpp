@@ -27,7 +27,8 @@ void q4_unpack(int8_t* q, const uint8_t* w, int64_t rows, int64_t K) {
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t k0 = 0; k0 < K; k0 += kQ8Block) {
             const __m256i u = unpack_u4x32(w + (r * K + k0) / 2);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + r * K + k0), _mm256_sub_epi8(u, _mm256_set1_epi8(kQ4Offset)));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + r * K + k0),
+                                _mm256_sub_epi8(u, _mm256_set1_epi8(kQ4Offset)));
         }
 }
 

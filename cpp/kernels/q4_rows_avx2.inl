@@ -1,6 +1,7 @@
 // The row-streaming q4 linear kernel (decode and short inputs), included by q4_avx2.cpp, q4_avxvnni.cpp
-// and q4_avx512.cpp (which brings its own quad tile) inside their own anonymous namespaces (see docs/kernels.md, "One algorithm, several
-// targets"). With GPTJ_Q4_ROWS_VNNI defined, vpdpbusd does in one step what maddubs + madd do in two.
+// and q4_avx512.cpp (which brings its own quad tile) inside their own anonymous namespaces (see docs/kernels.md, "One
+// algorithm, several targets"). With GPTJ_Q4_ROWS_VNNI defined, vpdpbusd does in one step what maddubs + madd do in
+// two.
 //
 // Needs, in the including scope: thread_range, kQ8Block, kQ4Offset and simd_avx2.h's f32x8,
 // load_i8x32, fold_halves_i32x8x4, add_halves_i32x8, quad_scales.
@@ -60,8 +61,10 @@ void q4_quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, cons
         const int64_t o = b * kQ8Block, ob = b * (kQ8Block / 2);
         if ((b & 3) == 0) {  // one cache line per row every four blocks: the next quad's rows
             const char* pf = reinterpret_cast<const char*>(w + 4 * rb + ob);
-            _mm_prefetch(pf, _MM_HINT_T0); _mm_prefetch(pf + rb, _MM_HINT_T0);
-            _mm_prefetch(pf + 2 * rb, _MM_HINT_T0); _mm_prefetch(pf + 3 * rb, _MM_HINT_T0);
+            _mm_prefetch(pf, _MM_HINT_T0);
+            _mm_prefetch(pf + rb, _MM_HINT_T0);
+            _mm_prefetch(pf + 2 * rb, _MM_HINT_T0);
+            _mm_prefetch(pf + 3 * rb, _MM_HINT_T0);
         }
         const __m256i u[4] = {unpack_u4x32(w + ob), unpack_u4x32(w + rb + ob), unpack_u4x32(w + 2 * rb + ob),
                               unpack_u4x32(w + 3 * rb + ob)};
@@ -69,10 +72,13 @@ void q4_quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, cons
         for (int i = 0; i < P; ++i) {
             const int8_t* a = qx + 2 * i * K + o;
             const __m256i h0 = q4_quad_dots(a, u), h1 = q4_quad_dots(a + K, u);
-            const __m256i off = _mm256_set_m128i(_mm_set1_epi32(ox[(2 * i + 1) * nb + b]), _mm_set1_epi32(ox[2 * i * nb + b]));
+            const __m256i off =
+                _mm256_set_m128i(_mm_set1_epi32(ox[(2 * i + 1) * nb + b]), _mm_set1_epi32(ox[2 * i * nb + b]));
             const __m256i d = _mm256_sub_epi32(
-                _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31)), off);
-            const f32x8 sx = _mm256_set_m128(_mm_broadcast_ss(dx + (2 * i + 1) * nb + b), _mm_broadcast_ss(dx + 2 * i * nb + b));
+                _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31)),
+                off);
+            const f32x8 sx =
+                _mm256_set_m128(_mm_broadcast_ss(dx + (2 * i + 1) * nb + b), _mm_broadcast_ss(dx + 2 * i * nb + b));
             const f32x8 s = _mm256_mul_ps(_mm256_set_m128(sw, sw), sx);
             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc[i]);
         }
@@ -94,12 +100,13 @@ void q4_quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, cons
 
 // One row against M tokens (the rows left after the quads), the same chain one element at a time.
 inline void q4_single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int32_t* ox, const uint8_t* w,
-                   const uint16_t* ws, const float* bias, int64_t M, int64_t K) {
+                          const uint16_t* ws, const float* bias, int64_t M, int64_t K) {
     const int64_t nb = K / kQ8Block;
     for (int64_t t = 0; t < M; ++t) {
         float acc = 0.0f;
         for (int64_t b = 0; b < nb; ++b) {
-            const __m128i h = add_halves_i32x8(dot_u4x32(unpack_u4x32(w + b * kQ8Block / 2), load_i8x32(qx + t * K + b * kQ8Block)));
+            const __m128i h =
+                add_halves_i32x8(dot_u4x32(unpack_u4x32(w + b * kQ8Block / 2), load_i8x32(qx + t * K + b * kQ8Block)));
             const __m128i s = _mm_hadd_epi32(h, h);
             const int32_t d = _mm_cvtsi128_si32(_mm_hadd_epi32(s, s)) - ox[t * nb + b];
             acc = std::fma(float(d), f16_to_f32(ws[b]) * dx[t * nb + b], acc);
@@ -147,10 +154,18 @@ void q4_linear_rows(float* y, const int8_t* qx, const float* dx, const uint8_t* 
                     const float* dt = dx + t * nb;
                     const int32_t* ot = ox.data() + t * nb;
                     switch (tm) {
-                        case 4: Quad::template tile<4>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
-                        case 3: Quad::template tile<3>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
-                        case 2: Quad::template tile<2>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
-                        default: Quad::template tile<1>(yt, N, xt, dt, ot, wn, dqn, bn, K); break;
+                        case 4:
+                            Quad::template tile<4>(yt, N, xt, dt, ot, wn, dqn, bn, K);
+                            break;
+                        case 3:
+                            Quad::template tile<3>(yt, N, xt, dt, ot, wn, dqn, bn, K);
+                            break;
+                        case 2:
+                            Quad::template tile<2>(yt, N, xt, dt, ot, wn, dqn, bn, K);
+                            break;
+                        default:
+                            Quad::template tile<1>(yt, N, xt, dt, ot, wn, dqn, bn, K);
+                            break;
                     }
                 }
                 t += tm;

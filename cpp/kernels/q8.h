@@ -51,10 +51,10 @@ void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int6
 // packs 16-row panels (int16 for AVX2, int8 for AVX-VNNI) or tiles (AMX) and runs a register-tiled
 // product over them. All compute the same chain per output element, so they agree bitwise.
 // avx2:: exists only when GPTJ_HAVE_AVX2 is defined, and so on.
-#define GPTJ_Q8_DECLS                                                                                   \
-    void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int64_t K);             \
-    void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws,    \
-                   const float* b, int64_t M, int64_t N, int64_t K);
+#define GPTJ_Q8_DECLS                                                                                                \
+    void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int64_t K);                          \
+    void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b, \
+                   int64_t M, int64_t N, int64_t K);
 
 namespace scalar {
 GPTJ_Q8_DECLS
@@ -81,7 +81,7 @@ namespace amx {  // q8_linear for kMinTokens tokens or more (the table sends few
 constexpr int64_t kMinTokens = 32;  // two token tiles
 void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
                int64_t M, int64_t N, int64_t K);
-}
+}  // namespace amx
 #endif
 #undef GPTJ_Q8_DECLS
 

@@ -45,7 +45,7 @@ namespace {
 constexpr int64_t kTileTokens = 16;
 constexpr int64_t kChunkBlocks = kPanelChunkBlocks;
 constexpr int64_t kChunk = kPanelChunk;  // 256 elements of k
-constexpr int64_t kTokenBlock = 512;  // token rows whose chains stay in L2 (docs/kernels.md)
+constexpr int64_t kTokenBlock = 512;     // token rows whose chains stay in L2 (docs/kernels.md)
 
 // LDTILECFG's 64-byte operand, palette 1.
 struct alignas(64) TileConfig {
@@ -74,8 +74,9 @@ void pack_panel(int32_t* wp, float* sp, const int8_t* w, const uint16_t* ws, int
             __m256i r[8];  // row 8h + j's 32 bytes = its 8 quads
             for (int j = 0; j < 8; ++j) {
                 const int64_t row = 8 * h + j;
-                r[j] = row < rows ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + row * K + (b0 + b) * kQ8Block))
-                                  : _mm256_setzero_si256();
+                r[j] = row < rows
+                           ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + row * K + (b0 + b) * kQ8Block))
+                           : _mm256_setzero_si256();
             }
             avx2::transpose_8x8_i32(r);  // r[q] lane j = row 8h + j's quad q
             for (int q = 0; q < 8; ++q)
@@ -85,7 +86,8 @@ void pack_panel(int32_t* wp, float* sp, const int8_t* w, const uint16_t* ws, int
     for (int64_t j = 0; j < kPanelRows; ++j) {
         alignas(32) float row_scales[kChunkBlocks] = {};  // F16C conversion, exact like f16_to_f32
         if (j < rows && nbc == kChunkBlocks)
-            _mm256_store_ps(row_scales, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + j * nb + b0))));
+            _mm256_store_ps(row_scales,
+                            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + j * nb + b0))));
         else if (j < rows)
             for (int64_t b = 0; b < nbc; ++b) row_scales[b] = f16_to_f32(ws[j * nb + b0 + b]);
         for (int64_t b = 0; b < nbc; ++b) sp[b * 16 + j] = row_scales[b];
@@ -130,13 +132,14 @@ void q8_linear_tiles(float* y, const int8_t* qx, const float* dx, const int8_t* 
         const int64_t panels = (n1 - n0 + kPanelRows - 1) / kPanelRows;
         std::vector<int32_t> wp(size_t(2 * kChunkBlocks * 8 * 16));
         std::vector<float> sp(size_t(2 * kChunkBlocks * 16));
-        alignas(64) int32_t d[2][4][16 * 16];  // two blocks' C tiles: [block & 1][tile][token][row]
+        alignas(64) int32_t d[2][4][16 * 16];                // two blocks' C tiles: [block & 1][tile][token][row]
         std::vector<float> c(size_t(2 * kTokenBlock * 16));  // [panel of the pair][token][16]
         for (int64_t t0 = 0; t0 < M; t0 += kTokenBlock) {
             const int64_t tb = std::min(kTokenBlock, M - t0);
             for (int64_t pi = 0; pi < panels; pi += 2) {
                 const int64_t n = n0 + pi * kPanelRows;
-                const int64_t rows0 = std::min(kPanelRows, n1 - n), rows1 = std::max<int64_t>(0, std::min(kPanelRows, n1 - n - kPanelRows));
+                const int64_t rows0 = std::min(kPanelRows, n1 - n),
+                              rows1 = std::max<int64_t>(0, std::min(kPanelRows, n1 - n - kPanelRows));
                 std::fill(c.begin(), c.end(), 0.0f);
                 for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
                     const int64_t len = std::min(kChunk, K - k0), nbc = len / kQ8Block, bk = k0 / kQ8Block;
@@ -158,7 +161,8 @@ void q8_linear_tiles(float* y, const int8_t* qx, const float* dx, const int8_t* 
                             float* c1 = c.data() + (kTokenBlock + t) * 16;  // panel 1
                             update_chains(c0, db[0], sp.data() + bi * 16, dxb, nb, real0);
                             update_chains(c1, db[1], sp1 + bi * 16, dxb, nb, rows1 > 0 ? real0 : 0);
-                            update_chains(c0 + kTileTokens * 16, db[2], sp.data() + bi * 16, dxb + kTileTokens * nb, nb, real1);
+                            update_chains(c0 + kTileTokens * 16, db[2], sp.data() + bi * 16, dxb + kTileTokens * nb, nb,
+                                          real1);
                             update_chains(c1 + kTileTokens * 16, db[3], sp1 + bi * 16, dxb + kTileTokens * nb, nb,
                                           rows1 > 0 ? real1 : 0);
                         };
@@ -170,8 +174,8 @@ void q8_linear_tiles(float* y, const int8_t* qx, const float* dx, const int8_t* 
                             _tile_zero(3);
                             _tile_loadd(4, a + bi * kQ8Block, len);                      // tokens t .. t+15
                             _tile_loadd(5, a + kTileTokens * len + bi * kQ8Block, len);  // tokens t+16 .. t+31
-                            _tile_loadd(6, wp.data() + bi * 8 * 16, 64);             // panel 0
-                            _tile_loadd(7, wp1 + bi * 8 * 16, 64);                   // panel 1
+                            _tile_loadd(6, wp.data() + bi * 8 * 16, 64);                 // panel 0
+                            _tile_loadd(7, wp1 + bi * 8 * 16, 64);                       // panel 1
                             _tile_dpbssd(0, 4, 6);
                             _tile_dpbssd(1, 4, 7);
                             _tile_dpbssd(2, 5, 6);

@@ -61,10 +61,12 @@ void quantize_activations(int8_t* qx, float* dx, const float* x, int64_t M, int6
         const f32x8 divisor = _mm256_set1_ps(d > 0.0f ? d : 1.0f);  // a zero block holds zeros: q = 0
         for (int j = 0; j < 4; ++j) {
             // q = clip(round_half_even(x / d)): a true IEEE division, as quant.py does.
-            const f32x8 q = _mm256_round_ps(_mm256_div_ps(v[j], divisor), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const f32x8 q =
+                _mm256_round_ps(_mm256_div_ps(v[j], divisor), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             v[j] = _mm256_min_ps(_mm256_max_ps(q, lo), hi);
         }
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qx + i * kQ8Block), pack_f32x8x4_to_i8x32(v[0], v[1], v[2], v[3]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qx + i * kQ8Block),
+                            pack_f32x8x4_to_i8x32(v[0], v[1], v[2], v[3]));
         dx[i] = d;
     }
 }
@@ -151,7 +153,7 @@ void pack_panel(int16_t* wp, float* sp, const int8_t* w, const uint16_t* ws, int
 // region GCC ran out of registers and kept the accumulators on the stack, halving the speed.
 template <int TT>
 GPTJ_NOINLINE void panel_tile(float* c, const int16_t* a, int64_t lda, const float* dx, int64_t nb, const int16_t* wp,
-                const float* sp, int64_t nbc, bool first) {
+                              const float* sp, int64_t nbc, bool first) {
     if (first)
         for (int i = 0; i < TT * 2; ++i) _mm256_storeu_ps(c + 8 * i, _mm256_setzero_ps());
     for (int64_t b = 0; b < nbc; ++b) {
@@ -197,7 +199,7 @@ struct Int16Panels {
         panel_tile<TT>(c, a, lda, dx, nb, wp.data(), sp.data(), nbc, first);
     }
     std::vector<int16_t> wp = std::vector<int16_t>(size_t(kPanelChunkBlocks * 16 * 32));  // the packed panel
-    std::vector<float> sp = std::vector<float>(size_t(kPanelChunkBlocks * 16));          // its scales
+    std::vector<float> sp = std::vector<float>(size_t(kPanelChunkBlocks * 16));           // its scales
 };
 
 }  // namespace

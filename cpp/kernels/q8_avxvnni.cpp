@@ -75,8 +75,9 @@ void pack_panel(int32_t* wp, int32_t* ncorr, float* sp, const int8_t* w, const u
             __m256i r[8];  // row j's 32 bytes = its 8 quads
             for (int j = 0; j < 8; ++j) {
                 const int64_t row = 8 * h + j;
-                r[j] = row < rows ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + row * K + (b0 + b) * kQ8Block))
-                                  : _mm256_setzero_si256();
+                r[j] = row < rows
+                           ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + row * K + (b0 + b) * kQ8Block))
+                           : _mm256_setzero_si256();
             }
             transpose_8x8_i32(r);  // r[q] lane j = row j's quad q
             __m256i sum = _mm256_setzero_si256();
@@ -84,7 +85,8 @@ void pack_panel(int32_t* wp, int32_t* ncorr, float* sp, const int8_t* w, const u
                 _mm256_storeu_si256(reinterpret_cast<__m256i*>(wp + ((b * 8 + q) * 2 + h) * 8), r[q]);
                 sum = _mm256_dpbusd_avx_epi32(sum, offset, r[q]);  // lane j += 128 * (row j's quad q sum)
             }
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(ncorr + (b * 2 + h) * 8), _mm256_sub_epi32(_mm256_setzero_si256(), sum));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(ncorr + (b * 2 + h) * 8),
+                                _mm256_sub_epi32(_mm256_setzero_si256(), sum));
         }
         for (int64_t b = 0; b < nbc; ++b)
             for (int j = 0; j < 8; ++j) {

@@ -36,8 +36,8 @@ inline void store_panel_outputs(float* y, int64_t N, const float* c, int64_t tok
 }
 
 template <class Scheme>
-void q8_linear_panels(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws,
-                      const float* b, int64_t M, int64_t N, int64_t K) {
+void q8_linear_panels(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
+                      int64_t M, int64_t N, int64_t K) {
     using Act = typename Scheme::Act;
     const int64_t nb = K / kQ8Block;
     // The activations chunk-major: chunk [k0, k0 + len) of token t at act[k0 * M + t * len].
@@ -71,16 +71,24 @@ void q8_linear_panels(float* y, const int8_t* qx, const float* dx, const int8_t*
                     for (; t + 4 <= tb; t += 4)
                         panel.template tile<4>(cp + t * kPanelRows, ak + t * len, len, dk + t * nb, nb, nbc, first);
                     switch (tb - t) {
-                        case 3: panel.template tile<3>(cp + t * kPanelRows, ak + t * len, len, dk + t * nb, nb, nbc, first); break;
-                        case 2: panel.template tile<2>(cp + t * kPanelRows, ak + t * len, len, dk + t * nb, nb, nbc, first); break;
-                        case 1: panel.template tile<1>(cp + t * kPanelRows, ak + t * len, len, dk + t * nb, nb, nbc, first); break;
-                        default: break;
+                        case 3:
+                            panel.template tile<3>(cp + t * kPanelRows, ak + t * len, len, dk + t * nb, nb, nbc, first);
+                            break;
+                        case 2:
+                            panel.template tile<2>(cp + t * kPanelRows, ak + t * len, len, dk + t * nb, nb, nbc, first);
+                            break;
+                        case 1:
+                            panel.template tile<1>(cp + t * kPanelRows, ak + t * len, len, dk + t * nb, nb, nbc, first);
+                            break;
+                        default:
+                            break;
                     }
                 }
             }
             for (int64_t pi = 0; pi < panels; ++pi) {
                 const int64_t n = n0 + pi * kPanelRows;
-                store_panel_outputs(y + t0 * N, N, c.get() + pi * tb * kPanelRows, tb, n, std::min(kPanelRows, n1 - n), b);
+                store_panel_outputs(y + t0 * N, N, c.get() + pi * tb * kPanelRows, tb, n, std::min(kPanelRows, n1 - n),
+                                    b);
             }
         }
     }

@@ -1,7 +1,8 @@
 // The row-streaming int8 linear kernel (decode and short inputs), shared by q8_avx2.cpp,
-// q8_avxvnni.cpp and q8_avx512.cpp (which brings its own quad tile): each includes it inside its own anonymous namespace, compiled with its own flags, so
-// the two copies never meet at link time (docs/kernels.md, "One algorithm, several targets"). They differ in one instruction sequence only, dot_i8x32:
-// with GPTJ_Q8_ROWS_VNNI defined, vpdpbusd does in one step what maddubs + madd do in two.
+// q8_avxvnni.cpp and q8_avx512.cpp (which brings its own quad tile): each includes it inside its own anonymous
+// namespace, compiled with its own flags, so the two copies never meet at link time (docs/kernels.md, "One algorithm,
+// several targets"). They differ in one instruction sequence only, dot_i8x32: with GPTJ_Q8_ROWS_VNNI defined, vpdpbusd
+// does in one step what maddubs + madd do in two.
 //
 // Needs, in the including scope: i8x32 / i32x8 (= __m256i), thread_range, kQ8Block, and simd_avx2.h's
 // f32x8, load_i8x32, fold_halves_i32x8x4, add_halves_i32x8, quad_scales.
@@ -69,8 +70,10 @@ void quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const i
         const int64_t o = b * kQ8Block;
         if ((b & 1) == 0) {  // one cache line per row every two blocks: the next quad's rows
             const char* pf = reinterpret_cast<const char*>(w + 4 * K + o);
-            _mm_prefetch(pf, _MM_HINT_T0); _mm_prefetch(pf + K, _MM_HINT_T0);
-            _mm_prefetch(pf + 2 * K, _MM_HINT_T0); _mm_prefetch(pf + 3 * K, _MM_HINT_T0);
+            _mm_prefetch(pf, _MM_HINT_T0);
+            _mm_prefetch(pf + K, _MM_HINT_T0);
+            _mm_prefetch(pf + 2 * K, _MM_HINT_T0);
+            _mm_prefetch(pf + 3 * K, _MM_HINT_T0);
         }
         const i8x32 wr[4] = {load_i8x32(w + o), load_i8x32(w + K + o), load_i8x32(w + 2 * K + o),
                              load_i8x32(w + 3 * K + o)};
@@ -81,8 +84,10 @@ void quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const i
             const int8_t* a = qx + 2 * i * K + o;
             const i32x8 h0 = quad_dots(a, wr, awr), h1 = quad_dots(a + K, wr, awr);
             // [t: r0..r3 | t+1: r0..r3], each the sum of its two halves.
-            const i32x8 d = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
-            const f32x8 sx = _mm256_set_m128(_mm_broadcast_ss(dx + (2 * i + 1) * nb + b), _mm_broadcast_ss(dx + 2 * i * nb + b));
+            const i32x8 d =
+                _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+            const f32x8 sx =
+                _mm256_set_m128(_mm_broadcast_ss(dx + (2 * i + 1) * nb + b), _mm_broadcast_ss(dx + 2 * i * nb + b));
             const f32x8 s = _mm256_mul_ps(_mm256_set_m128(sw, sw), sx);
             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc[i]);
         }
@@ -104,7 +109,7 @@ void quad_tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const i
 // One row against M tokens (the rows left over after the quads), the same chain one element at a time.
 // qx (M, K), dx (M, nb); w (K); ws (nb) float16 bits; y (M rows, stride ldy).
 inline void single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws,
-                const float* bias, int64_t M, int64_t K) {
+                       const float* bias, int64_t M, int64_t K) {
     const int64_t nb = K / kQ8Block;
     for (int64_t t = 0; t < M; ++t) {
         float acc = 0.0f;
@@ -115,7 +120,6 @@ inline void single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx,
         y[t * ldy] = bias ? acc + bias[0] : acc;
     }
 }
-
 
 // The 256-bit quad tile, as a policy for q8_linear_rows.
 struct QuadYmm {
@@ -152,10 +156,18 @@ void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const int8_t* w
                     const float* bn = b ? b + n : nullptr;
                     const int8_t* wn = w + n * K;
                     switch (tm) {
-                        case 4: Quad::template tile<4>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
-                        case 3: Quad::template tile<3>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
-                        case 2: Quad::template tile<2>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
-                        default: Quad::template tile<1>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K); break;
+                        case 4:
+                            Quad::template tile<4>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
+                            break;
+                        case 3:
+                            Quad::template tile<3>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
+                            break;
+                        case 2:
+                            Quad::template tile<2>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
+                            break;
+                        default:
+                            Quad::template tile<1>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
+                            break;
                     }
                 }
                 t += tm;
@@ -165,4 +177,3 @@ void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const int8_t* w
             single_row(y + n, N, qx, dx, w + n * K, ws + n * nb, b ? b + n : nullptr, M, K);
     }
 }
-

@@ -18,8 +18,8 @@ static inline f32x8 pairs_f32x8(const float* c) {
 // (x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...): each pair swapped.
 static inline f32x8 swap_pairs_f32x8(f32x8 x) { return _mm256_permute_ps(x, 0xB1); }
 
-void rotary(float* x, const float* sin, const float* cos, const int64_t* pos, int64_t T, int64_t ld,
-            int64_t n_head, int64_t d_head, int64_t n_rot) {
+void rotary(float* x, const float* sin, const float* cos, const int64_t* pos, int64_t T, int64_t ld, int64_t n_head,
+            int64_t d_head, int64_t n_rot) {
     const int64_t half = n_rot / 2, half4 = half / 4 * 4;
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; ++t) {

@@ -9,8 +9,8 @@
 
 namespace gptj::kernels::scalar {
 
-void rotary(float* x, const float* sin, const float* cos, const int64_t* pos, int64_t T, int64_t ld,
-            int64_t n_head, int64_t d_head, int64_t n_rot) {
+void rotary(float* x, const float* sin, const float* cos, const int64_t* pos, int64_t T, int64_t ld, int64_t n_head,
+            int64_t d_head, int64_t n_rot) {
     const int64_t half = n_rot / 2;
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; ++t) {

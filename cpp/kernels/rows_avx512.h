@@ -125,7 +125,8 @@ template <class Format>
 inline int32_t block_dot(__m256i u, const int8_t* qx) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx));
     const __m256i zero = _mm256_setzero_si256();
-    return hsum_i32x8(_mm256_dpbusd_epi32(zero, u, x)) - Format::kOffset * hsum_i32x8(_mm256_dpbusd_epi32(zero, _mm256_set1_epi8(1), x));
+    return hsum_i32x8(_mm256_dpbusd_epi32(zero, u, x)) -
+           Format::kOffset * hsum_i32x8(_mm256_dpbusd_epi32(zero, _mm256_set1_epi8(1), x));
 }
 
 // TM tokens x one quad. px: token t's steps at px + t * steps; qx (TM, stride K) and dx (TM, stride nb) for
@@ -152,7 +153,8 @@ void quad_tile(float* y, int64_t ldy, const PreparedStep* px, const int8_t* qx, 
             const __m512i zero = _mm512_setzero_si512();
             __m512i p[4];
             for (int r = 0; r < 4; ++r) p[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo[r], a.lo), hi[r], a.hi);
-            const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(fold_quarters_i32x16x4(p[0], p[1], p[2], p[3]), a.offset));
+            const __m512 d =
+                _mm512_cvtepi32_ps(_mm512_sub_epi32(fold_quarters_i32x16x4(p[0], p[1], p[2], p[3]), a.offset));
             const __m512 s = _mm512_mul_ps(sw, a.scale);
             acc[t] = _mm_fmadd_ps(_mm512_castps512_ps128(d), _mm512_castps512_ps128(s), acc[t]);
             acc[t] = _mm_fmadd_ps(_mm512_extractf32x4_ps(d, 1), _mm512_extractf32x4_ps(s, 1), acc[t]);
@@ -168,9 +170,9 @@ void quad_tile(float* y, int64_t ldy, const PreparedStep* px, const int8_t* qx, 
             const int8_t* xb = qx + t * K + b * kQ8Block;
             const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb));
             const __m256i zero = _mm256_setzero_si256();
-            const __m128i sums = avx2::add_halves_i32x8(avx2::fold_halves_i32x8x4(
-                _mm256_dpbusd_epi32(zero, u[0], x), _mm256_dpbusd_epi32(zero, u[1], x),
-                _mm256_dpbusd_epi32(zero, u[2], x), _mm256_dpbusd_epi32(zero, u[3], x)));
+            const __m128i sums = avx2::add_halves_i32x8(
+                avx2::fold_halves_i32x8x4(_mm256_dpbusd_epi32(zero, u[0], x), _mm256_dpbusd_epi32(zero, u[1], x),
+                                          _mm256_dpbusd_epi32(zero, u[2], x), _mm256_dpbusd_epi32(zero, u[3], x)));
             const int32_t offset = Format::kOffset * hsum_i32x8(_mm256_dpbusd_epi32(zero, _mm256_set1_epi8(1), x));
             const __m128i d = _mm_sub_epi32(sums, _mm_set1_epi32(offset));
             acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(d), _mm_mul_ps(sw, _mm_broadcast_ss(dx + t * nb + b)), acc[t]);
@@ -188,7 +190,8 @@ void single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const 
     for (int64_t t = 0; t < M; ++t) {
         float acc = 0.0f;
         for (int64_t b = 0; b < nb; ++b) {
-            const int32_t d = block_dot<Format>(Format::unpack_block(w + b * Format::kBlockBytes), qx + t * K + b * kQ8Block);
+            const int32_t d =
+                block_dot<Format>(Format::unpack_block(w + b * Format::kBlockBytes), qx + t * K + b * kQ8Block);
             acc = std::fma(float(d), f16_to_f32(ws[b]) * dx[t * nb + b], acc);
         }
         y[t * ldy] = bias ? acc + bias[0] : acc;
@@ -201,7 +204,8 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
                  const float* b, int64_t M, int64_t N, int64_t K) {
     const int64_t nb = K / kQ8Block, steps = nb / 4, rb = nb * Format::kBlockBytes;
     std::vector<PreparedStep> prepared(size_t(M * steps));
-    for (int64_t t = 0; t < M; ++t) prepare_token(prepared.data() + t * steps, qx + t * K, dx + t * nb, steps, Format::kOffset);
+    for (int64_t t = 0; t < M; ++t)
+        prepare_token(prepared.data() + t * steps, qx + t * K, dx + t * nb, steps, Format::kOffset);
     // Rows per group: a group's rows (192 KB) stay in L2 while every token tile passes over them.
     const int64_t group = std::max<int64_t>(4, (int64_t(192) << 10) / rb / 4 * 4);
 #pragma omp parallel
@@ -228,10 +232,18 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
                     const float* dqn = dq.data() + (n - g0) * nb;
                     const float* bn = b ? b + n : nullptr;
                     switch (tm) {
-                        case 4: quad_tile<Format, 4>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K); break;
-                        case 3: quad_tile<Format, 3>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K); break;
-                        case 2: quad_tile<Format, 2>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K); break;
-                        default: quad_tile<Format, 1>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K); break;
+                        case 4:
+                            quad_tile<Format, 4>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K);
+                            break;
+                        case 3:
+                            quad_tile<Format, 3>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K);
+                            break;
+                        case 2:
+                            quad_tile<Format, 2>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K);
+                            break;
+                        default:
+                            quad_tile<Format, 1>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K);
+                            break;
                     }
                 }
                 t += tm;

@@ -39,8 +39,8 @@ inline void transpose_8x8_i32(__m256i r[8]) {
         t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);  // [r0_2 r1_2 r0_3 r1_3 | r0_6 .. r1_7]
     }
     for (int i = 0; i < 2; ++i) {
-        u[4 * i + 0] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);  // column 0 | column 4, four rows
-        u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);  // column 1 | column 5
+        u[4 * i + 0] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);      // column 0 | column 4, four rows
+        u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);      // column 1 | column 5
         u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);  // column 2 | column 6
         u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);  // column 3 | column 7
     }
@@ -61,7 +61,9 @@ inline __m256i first_lanes_mask(int64_t n) {
 inline __m256i load_i8x32(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
 // 8 float16 scales -> float32 (F16C, exact).
-inline f32x8 load_f16x8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline f32x8 load_f16x8(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
 
 // Four rows' (or tokens') block dot products folded into one vector of half-block sums:
 // lane i = sum of p_i's lanes 0..3 (elements 0..15 of the block), lane 4 + i = lanes 4..7 (16..31). Exact.
@@ -85,8 +87,9 @@ inline void quad_scales(float* dq, const uint16_t* ws, int64_t nb) {
         for (int i = 0; i < 4; ++i) r[i] = load_f16x8(ws + i * nb + b);  // row i: [b .. b+7]
         const f32x8 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
         const f32x8 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        const f32x8 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xee),   // [b | b+4], [b+1 | b+5]
-                            _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xee)};  // [b+2 | b+6], [b+3 | b+7]
+        const f32x8 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xee),  // [b | b+4], [b+1 | b+5]
+                            _mm256_shuffle_ps(t1, t3, 0x44),
+                            _mm256_shuffle_ps(t1, t3, 0xee)};  // [b+2 | b+6], [b+3 | b+7]
         for (int j = 0; j < 4; ++j) {
             _mm_storeu_ps(dq + 4 * (b + j), _mm256_castps256_ps128(u[j]));
             _mm_storeu_ps(dq + 4 * (b + 4 + j), _mm256_extractf128_ps(u[j], 1));
@@ -103,8 +106,8 @@ inline f32x8 exp_f32x8(f32x8 x) {
     x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
     x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447505531f));
     const f32x8 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);      // r = x - n ln2, ln2 split in two
-    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);   // for an exact first product
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);     // r = x - n ln2, ln2 split in two
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);  // for an exact first product
     const f32x8 z = _mm256_mul_ps(x, x);
     f32x8 p = _mm256_set1_ps(1.9875691500e-4f);
     p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.3981999507e-3f));

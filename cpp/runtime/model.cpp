@@ -14,7 +14,8 @@ namespace gptj::runtime {
 std::string Config::check() const {
     if (n_embd <= 0 || n_head <= 0 || n_embd % n_head) return "n_embd must be a positive multiple of n_head";
     if (n_rot < 0 || n_rot % 2 || n_rot > n_embd / n_head) return "n_rot must be even and at most d_head";
-    if (n_vocab <= 0 || n_ctx <= 0 || n_layer <= 0 || d_ff <= 0) return "n_vocab, n_ctx, n_layer and d_ff must be positive";
+    if (n_vocab <= 0 || n_ctx <= 0 || n_layer <= 0 || d_ff <= 0)
+        return "n_vocab, n_ctx, n_layer and d_ff must be positive";
     return "";
 }
 
@@ -44,8 +45,8 @@ void attend(float* out, const float* q, const float* k, const float* v, float* s
             int64_t H, int64_t dh, int64_t S) {
     kernels::attention(out, q, k, v, scratch, T, start, H, dh, S);
 }
-void attend(float* out, const float* q, const uint16_t* k, const uint16_t* v, float* scratch, int64_t T,
-            int64_t start, int64_t H, int64_t dh, int64_t S) {
+void attend(float* out, const float* q, const uint16_t* k, const uint16_t* v, float* scratch, int64_t T, int64_t start,
+            int64_t H, int64_t dh, int64_t S) {
     kernels::attention_f16kv(out, q, k, v, scratch, T, start, H, dh, S);
 }
 
@@ -57,8 +58,8 @@ Model::Model(const Config& config, Weights weights, int threads)
 // Scratch for one call: x, h, q, k, v, att, a, m (n_tokens, n_embd) each, f (n_tokens, d_ff), and the
 // attention kernel's per-thread score rows. One buffer, grown when a call needs more.
 float* Model::reserve_scratch(int64_t n_tokens, int64_t max_keys) {
-    const size_t need = size_t(n_tokens * (8 * config_.n_embd + config_.d_ff) +
-                               kernels::attention_scratch_floats(max_keys));
+    const size_t need =
+        size_t(n_tokens * (8 * config_.n_embd + config_.d_ff) + kernels::attention_scratch_floats(max_keys));
     if (scratch_.size() < need) scratch_.resize(need);
     return scratch_.data();
 }
@@ -178,8 +179,7 @@ void Model::forward(float* logits, const int64_t* ids, const int64_t* counts, KV
     kernels::layer_norm(h, x, weights_.ln_f_g, weights_.ln_f_b, n, E, c.eps);
     keep(c.n_layer + 1, h);
     if (logit_rows) {
-        for (int64_t j = 0; j < n_logit_rows; ++j)
-            std::memcpy(q + j * E, h + logit_rows[j] * E, sizeof(float) * E);
+        for (int64_t j = 0; j < n_logit_rows; ++j) std::memcpy(q + j * E, h + logit_rows[j] * E, sizeof(float) * E);
         in_h_.set(q, n_logit_rows, E);
     } else {
         in_h_.set(h, n, E);

@@ -19,14 +19,14 @@ namespace gptj::runtime {
 struct Config {
     // The reference's short names; GPT-J 6B's values in brackets. (transformers' config names them
     // vocab_size, n_positions, n_embd, n_layer, n_head, rotary_dim, n_inner.)
-    int64_t n_vocab = 0;     // rows of wte and lm_head            [50400]
-    int64_t n_ctx = 0;       // context length, rows of sin/cos    [2048]
-    int64_t n_embd = 0;      // model width                        [4096]
-    int64_t n_layer = 0;     // blocks                             [28]
-    int64_t n_head = 0;      // attention heads                    [16]
-    int64_t n_rot = 0;       // rotated leading dims of each head  [64]
-    int64_t d_ff = 0;        // MLP width                          [16384]
-    float eps = 1e-5f;       // LayerNorm epsilon
+    int64_t n_vocab = 0;  // rows of wte and lm_head            [50400]
+    int64_t n_ctx = 0;    // context length, rows of sin/cos    [2048]
+    int64_t n_embd = 0;   // model width                        [4096]
+    int64_t n_layer = 0;  // blocks                             [28]
+    int64_t n_head = 0;   // attention heads                    [16]
+    int64_t n_rot = 0;    // rotated leading dims of each head  [64]
+    int64_t d_ff = 0;     // MLP width                          [16384]
+    float eps = 1e-5f;    // LayerNorm epsilon
 
     // Empty when the sizes are consistent, else what is wrong.
     std::string check() const;
@@ -43,9 +43,9 @@ struct LayerWeights {
 };
 
 struct Weights {
-    const float* wte = nullptr;     // transformer.wte.weight (vocab_size, n_embd), or, in a q8 file:
-    const int8_t* wte_q8 = nullptr;         //   its int8 rows (vocab_size, n_embd) and
-    const uint16_t* wte_q8_scale = nullptr; //   float16 scales (vocab_size, n_embd / 32), dequantized on lookup
+    const float* wte = nullptr;              // transformer.wte.weight (vocab_size, n_embd), or, in a q8 file:
+    const int8_t* wte_q8 = nullptr;          //   its int8 rows (vocab_size, n_embd) and
+    const uint16_t* wte_q8_scale = nullptr;  //   float16 scales (vocab_size, n_embd / 32), dequantized on lookup
     std::vector<LayerWeights> layers;
     const float* ln_f_g = nullptr;  // transformer.ln_f.weight (n_embd)
     const float* ln_f_b = nullptr;  // transformer.ln_f.bias (n_embd)
@@ -82,9 +82,13 @@ public:
     // (n_head, max_tokens, d_head) block of layer l, row r, as stored: KV = float for F32, uint16_t
     // (float16 bits) for F16.
     template <typename KV>
-    KV* keys(int64_t l, int64_t r) { return reinterpret_cast<KV*>(keys_.get()) + offset(l, r); }
+    KV* keys(int64_t l, int64_t r) {
+        return reinterpret_cast<KV*>(keys_.get()) + offset(l, r);
+    }
     template <typename KV>
-    KV* values(int64_t l, int64_t r) { return reinterpret_cast<KV*>(values_.get()) + offset(l, r); }
+    KV* values(int64_t l, int64_t r) {
+        return reinterpret_cast<KV*>(values_.get()) + offset(l, r);
+    }
 
 private:
     int64_t offset(int64_t l, int64_t r) const { return (l * batch_ + r) * row_elements_; }
@@ -123,11 +127,11 @@ private:
     Config config_;
     Weights weights_;
     int threads_;
-    std::mutex busy_;                    // one forward at a time: the scratch is shared
-    std::vector<float> scratch_;         // activations of one call, grown on demand
-    std::vector<int64_t> positions_;     // position of each new token
-    float* attention_scratch_ = nullptr; // the attention kernel's part of scratch_
-    LinearInput in_h_, in_att_, in_f_;   // linear inputs h, att, f and their int8 blocks
+    std::mutex busy_;                     // one forward at a time: the scratch is shared
+    std::vector<float> scratch_;          // activations of one call, grown on demand
+    std::vector<int64_t> positions_;      // position of each new token
+    float* attention_scratch_ = nullptr;  // the attention kernel's part of scratch_
+    LinearInput in_h_, in_att_, in_f_;    // linear inputs h, att, f and their int8 blocks
 };
 
 }  // namespace gptj::runtime

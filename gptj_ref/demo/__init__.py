@@ -15,9 +15,12 @@ from __future__ import annotations
 import os
 
 DEMO_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.gptj")
-DEMO_DESCRIPTION = ("the built-in demo GPT-J (4 layers, width 128, trained on the King James and World English "
-                    "Bibles, int8; model card: gptj_ref/demo/README.md)")
+DEMO_DESCRIPTION = (
+    "the built-in demo GPT-J (4 layers, width 128, trained on the King James and World English "
+    "Bibles, int8; model card: gptj_ref/demo/README.md)"
+)
 
 TINY_RANDOM = "tiny-random"
-TINY_RANDOM_DESCRIPTION = ("the random tiny GPT-J (2 layers, width 64, random weights from seed 0, real GPT-2 "
-                           "tokenizer): its text is nonsense")
+TINY_RANDOM_DESCRIPTION = (
+    "the random tiny GPT-J (2 layers, width 64, random weights from seed 0, real GPT-2 tokenizer): its text is nonsense"
+)

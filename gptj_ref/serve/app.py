@@ -41,17 +41,31 @@ from .protocol import (
 )
 from .scheduler import DEFAULT_PREFILL_CHUNK, NotAccepting, QueueFull, Scheduler, Sequence, ShuttingDown
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20   # 1 MiB: a full 2048-token prompt is ~10 KB of text
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: a full 2048-token prompt is ~10 KB of text
 RETRY_AFTER_SECONDS = 1
 
 
 class Server:
     """Everything one app holds: the model, its scheduler, metrics and settings."""
 
-    def __init__(self, model, model_name: Optional[str], max_batch: int, max_queue: int, api_key: Optional[str],
-                 chat_template: Optional[str], prefill_chunk: int, max_body_bytes: int, grace_seconds: float):
-        for name, value, lo in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1),
-                                ("prefill_chunk", prefill_chunk, 1), ("max_body_bytes", max_body_bytes, 1024)):
+    def __init__(
+        self,
+        model,
+        model_name: Optional[str],
+        max_batch: int,
+        max_queue: int,
+        api_key: Optional[str],
+        chat_template: Optional[str],
+        prefill_chunk: int,
+        max_body_bytes: int,
+        grace_seconds: float,
+    ):
+        for name, value, lo in (
+            ("max_batch", max_batch, 1),
+            ("max_queue", max_queue, 1),
+            ("prefill_chunk", prefill_chunk, 1),
+            ("max_body_bytes", max_body_bytes, 1024),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < lo:
                 from ..errors import SettingsError
 
@@ -64,7 +78,7 @@ class Server:
         self.template = ChatTemplate(chat_template)
         self.metrics = Metrics()
         self.scheduler: Optional[Scheduler] = None
-        self.state = "loading"            # loading | ready | draining | stopped | failed
+        self.state = "loading"  # loading | ready | draining | stopped | failed
         self.load_error: Optional[BaseException] = None
         self.created = int(time.time())
 
@@ -103,13 +117,20 @@ class Server:
         if self.state == "ready":
             return
         if self.state == "failed":
-            raise ApiError(503, f"the model failed to load: {self.load_error}", code="model_load_failed",
-                           type="server_error")
+            raise ApiError(
+                503, f"the model failed to load: {self.load_error}", code="model_load_failed", type="server_error"
+            )
         if self.state == "loading":
-            raise ApiError(503, "the model is still loading; retry shortly", code="model_loading", type="server_error",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        raise ApiError(503, "the server is shutting down and accepts no new requests", code="shutting_down",
-                       type="server_error")
+            raise ApiError(
+                503,
+                "the model is still loading; retry shortly",
+                code="model_loading",
+                type="server_error",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        raise ApiError(
+            503, "the server is shutting down and accepts no new requests", code="shutting_down", type="server_error"
+        )
 
     def check_key(self, request) -> None:
         if self.api_key is None:
@@ -117,8 +138,9 @@ class Server:
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
+            raise ApiError(
+                401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'", code="invalid_api_key"
+            )
 
     # Requests ---------------------------------------------------------------------------------------------
     async def read_json(self, request) -> dict:
@@ -140,14 +162,21 @@ class Server:
         return body
 
     def _too_large(self) -> ApiError:
-        return ApiError(413, f"the request body is larger than the server's limit of {self.max_body_bytes} bytes",
-                        code="request_too_large")
+        return ApiError(
+            413,
+            f"the request body is larger than the server's limit of {self.max_body_bytes} bytes",
+            code="request_too_large",
+        )
 
     def check_model_name(self, body: dict) -> None:
         name = body.get("model")
         if name is not None and name != self.model_name:
-            raise ApiError(404, f"model {name!r} is not served here; this server serves {self.model_name!r}",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"model {name!r} is not served here; this server serves {self.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
 
     def prompt_ids(self, prompt, param: str) -> List[int]:
         ids = self.model.encode(prompt) if isinstance(prompt, str) else prompt
@@ -161,9 +190,14 @@ class Server:
     def check_context(self, prompt: List[int], max_tokens: int, param: str) -> None:
         n_ctx = self.model.config.n_positions
         if len(prompt) + max_tokens > n_ctx:
-            raise ApiError(400, f"this model's context is {n_ctx} tokens; the prompt has {len(prompt)} and max_tokens "
-                                f"asks for {max_tokens} more ({len(prompt) + max_tokens} in all): shorten the prompt "
-                                "or lower max_tokens", param=param, code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"this model's context is {n_ctx} tokens; the prompt has {len(prompt)} and max_tokens "
+                f"asks for {max_tokens} more ({len(prompt) + max_tokens} in all): shorten the prompt "
+                "or lower max_tokens",
+                param=param,
+                code="context_length_exceeded",
+            )
 
 
 class Job:
@@ -179,20 +213,33 @@ class Job:
     def sink(self, index: int) -> Callable[[str, object], None]:
         def deliver(kind: str, value) -> None:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (index, kind, value))
+
         return deliver
 
     def add(self, prompt: List[int], settings, *, logprobs=None, generate=True, prompt_logprobs=None) -> None:
         index = len(self.sequences)
-        self.sequences.append(self.server.scheduler.new_sequence(
-            prompt, settings, self.sink(index), logprobs=logprobs, generate=generate, prompt_logprobs=prompt_logprobs))
+        self.sequences.append(
+            self.server.scheduler.new_sequence(
+                prompt,
+                settings,
+                self.sink(index),
+                logprobs=logprobs,
+                generate=generate,
+                prompt_logprobs=prompt_logprobs,
+            )
+        )
 
     def submit(self) -> None:
         try:
             self.server.scheduler.submit(self.sequences)
         except QueueFull:
-            raise ApiError(429, f"the server's queue is full ({self.server.max_queue} sequences waiting); retry "
-                                "shortly", code="queue_full", type="rate_limit_error",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+            raise ApiError(
+                429,
+                f"the server's queue is full ({self.server.max_queue} sequences waiting); retry shortly",
+                code="queue_full",
+                type="rate_limit_error",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
         except NotAccepting:
             self.server.check_ready()
             raise ApiError(503, "the scheduler is not running", code="shutting_down", type="server_error") from None
@@ -224,7 +271,7 @@ class Choice:
     """What has come back for one sequence."""
 
     def __init__(self):
-        self.steps = []             # TokenStep of every step (the last may be the end-of-text that ended it)
+        self.steps = []  # TokenStep of every step (the last may be the end-of-text that ended it)
         self.prompt_logprobs = None
         self.finish: Optional[str] = None
         self.error: Optional[BaseException] = None
@@ -241,10 +288,18 @@ class Choice:
 
 
 # The app ----------------------------------------------------------------------------------------------------
-def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, max_queue: int = 64,
-               api_key: Optional[str] = None, chat_template: Optional[str] = None,
-               prefill_chunk: int = DEFAULT_PREFILL_CHUNK, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               grace_seconds: float = 30.0):
+def create_app(
+    model,
+    *,
+    model_name: Optional[str] = None,
+    max_batch: int = 8,
+    max_queue: int = 64,
+    api_key: Optional[str] = None,
+    chat_template: Optional[str] = None,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    grace_seconds: float = 30.0,
+):
     """An ASGI app serving `model` with OpenAI's API.
 
     model          a gptj_ref.Model, or a callable returning one (then loaded in a thread at startup,
@@ -267,14 +322,16 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
     from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    server = Server(model, model_name, max_batch, max_queue, api_key, chat_template, prefill_chunk,
-                    max_body_bytes, grace_seconds)
+    server = Server(
+        model, model_name, max_batch, max_queue, api_key, chat_template, prefill_chunk, max_body_bytes, grace_seconds
+    )
 
     def error_response(e: ApiError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     def endpoint(name: str, needs_model: bool = True):
         """Error handling, key check and request counting around an endpoint."""
+
         def wrap(handler):
             async def run(request: Request) -> Response:
                 try:
@@ -288,22 +345,30 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
                     response = error_response(ApiError(400, str(e), code="invalid_value"))
                 server.metrics.inc("gptj_requests_total", endpoint=name, status=str(response.status_code))
                 return response
+
             return run
+
         return wrap
 
     # Completions --------------------------------------------------------------------------------------------
     @endpoint("completions")
     async def completions(request: Request) -> Response:
         body = await server.read_json(request)
-        refuse_unsupported(body, SAMPLING_FIELDS + ("model", "prompt", "echo", "logprobs"),
-                           {"best_of": 1, "suffix": None, "logit_bias": None})
+        refuse_unsupported(
+            body,
+            SAMPLING_FIELDS + ("model", "prompt", "echo", "logprobs"),
+            {"best_of": 1, "suffix": None, "logit_bias": None},
+        )
         server.check_model_name(body)
         raw = body.get("prompt")
         if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(i, int) for i in raw)):
             raw = [raw]
         if not isinstance(raw, list) or not raw:
-            raise bad("prompt", "must be a string, a list of strings, a list of token ids or a list of such lists",
-                      "invalid_type")
+            raise bad(
+                "prompt",
+                "must be a string, a list of strings, a list of token ids or a list of such lists",
+                "invalid_type",
+            )
         prompts = [server.prompt_ids(p, "prompt") for p in raw]
         sampling = parse_sampling(body, server.max_queue)
         echo = get_bool(body, "echo", False)
@@ -312,20 +377,34 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
         if max_tokens == 0 and not echo:
             raise bad("max_tokens", "must be >= 1 (0 is allowed only with echo, to score the prompt)")
         if len(prompts) * sampling.n > server.max_queue:
-            raise bad("n", f"{len(prompts)} prompts x n={sampling.n} sequences exceed the server's queue of "
-                           f"{server.max_queue}")
+            raise bad(
+                "n",
+                f"{len(prompts)} prompts x n={sampling.n} sequences exceed the server's queue of {server.max_queue}",
+            )
         for p in prompts:
             server.check_context(p, max_tokens, "prompt")
         job = Job(server)
         for p in prompts:
             for j in range(sampling.n):
-                job.add(p, sampling.for_choice(j, max(max_tokens, 1)), logprobs=logprobs,
-                        generate=max_tokens > 0, prompt_logprobs=logprobs if echo and logprobs is not None else None)
+                job.add(
+                    p,
+                    sampling.for_choice(j, max(max_tokens, 1)),
+                    logprobs=logprobs,
+                    generate=max_tokens > 0,
+                    prompt_logprobs=logprobs if echo and logprobs is not None else None,
+                )
         job.submit()
-        prefixes = [(r if isinstance(r, str) else server.model.tokenizer.decode(p)) if echo else ""
-                    for r, p in zip(raw, prompts) for _ in range(sampling.n)]
-        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": server.model_name}
+        prefixes = [
+            (r if isinstance(r, str) else server.model.tokenizer.decode(p)) if echo else ""
+            for r, p in zip(raw, prompts)
+            for _ in range(sampling.n)
+        ]
+        meta = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": server.model_name,
+        }
         usage_prompt = sum(len(p) for p in prompts)
         if sampling.stream:
             events = stream_completions(job, meta, prefixes, echo, logprobs, sampling.include_usage, usage_prompt)
@@ -334,9 +413,14 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
         out = []
         for i, c in enumerate(choices):
             text = "".join(step.text for step in c.steps)
-            out.append({"index": i, "text": prefixes[i] + text,
-                        "logprobs": completion_logprobs(c, job.sequences[i], echo) if logprobs is not None else None,
-                        "finish_reason": finish_reason(c.finish)})
+            out.append(
+                {
+                    "index": i,
+                    "text": prefixes[i] + text,
+                    "logprobs": completion_logprobs(c, job.sequences[i], echo) if logprobs is not None else None,
+                    "finish_reason": finish_reason(c.finish),
+                }
+            )
         return JSONResponse({**meta, "choices": out, "usage": usage(usage_prompt, job)})
 
     def token_text(token: int) -> str:
@@ -406,18 +490,27 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
     @endpoint("chat")
     async def chat(request: Request) -> Response:
         body = await server.read_json(request)
-        refuse_unsupported(body, SAMPLING_FIELDS + ("model", "messages", "logprobs", "top_logprobs",
-                                                    "max_completion_tokens"),
-                           {"response_format": {"type": "text"}, "tools": None, "tool_choice": "none",
-                            "functions": None, "function_call": "none", "logit_bias": None,
-                            "parallel_tool_calls": None})
+        refuse_unsupported(
+            body,
+            SAMPLING_FIELDS + ("model", "messages", "logprobs", "top_logprobs", "max_completion_tokens"),
+            {
+                "response_format": {"type": "text"},
+                "tools": None,
+                "tool_choice": "none",
+                "functions": None,
+                "function_call": "none",
+                "logit_bias": None,
+                "parallel_tool_calls": None,
+            },
+        )
         server.check_model_name(body)
         messages = parse_messages(body.get("messages"))
         try:
             text = server.template.render(messages)
         except Exception as e:  # noqa: BLE001 - a Jinja error from the template, reported to the client
-            raise ApiError(400, f"the chat template failed on these messages: {e}", param="messages",
-                           code="template_error") from None
+            raise ApiError(
+                400, f"the chat template failed on these messages: {e}", param="messages", code="template_error"
+            ) from None
         prompt = server.prompt_ids(text, "messages")
         sampling = parse_sampling(body, server.max_queue)
         want_logprobs = get_bool(body, "logprobs", False)
@@ -434,26 +527,48 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
             raise bad("n", f"n={sampling.n} sequences exceed the server's queue of {server.max_queue}")
         job = Job(server)
         for j in range(sampling.n):
-            job.add(prompt, sampling.for_choice(j, max_tokens, server.template.stop),
-                    logprobs=(top or 0) if want_logprobs else None)
+            job.add(
+                prompt,
+                sampling.for_choice(j, max_tokens, server.template.stop),
+                logprobs=(top or 0) if want_logprobs else None,
+            )
         job.submit()
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": server.model_name}
+        meta = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": server.model_name,
+        }
         if sampling.stream:
-            return sse(job, stream_chat(job, {**meta, "object": "chat.completion.chunk"}, want_logprobs,
-                                   sampling.include_usage, len(prompt)))
+            return sse(
+                job,
+                stream_chat(
+                    job, {**meta, "object": "chat.completion.chunk"}, want_logprobs, sampling.include_usage, len(prompt)
+                ),
+            )
         choices = await collect(job, request)
-        out = [{"index": i, "message": {"role": "assistant", "content": "".join(s.text for s in c.steps)},
+        out = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": "".join(s.text for s in c.steps)},
                 "logprobs": {"content": chat_logprobs(text_steps(c))} if want_logprobs else None,
-                "finish_reason": finish_reason(c.finish)} for i, c in enumerate(choices)]
+                "finish_reason": finish_reason(c.finish),
+            }
+            for i, c in enumerate(choices)
+        ]
         return JSONResponse({**meta, "choices": out, "usage": usage(len(prompt), job)})
 
     def chat_logprobs(steps) -> list:
         def entry(token, logprob):
-            return {"token": token_text(token), "logprob": logprob,
-                    "bytes": list(server.model.tokenizer.token_bytes(token))}
-        return [{**entry(s.token, s.logprob), "top_logprobs": [entry(t, lp) for t, lp in s.top_logprobs]}
-                for s in steps]
+            return {
+                "token": token_text(token),
+                "logprob": logprob,
+                "bytes": list(server.model.tokenizer.token_bytes(token)),
+            }
+
+        return [
+            {**entry(s.token, s.logprob), "top_logprobs": [entry(t, lp) for t, lp in s.top_logprobs]} for s in steps
+        ]
 
     async def stream_chat(job: Job, meta, want_logprobs, include_usage, usage_prompt):
         def chunk(i, delta, finish=None, lp=None):
@@ -481,8 +596,11 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
     # Shared pieces -------------------------------------------------------------------------------------------
     def usage(prompt_tokens: int, job: Job) -> dict:
         completion = sum(len(s.state.new) for s in job.sequences if s.generate)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                "total_tokens": prompt_tokens + completion}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+        }
 
     async def collect(job: Job, request: Request) -> List[Choice]:
         """Wait for every sequence of a non-streaming request; cancel them if the client goes away."""
@@ -514,6 +632,7 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
     def sse(job: Job, events) -> StreamingResponse:
         """Server-sent events: one "data: {json}" block per chunk, then "data: [DONE]". When the client
         goes away Starlette stops this generator, and the job's sequences are cancelled."""
+
         async def body():
             try:
                 try:
@@ -526,12 +645,13 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
                 job.cancel()
                 await events.aclose()
 
-        return StreamingResponse(body(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     def parse_messages(messages) -> List[Dict[str, str]]:
         if not isinstance(messages, list) or not messages:
-            raise bad("messages", "must be a non-empty list of {\"role\", \"content\"} objects", "invalid_type")
+            raise bad("messages", 'must be a non-empty list of {"role", "content"} objects', "invalid_type")
         out = []
         for k, m in enumerate(messages):
             where = f"messages[{k}]"
@@ -539,9 +659,10 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
                 raise bad(f"{where}.role", f"must be one of {', '.join(ROLES)}")
             content = m.get("content")
             if isinstance(content, list):
-                if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                           for p in content):
-                    raise bad(f"{where}.content", "only text parts ({\"type\": \"text\", \"text\": ...}) are supported")
+                if not all(
+                    isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+                ):
+                    raise bad(f"{where}.content", 'only text parts ({"type": "text", "text": ...}) are supported')
                 content = "".join(p["text"] for p in content)
             if not isinstance(content, str):
                 raise bad(f"{where}.content", "must be a string or a list of text parts", "invalid_type")
@@ -554,8 +675,12 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
         card = {"id": server.model_name, "object": "model", "created": server.created, "owned_by": "gptj_ref"}
         if "model_id" in request.path_params:
             if request.path_params["model_id"] != server.model_name:
-                raise ApiError(404, f"model {request.path_params['model_id']!r} is not served here",
-                               param="model", code="model_not_found")
+                raise ApiError(
+                    404,
+                    f"model {request.path_params['model_id']!r} is not served here",
+                    param="model",
+                    code="model_not_found",
+                )
             return JSONResponse(card)
         return JSONResponse({"object": "list", "data": [card]})
 
@@ -573,12 +698,14 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                                       code=code))
+        return error_response(
+            ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code)
+        )
 
     async def internal_error(request: Request, exc: Exception) -> Response:
-        return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error",
-                                       type="server_error"))
+        return error_response(
+            ApiError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error", type="server_error")
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -587,14 +714,16 @@ def create_app(model, *, model_name: Optional[str] = None, max_batch: int = 8, m
         await asyncio.get_running_loop().run_in_executor(None, server.drain)
 
     app = Starlette(
-        routes=[Route("/v1/completions", completions, methods=["POST"]),
-                Route("/v1/chat/completions", chat, methods=["POST"]),
-                Route("/v1/models", models, methods=["GET"]),
-                Route("/v1/models/{model_id:path}", models, methods=["GET"]),
-                Route("/health", health, methods=["GET"]),
-                Route("/metrics", metrics, methods=["GET"])],
+        routes=[
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
         exception_handlers={HTTPException: http_error, Exception: internal_error},
-        lifespan=lifespan)
+        lifespan=lifespan,
+    )
     app.state.gptj = server
     return app
-

@@ -49,6 +49,7 @@ class ChatTemplate:
 
     def render(self, messages: List[dict]) -> str:
         """messages: [{"role": "system" | "developer" | "user" | "assistant", "content": str}, ...]."""
-        plain = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-                 for m in messages]
+        plain = [
+            {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]} for m in messages
+        ]
         return self._template.render(messages=plain, add_generation_prompt=True)

@@ -33,16 +33,28 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences generated at once (default 8)")
     p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait; beyond, 429 (default 64)")
-    p.add_argument("--prefill-chunk", type=int, default=64,
-                   help="prompt tokens per scheduler step: bounds the delay a long prompt adds for others (default 64)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* "
-                                                   "(default: the GPTJ_API_KEY environment variable, else none)")
-    p.add_argument("--chat-template", default=None, metavar="FILE", help="Jinja chat template (default: a plain "
-                                                                         "'User: ... / Assistant: ...' dialogue)")
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=64,
+        help="prompt tokens per scheduler step: bounds the delay a long prompt adds for others (default 64)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: the GPTJ_API_KEY environment variable, else none)",
+    )
+    p.add_argument(
+        "--chat-template",
+        default=None,
+        metavar="FILE",
+        help="Jinja chat template (default: a plain 'User: ... / Assistant: ...' dialogue)",
+    )
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the file's name)")
-    p.add_argument("--grace", type=float, default=30.0,
-                   help="seconds in-flight requests may run after SIGTERM (default 30)")
-    add_ray_options(p)   # --ray: the same options on Ray Serve replicas
+    p.add_argument(
+        "--grace", type=float, default=30.0, help="seconds in-flight requests may run after SIGTERM (default 30)"
+    )
+    add_ray_options(p)  # --ray: the same options on Ray Serve replicas
 
 
 def run(args) -> int:
@@ -65,9 +77,16 @@ def run(args) -> int:
     if args.model is None:
         print(f"gptj serve: no --model given, using {BUILTIN_DESCRIPTION}", file=sys.stderr)
     model = load(args.model, backend=args.backend, threads=args.threads, kv_dtype=args.kv_dtype)
-    app = create_app(model, model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
-                     api_key=args.api_key or os.environ.get("GPTJ_API_KEY") or None, chat_template=template,
-                     prefill_chunk=args.prefill_chunk, grace_seconds=args.grace)
+    app = create_app(
+        model,
+        model_name=name,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        api_key=args.api_key or os.environ.get("GPTJ_API_KEY") or None,
+        chat_template=template,
+        prefill_chunk=args.prefill_chunk,
+        grace_seconds=args.grace,
+    )
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -78,10 +97,13 @@ def run(args) -> int:
         raise SettingsError(f"cannot listen on {args.host}:{args.port}: {e}") from None
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"gptj serve: {name} ({model.backend.name} backend, max batch {args.max_batch}) on "
-          f"http://{url_host}:{port}/v1  (Ctrl-C or SIGTERM to stop)", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=int(args.grace) + 10,
-                            lifespan="on")
+    print(
+        f"gptj serve: {name} ({model.backend.name} backend, max batch {args.max_batch}) on "
+        f"http://{url_host}:{port}/v1  (Ctrl-C or SIGTERM to stop)",
+        file=sys.stderr,
+        flush=True,
+    )
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=int(args.grace) + 10, lifespan="on")
     # uvicorn re-raises the signal that stopped it once it has shut down, under the handler found before
     # it started; for SIGTERM that is this no-op, so a drained shutdown exits 0 (Ctrl-C still exits 130).
     signal.signal(signal.SIGTERM, lambda signum, frame: None)

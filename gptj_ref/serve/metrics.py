@@ -17,7 +17,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 class Histogram:
     def __init__(self, buckets: Sequence[float]):
         self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)   # the last is +Inf
+        self.counts = [0] * (len(self.buckets) + 1)  # the last is +Inf
         self.sum = 0.0
         self.count = 0
 
@@ -34,8 +34,10 @@ class Metrics:
         "gptj_requests_total": ("counter", "HTTP requests answered, by endpoint and status code"),
         "gptj_prompt_tokens_total": ("counter", "Prompt tokens admitted to the model"),
         "gptj_completion_tokens_total": ("counter", "Tokens generated"),
-        "gptj_sequences_finished_total": ("counter", "Sequences (choices) ended, by reason: stop, length, "
-                                                     "cancelled (client gone) or error"),
+        "gptj_sequences_finished_total": (
+            "counter",
+            "Sequences (choices) ended, by reason: stop, length, cancelled (client gone) or error",
+        ),
         "gptj_steps_total": ("counter", "Scheduler steps (one batched forward each)"),
         "gptj_step_rows_total": ("counter", "Rows in the steps' forwards, summed (divide by steps: mean occupancy)"),
         "gptj_queue_depth": ("gauge", "Sequences waiting for a batch slot"),
@@ -51,8 +53,9 @@ class Metrics:
     def __init__(self):
         self._lock = threading.Lock()
         self._values: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float] = {}
-        self._histograms = {name: Histogram(LATENCY_BUCKETS)
-                            for name, (kind, _) in self.SPECS.items() if kind == "histogram"}
+        self._histograms = {
+            name: Histogram(LATENCY_BUCKETS) for name, (kind, _) in self.SPECS.items() if kind == "histogram"
+        }
 
     def inc(self, name: str, value: float = 1.0, **labels) -> None:
         key = (name, tuple(sorted(labels.items())))

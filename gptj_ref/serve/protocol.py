@@ -33,8 +33,15 @@ MAX_LOGPROBS = 20
 class ApiError(Exception):
     """An error answered as OpenAI's error object {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
-                 type: str = "invalid_request_error", headers: Optional[Dict[str, str]] = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+        type: str = "invalid_request_error",
+        headers: Optional[Dict[str, str]] = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
         self.headers = headers or {}
@@ -101,11 +108,14 @@ def refuse_unsupported(body: dict, known: Sequence[str], ignored_when_default: D
     for name, value in body.items():
         if name in ignored_when_default:
             if value is not None and value != ignored_when_default[name] and value not in ({}, []):
-                raise bad(name, f"is not supported by this server (only {ignored_when_default[name]!r} or null)",
-                          "unsupported_parameter")
+                raise bad(
+                    name,
+                    f"is not supported by this server (only {ignored_when_default[name]!r} or null)",
+                    "unsupported_parameter",
+                )
         elif name in UNSUPPORTED_SETTINGS and name not in known:
             try:
-                make_settings({name: value})   # raises, saying what to use instead
+                make_settings({name: value})  # raises, saying what to use instead
             except SettingsError as e:
                 raise ApiError(400, str(e), param=name, code="unsupported_parameter") from None
         elif name not in known:
@@ -119,14 +129,15 @@ class Sampling:
     n: int
     stream: bool
     include_usage: bool
-    settings: Dict[str, Any]   # GenerationSettings keywords except max_new_tokens and seed
+    settings: Dict[str, Any]  # GenerationSettings keywords except max_new_tokens and seed
     seed: Optional[int]
 
     def for_choice(self, j: int, max_tokens: int, extra_stop: Sequence[str] = ()) -> GenerationSettings:
         kwargs = dict(self.settings)
         kwargs["stop"] = tuple(kwargs["stop"]) + tuple(s for s in extra_stop if s not in kwargs["stop"])
-        return checked_settings(dict(max_new_tokens=max_tokens, seed=None if self.seed is None else self.seed + j,
-                                     **kwargs))
+        return checked_settings(
+            dict(max_new_tokens=max_tokens, seed=None if self.seed is None else self.seed + j, **kwargs)
+        )
 
 
 # GenerationSettings' names that a request spells differently
@@ -143,8 +154,22 @@ def checked_settings(settings: Dict[str, Any]) -> GenerationSettings:
         raise ApiError(400, f"{param}: {e}" if param else str(e), param=param, code="invalid_value") from None
 
 
-SAMPLING_FIELDS = ("n", "stream", "stream_options", "temperature", "top_p", "seed", "stop", "presence_penalty",
-                   "frequency_penalty", "top_k", "repetition_penalty", "min_tokens", "user", "max_tokens")
+SAMPLING_FIELDS = (
+    "n",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "top_k",
+    "repetition_penalty",
+    "min_tokens",
+    "user",
+    "max_tokens",
+)
 
 
 def parse_sampling(body: dict, max_n: int) -> Sampling:
@@ -157,10 +182,10 @@ def parse_sampling(body: dict, max_n: int) -> Sampling:
     seed = get_int(body, "seed", None)
     top_k = get_int(body, "top_k", 0, -1)
     settings = dict(
-        do_sample=True,   # temperature 0 makes it greedy (make_settings)
-        temperature=get_number(body, "temperature", 1.0, hi=2.0),   # OpenAI's upper bound
+        do_sample=True,  # temperature 0 makes it greedy (make_settings)
+        temperature=get_number(body, "temperature", 1.0, hi=2.0),  # OpenAI's upper bound
         top_p=get_number(body, "top_p", 1.0),
-        top_k=max(top_k, 0),   # -1 (vLLM's "off") is 0 here
+        top_k=max(top_k, 0),  # -1 (vLLM's "off") is 0 here
         stop=get_stop(body),
         presence_penalty=get_number(body, "presence_penalty", 0.0),
         frequency_penalty=get_number(body, "frequency_penalty", 0.0),
@@ -170,7 +195,7 @@ def parse_sampling(body: dict, max_n: int) -> Sampling:
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise bad("user", "must be a string", "invalid_type")
     sampling = Sampling(n, stream, include_usage, settings, seed)
-    for j in (0, n - 1):   # every choice's settings are checked now, before any work (seed + j included)
+    for j in (0, n - 1):  # every choice's settings are checked now, before any work (seed + j included)
         sampling.for_choice(j, 1)
     return sampling
 

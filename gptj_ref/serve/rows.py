@@ -57,8 +57,9 @@ class SequentialRows(RowCache):
             if len(tokens):
                 wanted = sorted({i for rr, i in logit_tokens if rr == r})
                 if wanted == [len(tokens) - 1]:
-                    per_row[r] = {wanted[0]: self.backend.forward(np.asarray(tokens, np.int64), self.caches[r],
-                                                                  last_only=True)}
+                    per_row[r] = {
+                        wanted[0]: self.backend.forward(np.asarray(tokens, np.int64), self.caches[r], last_only=True)
+                    }
                 else:
                     logits = self.backend.forward(np.asarray(tokens, np.int64), self.caches[r])
                     per_row[r] = {i: logits[i] for i in wanted}

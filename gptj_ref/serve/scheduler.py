@@ -57,15 +57,20 @@ class Sequence:
 
     _order = itertools.count()
 
-    def __init__(self, state: RowState, sink: Callable[[str, object], None], generate: bool = True,
-                 prompt_logprobs: Optional[int] = None):
+    def __init__(
+        self,
+        state: RowState,
+        sink: Callable[[str, object], None],
+        generate: bool = True,
+        prompt_logprobs: Optional[int] = None,
+    ):
         self.state = state
         self.sink = sink
-        self.generate = generate                 # False: read the prompt only (echo with max_tokens=0)
-        self.prompt_logprobs = prompt_logprobs   # None, or k: log-probs of the prompt's tokens, k alternatives
+        self.generate = generate  # False: read the prompt only (echo with max_tokens=0)
+        self.prompt_logprobs = prompt_logprobs  # None, or k: log-probs of the prompt's tokens, k alternatives
         self.cancelled = False
         self.order = next(self._order)
-        self.fed = 0                             # prompt tokens in the cache
+        self.fed = 0  # prompt tokens in the cache
         self.submitted = self.last_token_at = 0.0
         self._prompt_lp: List = []
 
@@ -75,8 +80,14 @@ class Sequence:
 
 
 class Scheduler:
-    def __init__(self, model, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-                 metrics: Optional[Metrics] = None):
+    def __init__(
+        self,
+        model,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        metrics: Optional[Metrics] = None,
+    ):
         self.model = model
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.metrics = metrics or Metrics()
@@ -85,14 +96,21 @@ class Scheduler:
         self._queue: deque = deque()
         self._cond = threading.Condition()
         self._accepting = True
-        self._stopping = False     # finish what is there, then exit
-        self._abort = False        # fail what is there, then exit
+        self._stopping = False  # finish what is there, then exit
+        self._abort = False  # fail what is there, then exit
         self._thread: Optional[threading.Thread] = None
         self.metrics.set("gptj_batch_rows_max", max_batch)
 
     # The caller's side ---------------------------------------------------------------------------------
-    def new_sequence(self, prompt: List[int], settings: GenerationSettings, sink, logprobs: Optional[int] = None,
-                     generate: bool = True, prompt_logprobs: Optional[int] = None) -> Sequence:
+    def new_sequence(
+        self,
+        prompt: List[int],
+        settings: GenerationSettings,
+        sink,
+        logprobs: Optional[int] = None,
+        generate: bool = True,
+        prompt_logprobs: Optional[int] = None,
+    ) -> Sequence:
         state = RowState(prompt, settings, self.model.config.eos_token_id, self.model.tokenizer, logprobs)
         return Sequence(state, sink, generate, prompt_logprobs)
 
@@ -188,7 +206,7 @@ class Scheduler:
             if s is not None and s.cancelled:
                 self._end(slot, "cancelled")
         for s in admitted:
-            if s.cancelled:   # between admission and now
+            if s.cancelled:  # between admission and now
                 self.metrics.inc("gptj_sequences_finished_total", reason="cancelled")
                 continue
             slot = self.slots.index(None)
@@ -207,7 +225,7 @@ class Scheduler:
                 if take == 0:
                     continue
                 budget -= take
-                tokens[slot] = s.prompt[s.fed:s.fed + take]
+                tokens[slot] = s.prompt[s.fed : s.fed + take]
                 if s.prompt_logprobs is not None:
                     wanted += [(slot, i) for i in range(take)]
                 elif s.fed + take == len(s.prompt):
