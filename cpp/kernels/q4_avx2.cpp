@@ -34,13 +34,7 @@ void q4_unpack(int8_t* q, const uint8_t* w, int64_t rows, int64_t K) {
 
 void q4_linear(float* y, const int8_t* qx, const float* dx, const uint8_t* w, const uint16_t* ws, const float* b,
                int64_t M, int64_t N, int64_t K) {
-    if (M >= kQ4UnpackMinTokens) {
-        LinearInputs x;
-        x.qx = qx, x.dx = dx, x.M = M, x.K = K;
-        q4_via_q8(y, x, WeightData{w, ws}, b, N, avx2::q4_unpack);
-    } else {
-        q4_linear_rows<>(y, qx, dx, w, ws, b, M, N, K);
-    }
+    q4_linear_level(y, qx, dx, w, ws, b, M, N, K);
 }
 
 }  // namespace gptj::kernels::avx2

@@ -1,10 +1,10 @@
-// The row-streaming q4 linear kernel (decode and short inputs), included by q4_avx2.cpp, q4_avxvnni.cpp
-// and q4_avx512.cpp (which brings its own quad tile) inside their own anonymous namespaces (see docs/kernels.md, "One
-// algorithm, several targets"). With GPTJ_Q4_ROWS_VNNI defined, vpdpbusd does in one step what maddubs + madd do in
-// two.
+// The row-streaming q4 linear kernel (decode and short inputs) on 256-bit vectors, included by q4_avx2.cpp
+// and q4_avxvnni.cpp inside their own anonymous namespaces (see docs/kernels.md, "One algorithm, several
+// targets"; AVX-512 has its own, rows_avx512.h). With GPTJ_Q4_ROWS_VNNI defined, vpdpbusd does in one step
+// what maddubs + madd do in two.
 //
-// Needs, in the including scope: thread_range, kQ8Block, kQ4Offset and simd_avx2.h's f32x8,
-// load_i8x32, fold_halves_i32x8x4, add_halves_i32x8, quad_scales.
+// Needs, in the including scope: thread_range, kQ8Block, q4.h (kQ4Offset, q4_via_q8, avx2::q4_unpack) and
+// simd_avx2.h's f32x8, load_i8x32, fold_halves_i32x8x4, add_halves_i32x8, quad_scales.
 //
 // As q8_rows_avx2.inl: four weight rows (a quad) at a time straight from the file, one pass over a quad
 // for a tile of up to 4 tokens, the next quad's rows prefetched. Per block b, rows r0..r3, tokens (t, t+1):
@@ -115,20 +115,9 @@ inline void q4_single_row(float* y, int64_t ldy, const int8_t* qx, const float* 
     }
 }
 
-// The 256-bit quad tile, as a policy for q4_linear_rows.
-struct Q4QuadYmm {
-    template <int TM>
-    static void tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int32_t* ox, const uint8_t* w,
-                     const float* dq, const float* bias, int64_t K) {
-        q4_quad_tile<TM>(y, ldy, qx, dx, ox, w, dq, bias, K);
-    }
-};
-
-// Decode and short inputs: the packed weights straight from the file, four rows at a time, through the
-// quad tile of Quad (Q4QuadYmm here; q4_avx512.cpp passes its 512-bit tile).
-template <class Quad = Q4QuadYmm>
-void q4_linear_rows(float* y, const int8_t* qx, const float* dx, const uint8_t* w, const uint16_t* ws, const float* b,
-                    int64_t M, int64_t N, int64_t K) {
+// Decode and short inputs: the packed weights straight from the file, four rows at a time.
+inline void q4_linear_rows(float* y, const int8_t* qx, const float* dx, const uint8_t* w, const uint16_t* ws,
+                           const float* b, int64_t M, int64_t N, int64_t K) {
     const int64_t nb = K / kQ8Block, rb = K / 2;
     std::vector<int32_t> ox(size_t(M * nb));
     offset_sums(ox.data(), qx, M, K);
@@ -155,16 +144,16 @@ void q4_linear_rows(float* y, const int8_t* qx, const float* dx, const uint8_t* 
                     const int32_t* ot = ox.data() + t * nb;
                     switch (tm) {
                         case 4:
-                            Quad::template tile<4>(yt, N, xt, dt, ot, wn, dqn, bn, K);
+                            q4_quad_tile<4>(yt, N, xt, dt, ot, wn, dqn, bn, K);
                             break;
                         case 3:
-                            Quad::template tile<3>(yt, N, xt, dt, ot, wn, dqn, bn, K);
+                            q4_quad_tile<3>(yt, N, xt, dt, ot, wn, dqn, bn, K);
                             break;
                         case 2:
-                            Quad::template tile<2>(yt, N, xt, dt, ot, wn, dqn, bn, K);
+                            q4_quad_tile<2>(yt, N, xt, dt, ot, wn, dqn, bn, K);
                             break;
                         default:
-                            Quad::template tile<1>(yt, N, xt, dt, ot, wn, dqn, bn, K);
+                            q4_quad_tile<1>(yt, N, xt, dt, ot, wn, dqn, bn, K);
                             break;
                     }
                 }
@@ -174,4 +163,14 @@ void q4_linear_rows(float* y, const int8_t* qx, const float* dx, const uint8_t* 
         for (int64_t n = quads_end; n < n1; ++n)
             q4_single_row(y + n, N, qx, dx, ox.data(), w + n * rb, ws + n * nb, b ? b + n : nullptr, M, K);
     }
+}
+
+// q4_linear of the including level: the row kernel for few tokens, q4_via_q8 on unpacked rows from
+// kQ4UnpackMinTokens tokens on.
+inline void q4_linear_level(float* y, const int8_t* qx, const float* dx, const uint8_t* w, const uint16_t* ws,
+                            const float* b, int64_t M, int64_t N, int64_t K) {
+    if (M < kQ4UnpackMinTokens) return q4_linear_rows(y, qx, dx, w, ws, b, M, N, K);
+    LinearInputs x;
+    x.qx = qx, x.dx = dx, x.M = M, x.K = K;
+    q4_via_q8(y, x, WeightData{w, ws}, b, N, avx2::q4_unpack);
 }

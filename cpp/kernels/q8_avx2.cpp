@@ -211,7 +211,7 @@ void q8_linear(float* y, const int8_t* qx, const float* dx, const int8_t* w, con
     if (M >= kPackedMinTokens)
         q8_linear_panels<Int16Panels>(y, qx, dx, w, ws, b, M, N, K);
     else
-        q8_linear_rows<>(y, qx, dx, w, ws, b, M, N, K);
+        q8_linear_rows(y, qx, dx, w, ws, b, M, N, K);
 }
 
 }  // namespace gptj::kernels::avx2

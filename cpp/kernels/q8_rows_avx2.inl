@@ -1,8 +1,8 @@
-// The row-streaming int8 linear kernel (decode and short inputs), shared by q8_avx2.cpp,
-// q8_avxvnni.cpp and q8_avx512.cpp (which brings its own quad tile): each includes it inside its own anonymous
-// namespace, compiled with its own flags, so the two copies never meet at link time (docs/kernels.md, "One algorithm,
-// several targets"). They differ in one instruction sequence only, dot_i8x32: with GPTJ_Q8_ROWS_VNNI defined, vpdpbusd
-// does in one step what maddubs + madd do in two.
+// The row-streaming int8 linear kernel (decode and short inputs) on 256-bit vectors, shared by q8_avx2.cpp
+// and q8_avxvnni.cpp (AVX-512 has its own, rows_avx512.h): each includes it inside its own anonymous
+// namespace, compiled with its own flags, so the two copies never meet at link time (docs/kernels.md, "One
+// algorithm, several targets"). They differ in one instruction sequence only, dot_i8x32: with
+// GPTJ_Q8_ROWS_VNNI defined, vpdpbusd does in one step what maddubs + madd do in two.
 //
 // Needs, in the including scope: i8x32 / i32x8 (= __m256i), thread_range, kQ8Block, and simd_avx2.h's
 // f32x8, load_i8x32, fold_halves_i32x8x4, add_halves_i32x8, quad_scales.
@@ -121,20 +121,9 @@ inline void single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx,
     }
 }
 
-// The 256-bit quad tile, as a policy for q8_linear_rows.
-struct QuadYmm {
-    template <int TM>
-    static void tile(float* y, int64_t ldy, const int8_t* qx, const float* dx, const int8_t* w, const float* dq,
-                     const float* bias, int64_t K) {
-        quad_tile<TM>(y, ldy, qx, dx, w, dq, bias, K);
-    }
-};
-
-// Decode and short inputs: the weights straight from the file, four rows at a time, through the quad
-// tile of Quad (QuadYmm here; q8_avx512.cpp passes its 512-bit tile).
-template <class Quad = QuadYmm>
-void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws, const float* b,
-                    int64_t M, int64_t N, int64_t K) {
+// Decode and short inputs: the weights straight from the file, four rows at a time.
+inline void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const int8_t* w, const uint16_t* ws,
+                           const float* b, int64_t M, int64_t N, int64_t K) {
     const int64_t nb = K / kQ8Block;
     // Rows per group: a group's weights (rows x K bytes) stay in L2 while every token tile passes over
     // them; each token tile (4 x K bytes) stays in L1/L2 while it passes over the group's quads.
@@ -157,16 +146,16 @@ void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const int8_t* w
                     const int8_t* wn = w + n * K;
                     switch (tm) {
                         case 4:
-                            Quad::template tile<4>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
+                            quad_tile<4>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
                             break;
                         case 3:
-                            Quad::template tile<3>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
+                            quad_tile<3>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
                             break;
                         case 2:
-                            Quad::template tile<2>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
+                            quad_tile<2>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
                             break;
                         default:
-                            Quad::template tile<1>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
+                            quad_tile<1>(yt, N, qx + t * K, dx + t * nb, wn, dqn, bn, K);
                             break;
                     }
                 }
