@@ -168,7 +168,7 @@ def load(
         bar = progress_bar(sum(checkpoint.nbytes(n) for n in names), "load")
         weights = {}
         for name in names:  # memory-mapped arrays (or float32 copies of f16/bf16) outlive the checkpoint object
-            weights[name] = checkpoint.read(name)
+            weights[name] = checkpoint.read_weight(name)
             bar.update(checkpoint.nbytes(name))
         bar.close()
         config, description = checkpoint.config, f"{path} ({checkpoint.format})"

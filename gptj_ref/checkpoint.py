@@ -177,13 +177,17 @@ class Checkpoint:
     def load_weights(self) -> Dict[str, np.ndarray]:
         """check(), then every weight as float32, keyed and ordered as `layout.weight_shapes`."""
         self.check()
-        weights = {name: self.read(name) for name in weight_shapes(self.config)}
-        from .native import check_finite
+        return {name: self.read_weight(name) for name in weight_shapes(self.config)}
 
-        for name, w in weights.items():  # LayerNorms and biases (0.03% of the bytes) are read in full;
-            if w.ndim == 1:  # the matrices are checked when converted (see SECURITY.md)
-                check_finite(w, f"{self.path}: tensor {name!r}")
-        return weights
+    def read_weight(self, name: str) -> np.ndarray:
+        """read(name), with a vector (a LayerNorm or a bias: 0.03% of the bytes, read in full) checked to be
+        finite; the matrices are checked when converted (see SECURITY.md)."""
+        w = self.read(name)
+        if w.ndim == 1:
+            from .native import check_finite
+
+            check_finite(w, f"{self.path}: tensor {name!r}")
+        return w
 
     # Lifetime ---------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import gptj_ref
 from gptj_ref.checkpoint import MAX_PICKLE_HASHED, check_pickle_shape, open_checkpoint
 from gptj_ref.config import GPTJConfig
 from gptj_ref.errors import CheckpointError, ConfigError, GPTJError
@@ -255,6 +256,9 @@ def test_non_finite_checkpoint_biases_are_refused_at_load(tmp_path, checkpoint_d
     with open_checkpoint(tmp_path / "ck") as ckpt:
         with pytest.raises(CheckpointError, match="'transformer.h.0.ln_1.bias' holds inf"):
             ckpt.load_weights()
+    for backend in ("cpp", "reference"):  # and the path gptj_ref.load takes for a checkpoint directory
+        with pytest.raises(CheckpointError, match="'transformer.h.0.ln_1.bias' holds inf"):
+            gptj_ref.load(tmp_path / "ck", backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------------
