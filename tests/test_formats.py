@@ -125,6 +125,26 @@ def test_q4_extreme_values_are_exact_at_every_level(byte):
     assert np.array_equal(outputs["scalar"].view(np.int32), expected.view(np.int32))
 
 
+def test_q4_prompt_path_over_several_slices_equals_decode_rows():
+    # From 16 tokens q4 unpacks its rows into int8 slices of at most 8 MB and runs the q8 kernels on them;
+    # 2100 rows of K = 4096 make two slices (2048 + 52 rows). Every SIMD level's prompt path must equal its
+    # own one-token path bitwise, row by row, across the slice boundary.
+    rng = np.random.default_rng(7)
+    N, K, M = 2100, 4096, 17
+    values = rng.integers(0, 256, (N, K // 2), dtype=np.uint8)
+    scales = (rng.uniform(0.5, 1.5, (N, K // 32)) * 1e-2).astype(np.float16).view(np.uint16)
+    bias = rng.standard_normal(N).astype(np.float32)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    for isa in [i for i in ISAS if i != "scalar"]:
+        with use_isa(isa):
+            prompt = _core.format_linear("q4", x, values, scales, bias, threads=2)
+            for t in (0, 8, 16):
+                one = _core.format_linear("q4", x[t : t + 1], values, scales, bias, threads=2)
+                assert np.array_equal(one[0].view(np.int32), prompt[t].view(np.int32)), (
+                    f"{isa}, token {t}: " + report_diff(one[0], prompt[t])
+                )
+
+
 def test_q4_packing_round_trip_and_layout():
     rng = np.random.default_rng(1)
     q = rng.integers(-8, 8, (5, 64)).astype(np.int8)
