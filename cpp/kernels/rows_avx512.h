@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "kernels/half.h"
@@ -116,6 +117,13 @@ inline void prepare_token(PreparedStep* out, const int8_t* qx, const float* dx, 
     }
 }
 
+// 8 bytes from p, any alignment.
+inline long long load_u64(const void* p) {
+    long long v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
 // Sum of the 8 int32 lanes. Exact.
 inline int32_t hsum_i32x8(__m256i v) {
     __m128i s = avx2::add_halves_i32x8(v);
@@ -134,7 +142,7 @@ inline int32_t block_dot(__m256i u, const int8_t* qx) {
 }
 
 // The blocks after the last whole step (nb % 4) of one quad, for TM tokens: the same chain on 256-bit
-// vectors, one block at a time, continuing acc[t] = [r0..r3].
+// vectors, one block at a time, continuing acc[t] = [r0..r3]. dq: the scales of those blocks only, (nb % 4, 4).
 template <class Format, int TM>
 void tail_blocks(__m128* acc, const int8_t* qx, const float* dx, const typename Format::Stored* w, int64_t rb,
                  const float* dq, int64_t K) {
@@ -142,7 +150,7 @@ void tail_blocks(__m128* acc, const int8_t* qx, const float* dx, const typename 
     for (int64_t b = 4 * steps; b < nb; ++b) {
         __m256i u[4];
         for (int r = 0; r < 4; ++r) u[r] = Format::unpack_block(w + r * rb + b * Format::kBlockBytes);
-        const __m128 sw = _mm_loadu_ps(dq + 4 * b);
+        const __m128 sw = _mm_loadu_ps(dq + 4 * (b - 4 * steps));
         for (int t = 0; t < TM; ++t) {
             const int8_t* xb = qx + t * K + b * kQ8Block;
             const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb));
@@ -159,10 +167,12 @@ void tail_blocks(__m128* acc, const int8_t* qx, const float* dx, const typename 
 
 // TM tokens x one quad. px: token t's steps at px + t * steps; qx (TM, stride K) and dx (TM, stride nb) for
 // the blocks after the last step; w: the quad's first row, rows rb bytes apart; dq (nb, 4) the quad's
-// scales as floats, block-major (avx2::quad_scales); y (TM rows, stride ldy).
+// scales as floats, block-major (avx2::quad_scales); y (TM rows, stride ldy). next_ws: float16 scales of
+// four rows whose conversion comes later (or nullptr), fetched into L2 a line per row every 8 steps.
 template <class Format, int TM>
 void quad_tile(float* y, int64_t ldy, const PreparedStep* px, const int8_t* qx, const float* dx,
-               const typename Format::Stored* w, int64_t rb, const float* dq, const float* bias, int64_t K) {
+               const typename Format::Stored* w, int64_t rb, const float* dq, const float* bias, int64_t K,
+               const uint16_t* next_ws) {
     const int64_t nb = K / kQ8Block, steps = nb / 4;
     constexpr int64_t step_bytes = 4 * Format::kBlockBytes;
     __m128 acc[TM];
@@ -173,6 +183,9 @@ void quad_tile(float* y, int64_t ldy, const PreparedStep* px, const int8_t* qx, 
         for (int r = 0; r < 4; ++r)
             for (int64_t line = 0; line < step_bytes; line += 64)
                 _mm_prefetch(reinterpret_cast<const char*>(wj + (4 + r) * rb + line), _MM_HINT_T1);
+        if (next_ws && j % 8 == 0)  // 8 steps use 64 bytes of a row's scales
+            for (int r = 0; r < 4; ++r)
+                _mm_prefetch(reinterpret_cast<const char*>(next_ws + r * nb + 4 * j), _MM_HINT_T1);
         __m512i lo[4], hi[4];
         for (int r = 0; r < 4; ++r) Format::unpack_step(wj + r * rb, &lo[r], &hi[r]);
         const __m512 sw = _mm512_loadu_ps(dq + 16 * j);  // [dw_b r0..r3 | b+1 | b+2 | b+3]
@@ -190,7 +203,7 @@ void quad_tile(float* y, int64_t ldy, const PreparedStep* px, const int8_t* qx, 
             acc[t] = _mm_fmadd_ps(_mm512_extractf32x4_ps(d, 3), _mm512_extractf32x4_ps(s, 3), acc[t]);
         }
     }
-    tail_blocks<Format, TM>(acc, qx, dx, w, rb, dq, K);
+    tail_blocks<Format, TM>(acc, qx, dx, w, rb, dq + 16 * steps, K);
     const __m128 b4 = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
     for (int t = 0; t < TM; ++t) _mm_storeu_ps(y + t * ldy, bias ? _mm_add_ps(acc[t], b4) : acc[t]);
 }
@@ -209,17 +222,23 @@ inline void transpose_lanes_4x4(__m512* x) {
 
 // One token x four quads (16 rows): decode's tile. Each quad's step gives d and s in the layout of
 // quad_tile, [b: r0..r3 | b+1 | b+2 | b+3]; transposing the four quads' lanes gives [b: rows 0..15], ..., so
-// the chain of all 16 rows is four 512-bit fmas a step, in block order as everywhere. dq: the four quads'
-// (nb, 4) scales one after the other; y, bias: 16 rows.
+// the chain of all 16 rows is four 512-bit fmas a step, in block order as everywhere. The scales are read
+// as float16 straight from ws (the 16 rows', nb apart), without a conversion pass; the next 16 rows' are
+// fetched into L2 a line per row every 8 steps, as their weights are. y, bias: 16 rows.
 template <class Format>
 void hex_tile(float* y, const PreparedStep* px, const int8_t* qx, const float* dx, const typename Format::Stored* w,
-              int64_t rb, const float* dq, const float* bias, int64_t K) {
+              int64_t rb, const uint16_t* ws, const float* bias, int64_t K) {
     const int64_t nb = K / kQ8Block, steps = nb / 4;
     constexpr int64_t step_bytes = 4 * Format::kBlockBytes;
+    // Element 4L + r of a quad's [r0: b..b+3 | r1 | r2 | r3] scales goes to 4r + L: block-major, as d.
+    const __m512i to_block_major = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t j = 0; j < steps; ++j) {
         const typename Format::Stored* wj = w + j * step_bytes;
         const PreparedStep& a = px[j];
+        if (j % 8 == 0)
+            for (int r = 0; r < 16; ++r)
+                _mm_prefetch(reinterpret_cast<const char*>(ws + (16 + r) * nb + 4 * j), _MM_HINT_T1);
         __m512 d[4], s[4];
         for (int q = 0; q < 4; ++q) {
             const typename Format::Stored* wq = wj + 4 * q * rb;
@@ -234,7 +253,10 @@ void hex_tile(float* y, const PreparedStep* px, const int8_t* qx, const float* d
                 p[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, a.lo), hi, a.hi);
             }
             d[q] = _mm512_cvtepi32_ps(_mm512_sub_epi32(fold_quarters_i32x16x4(p[0], p[1], p[2], p[3]), a.offset));
-            s[q] = _mm512_mul_ps(_mm512_loadu_ps(dq + q * 4 * nb + 16 * j), a.scale);
+            const uint16_t* sq = ws + 4 * q * nb + 4 * j;  // four blocks' scales of each of the quad's rows
+            const __m256i h =
+                _mm256_set_epi64x(load_u64(sq + 3 * nb), load_u64(sq + 2 * nb), load_u64(sq + nb), load_u64(sq));
+            s[q] = _mm512_mul_ps(_mm512_permutexvar_ps(to_block_major, _mm512_cvtph_ps(h)), a.scale);
         }
         transpose_lanes_4x4(d);
         transpose_lanes_4x4(s);
@@ -245,7 +267,10 @@ void hex_tile(float* y, const PreparedStep* px, const int8_t* qx, const float* d
         if (q == 1) acc_q = _mm512_extractf32x4_ps(acc, 1);
         if (q == 2) acc_q = _mm512_extractf32x4_ps(acc, 2);
         if (q == 3) acc_q = _mm512_extractf32x4_ps(acc, 3);
-        tail_blocks<Format, 1>(&acc_q, qx, dx, w + 4 * q * rb, rb, dq + q * 4 * nb, K);
+        float tail_dq[4 * 3];  // the tail blocks' scales, (nb % 4, 4)
+        for (int64_t b = 4 * steps; b < nb; ++b)
+            for (int r = 0; r < 4; ++r) tail_dq[4 * (b - 4 * steps) + r] = f16_to_f32(ws[(4 * q + r) * nb + b]);
+        tail_blocks<Format, 1>(&acc_q, qx, dx, w + 4 * q * rb, rb, tail_dq, K);
         _mm_storeu_ps(y + 4 * q, bias ? _mm_add_ps(acc_q, _mm_loadu_ps(bias + 4 * q)) : acc_q);
     }
 }
@@ -286,22 +311,19 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
         std::vector<float> dq(size_t(group * nb));  // the group's scales, quad by quad, block-major
         for (int64_t g0 = n0; g0 < quads_end; g0 += group) {
             const int64_t g1 = std::min(quads_end, g0 + group);
-            for (int64_t n = g0; n < g1; n += 4) avx2::quad_scales(dq.data() + (n - g0) * nb, ws + n * nb, nb);
+            const int64_t hex_end = use_hex ? g0 + (g1 - g0) / 16 * 16 : g0;  // rows [g0, hex_end) go 16 at a time
+            for (int64_t n = hex_end; n < g1; n += 4) avx2::quad_scales(dq.data() + (n - g0) * nb, ws + n * nb, nb);
             for (int64_t t = 0; t < M;) {
                 const int64_t tm = std::min<int64_t>(4, M - t);
                 for (int64_t n = g0; n < g1; n += 4) {
-                    const bool hex = use_hex && n + 16 <= g1;  // decode: four quads at a time
-                    if (t == 0 && n + group < quads_end) {     // these rows in the next group: their scales, into L2
-                        const char* next = reinterpret_cast<const char*>(ws + (n + group) * nb);
-                        for (int64_t line = 0; line < (hex ? 16 : 4) * nb * 2; line += 64)
-                            _mm_prefetch(next + line, _MM_HINT_T1);
-                    }
-                    if (hex) {
-                        hex_tile<Format>(y + n, prepared.data(), qx, dx, w + n * rb, rb, dq.data() + (n - g0) * nb,
+                    if (n < hex_end) {  // decode: four quads at a time
+                        hex_tile<Format>(y + n, prepared.data(), qx, dx, w + n * rb, rb, ws + n * nb,
                                          b ? b + n : nullptr, K);
                         n += 12;
                         continue;
                     }
+                    // the scales of these rows in the next group, for its conversion pass
+                    const uint16_t* next_ws = t == 0 && n + group < quads_end ? ws + (n + group) * nb : nullptr;
                     float* yt = y + t * N + n;
                     const PreparedStep* pt = prepared.data() + t * steps;
                     const int8_t* xt = qx + t * K;
@@ -311,16 +333,16 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
                     const float* bn = b ? b + n : nullptr;
                     switch (tm) {
                         case 4:
-                            quad_tile<Format, 4>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K);
+                            quad_tile<Format, 4>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K, next_ws);
                             break;
                         case 3:
-                            quad_tile<Format, 3>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K);
+                            quad_tile<Format, 3>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K, next_ws);
                             break;
                         case 2:
-                            quad_tile<Format, 2>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K);
+                            quad_tile<Format, 2>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K, next_ws);
                             break;
                         default:
-                            quad_tile<Format, 1>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K);
+                            quad_tile<Format, 1>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K, next_ws);
                             break;
                     }
                 }
