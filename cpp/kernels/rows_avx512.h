@@ -124,6 +124,22 @@ inline long long load_u64(const void* p) {
     return v;
 }
 
+// The float16 scales of four rows (nb apart) for blocks 4j..4j+3, as floats in d's layout:
+// [b: r0..r3 | b+1: r0..r3 | b+2 | b+3]. Exact.
+inline __m512 step_scales(const uint16_t* ws, int64_t nb, int64_t j) {
+    const uint16_t* p = ws + 4 * j;
+    const __m256i h = _mm256_set_epi64x(load_u64(p + 3 * nb), load_u64(p + 2 * nb), load_u64(p + nb), load_u64(p));
+    // element 4r + L of [r0: b..b+3 | r1 | r2 | r3] goes to 4L + r
+    const __m512i to_block_major = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(to_block_major, _mm512_cvtph_ps(h));
+}
+
+// The scales of the blocks after the last whole step, for four rows: dq (nb % 4, 4) floats.
+inline void tail_scales(float* dq, const uint16_t* ws, int64_t nb) {
+    for (int64_t b = nb / 4 * 4; b < nb; ++b)
+        for (int r = 0; r < 4; ++r) dq[4 * (b - nb / 4 * 4) + r] = f16_to_f32(ws[r * nb + b]);
+}
+
 // Sum of the 8 int32 lanes. Exact.
 inline int32_t hsum_i32x8(__m256i v) {
     __m128i s = avx2::add_halves_i32x8(v);
@@ -166,13 +182,12 @@ void tail_blocks(__m128* acc, const int8_t* qx, const float* dx, const typename 
 }
 
 // TM tokens x one quad. px: token t's steps at px + t * steps; qx (TM, stride K) and dx (TM, stride nb) for
-// the blocks after the last step; w: the quad's first row, rows rb bytes apart; dq (nb, 4) the quad's
-// scales as floats, block-major (avx2::quad_scales); y (TM rows, stride ldy). next_ws: float16 scales of
-// four rows whose conversion comes later (or nullptr), fetched into L2 a line per row every 8 steps.
+// the blocks after the last step; w: the quad's first row, rows rb bytes apart; ws: its float16 scales, rows
+// nb apart, read and converted step by step; y (TM rows, stride ldy). The next quad's weights and scales
+// are fetched into L2 at the offset this one reads.
 template <class Format, int TM>
 void quad_tile(float* y, int64_t ldy, const PreparedStep* px, const int8_t* qx, const float* dx,
-               const typename Format::Stored* w, int64_t rb, const float* dq, const float* bias, int64_t K,
-               const uint16_t* next_ws) {
+               const typename Format::Stored* w, int64_t rb, const uint16_t* ws, const float* bias, int64_t K) {
     const int64_t nb = K / kQ8Block, steps = nb / 4;
     constexpr int64_t step_bytes = 4 * Format::kBlockBytes;
     __m128 acc[TM];
@@ -183,12 +198,12 @@ void quad_tile(float* y, int64_t ldy, const PreparedStep* px, const int8_t* qx, 
         for (int r = 0; r < 4; ++r)
             for (int64_t line = 0; line < step_bytes; line += 64)
                 _mm_prefetch(reinterpret_cast<const char*>(wj + (4 + r) * rb + line), _MM_HINT_T1);
-        if (next_ws && j % 8 == 0)  // 8 steps use 64 bytes of a row's scales
+        if (j % 8 == 0)  // 8 steps use 64 bytes of a row's scales
             for (int r = 0; r < 4; ++r)
-                _mm_prefetch(reinterpret_cast<const char*>(next_ws + r * nb + 4 * j), _MM_HINT_T1);
+                _mm_prefetch(reinterpret_cast<const char*>(ws + (4 + r) * nb + 4 * j), _MM_HINT_T1);
         __m512i lo[4], hi[4];
         for (int r = 0; r < 4; ++r) Format::unpack_step(wj + r * rb, &lo[r], &hi[r]);
-        const __m512 sw = _mm512_loadu_ps(dq + 16 * j);  // [dw_b r0..r3 | b+1 | b+2 | b+3]
+        const __m512 sw = step_scales(ws, nb, j);  // [dw_b r0..r3 | b+1 | b+2 | b+3]
         for (int t = 0; t < TM; ++t) {
             const PreparedStep& a = px[t * steps + j];
             const __m512i zero = _mm512_setzero_si512();
@@ -203,7 +218,9 @@ void quad_tile(float* y, int64_t ldy, const PreparedStep* px, const int8_t* qx, 
             acc[t] = _mm_fmadd_ps(_mm512_extractf32x4_ps(d, 3), _mm512_extractf32x4_ps(s, 3), acc[t]);
         }
     }
-    tail_blocks<Format, TM>(acc, qx, dx, w, rb, dq + 16 * steps, K);
+    float tail_dq[4 * 3];
+    tail_scales(tail_dq, ws, nb);
+    tail_blocks<Format, TM>(acc, qx, dx, w, rb, tail_dq, K);
     const __m128 b4 = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
     for (int t = 0; t < TM; ++t) _mm_storeu_ps(y + t * ldy, bias ? _mm_add_ps(acc[t], b4) : acc[t]);
 }
@@ -230,8 +247,6 @@ void hex_tile(float* y, const PreparedStep* px, const int8_t* qx, const float* d
               int64_t rb, const uint16_t* ws, const float* bias, int64_t K) {
     const int64_t nb = K / kQ8Block, steps = nb / 4;
     constexpr int64_t step_bytes = 4 * Format::kBlockBytes;
-    // Element 4L + r of a quad's [r0: b..b+3 | r1 | r2 | r3] scales goes to 4r + L: block-major, as d.
-    const __m512i to_block_major = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t j = 0; j < steps; ++j) {
         const typename Format::Stored* wj = w + j * step_bytes;
@@ -253,10 +268,7 @@ void hex_tile(float* y, const PreparedStep* px, const int8_t* qx, const float* d
                 p[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, a.lo), hi, a.hi);
             }
             d[q] = _mm512_cvtepi32_ps(_mm512_sub_epi32(fold_quarters_i32x16x4(p[0], p[1], p[2], p[3]), a.offset));
-            const uint16_t* sq = ws + 4 * q * nb + 4 * j;  // four blocks' scales of each of the quad's rows
-            const __m256i h =
-                _mm256_set_epi64x(load_u64(sq + 3 * nb), load_u64(sq + 2 * nb), load_u64(sq + nb), load_u64(sq));
-            s[q] = _mm512_mul_ps(_mm512_permutexvar_ps(to_block_major, _mm512_cvtph_ps(h)), a.scale);
+            s[q] = _mm512_mul_ps(step_scales(ws + 4 * q * nb, nb, j), a.scale);
         }
         transpose_lanes_4x4(d);
         transpose_lanes_4x4(s);
@@ -267,9 +279,8 @@ void hex_tile(float* y, const PreparedStep* px, const int8_t* qx, const float* d
         if (q == 1) acc_q = _mm512_extractf32x4_ps(acc, 1);
         if (q == 2) acc_q = _mm512_extractf32x4_ps(acc, 2);
         if (q == 3) acc_q = _mm512_extractf32x4_ps(acc, 3);
-        float tail_dq[4 * 3];  // the tail blocks' scales, (nb % 4, 4)
-        for (int64_t b = 4 * steps; b < nb; ++b)
-            for (int r = 0; r < 4; ++r) tail_dq[4 * (b - 4 * steps) + r] = f16_to_f32(ws[(4 * q + r) * nb + b]);
+        float tail_dq[4 * 3];
+        tail_scales(tail_dq, ws + 4 * q * nb, nb);
         tail_blocks<Format, 1>(&acc_q, qx, dx, w + 4 * q * rb, rb, tail_dq, K);
         _mm_storeu_ps(y + 4 * q, bias ? _mm_add_ps(acc_q, _mm_loadu_ps(bias + 4 * q)) : acc_q);
     }
@@ -308,11 +319,9 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
         int64_t n0, n1;
         thread_range(N, 4, &n0, &n1);
         const int64_t quads_end = n0 + (n1 - n0) / 4 * 4;
-        std::vector<float> dq(size_t(group * nb));  // the group's scales, quad by quad, block-major
         for (int64_t g0 = n0; g0 < quads_end; g0 += group) {
             const int64_t g1 = std::min(quads_end, g0 + group);
             const int64_t hex_end = use_hex ? g0 + (g1 - g0) / 16 * 16 : g0;  // rows [g0, hex_end) go 16 at a time
-            for (int64_t n = hex_end; n < g1; n += 4) avx2::quad_scales(dq.data() + (n - g0) * nb, ws + n * nb, nb);
             for (int64_t t = 0; t < M;) {
                 const int64_t tm = std::min<int64_t>(4, M - t);
                 for (int64_t n = g0; n < g1; n += 4) {
@@ -322,27 +331,25 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
                         n += 12;
                         continue;
                     }
-                    // the scales of these rows in the next group, for its conversion pass
-                    const uint16_t* next_ws = t == 0 && n + group < quads_end ? ws + (n + group) * nb : nullptr;
                     float* yt = y + t * N + n;
                     const PreparedStep* pt = prepared.data() + t * steps;
                     const int8_t* xt = qx + t * K;
                     const float* dt = dx + t * nb;
                     const typename Format::Stored* wn = w + n * rb;
-                    const float* dqn = dq.data() + (n - g0) * nb;
+                    const uint16_t* wsn = ws + n * nb;
                     const float* bn = b ? b + n : nullptr;
                     switch (tm) {
                         case 4:
-                            quad_tile<Format, 4>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K, next_ws);
+                            quad_tile<Format, 4>(yt, N, pt, xt, dt, wn, rb, wsn, bn, K);
                             break;
                         case 3:
-                            quad_tile<Format, 3>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K, next_ws);
+                            quad_tile<Format, 3>(yt, N, pt, xt, dt, wn, rb, wsn, bn, K);
                             break;
                         case 2:
-                            quad_tile<Format, 2>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K, next_ws);
+                            quad_tile<Format, 2>(yt, N, pt, xt, dt, wn, rb, wsn, bn, K);
                             break;
                         default:
-                            quad_tile<Format, 1>(yt, N, pt, xt, dt, wn, rb, dqn, bn, K, next_ws);
+                            quad_tile<Format, 1>(yt, N, pt, xt, dt, wn, rb, wsn, bn, K);
                             break;
                     }
                 }
