@@ -19,9 +19,9 @@
 //     p_r = vpdpbusd(vpdpbusd(0, lo_r, x_lo), hi_r, x_hi)       4 partial sums of block b+L in lane L
 //     d   = fold(p_r0 .. p_r3) - offset                          [b: r0..r3 | b+1: r0..r3 | ..]
 // and four fmas continue each row's chain block by block. Blocks left after the last whole step
-// (nb % 4) take the same arithmetic on 256-bit vectors, one block at a time. For one token, q4 (whose
-// integer work per byte is twice q8's, so the float chain's share matters more) takes four quads at a
-// time and runs the chain of 16 rows on 512-bit vectors (hex_tile).
+// (nb % 4) take the same arithmetic on 256-bit vectors, one block at a time. Each step's scales are read as
+// float16 and converted in registers; the next quad's weights and scales are fetched into L2 at the offset
+// being read.
 #pragma once
 
 #include <immintrin.h>
@@ -58,7 +58,6 @@ struct Q8Bytes {
     using Stored = int8_t;
     static constexpr int32_t kOffset = 128;
     static constexpr int64_t kBlockBytes = 32;
-    static constexpr bool kDecodeHex = false;  // hex_tile measured no faster for q8 (docs/kernels.md)
     // One row's four blocks at w: [b | b+1] and [b+2 | b+3] in two loads, their lanes regrouped.
     static void unpack_step(const Stored* w, __m512i* lo, __m512i* hi) {
         const __m512i flip = _mm512_set1_epi8(char(0x80));
@@ -78,7 +77,6 @@ struct Q4Nibbles {
     using Stored = uint8_t;
     static constexpr int32_t kOffset = 8;
     static constexpr int64_t kBlockBytes = 16;
-    static constexpr bool kDecodeHex = true;  // one token: 16-row tiles (hex_tile)
     static void unpack_step(const Stored* w, __m512i* lo, __m512i* hi) {
         const __m512i low4 = _mm512_set1_epi8(0x0F);
         const __m512i v = _mm512_loadu_si512(w);
@@ -225,67 +223,6 @@ void quad_tile(float* y, int64_t ldy, const PreparedStep* px, const int8_t* qx, 
     for (int t = 0; t < TM; ++t) _mm_storeu_ps(y + t * ldy, bias ? _mm_add_ps(acc[t], b4) : acc[t]);
 }
 
-// The 128-bit lanes of four vectors transposed: lane L of x[q] goes to lane q of the result L.
-inline void transpose_lanes_4x4(__m512* x) {
-    const __m512 t0 = _mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(1, 0, 1, 0));  // [x0.0 x0.1 x1.0 x1.1]
-    const __m512 t1 = _mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(3, 2, 3, 2));  // [x0.2 x0.3 x1.2 x1.3]
-    const __m512 t2 = _mm512_shuffle_f32x4(x[2], x[3], _MM_SHUFFLE(1, 0, 1, 0));
-    const __m512 t3 = _mm512_shuffle_f32x4(x[2], x[3], _MM_SHUFFLE(3, 2, 3, 2));
-    x[0] = _mm512_shuffle_f32x4(t0, t2, _MM_SHUFFLE(2, 0, 2, 0));  // [x0.0 x1.0 x2.0 x3.0]
-    x[1] = _mm512_shuffle_f32x4(t0, t2, _MM_SHUFFLE(3, 1, 3, 1));
-    x[2] = _mm512_shuffle_f32x4(t1, t3, _MM_SHUFFLE(2, 0, 2, 0));
-    x[3] = _mm512_shuffle_f32x4(t1, t3, _MM_SHUFFLE(3, 1, 3, 1));
-}
-
-// One token x four quads (16 rows): decode's tile. Each quad's step gives d and s in the layout of
-// quad_tile, [b: r0..r3 | b+1 | b+2 | b+3]; transposing the four quads' lanes gives [b: rows 0..15], ..., so
-// the chain of all 16 rows is four 512-bit fmas a step, in block order as everywhere. The scales are read
-// as float16 straight from ws (the 16 rows', nb apart), without a conversion pass; the next 16 rows' are
-// fetched into L2 a line per row every 8 steps, as their weights are. y, bias: 16 rows.
-template <class Format>
-void hex_tile(float* y, const PreparedStep* px, const int8_t* qx, const float* dx, const typename Format::Stored* w,
-              int64_t rb, const uint16_t* ws, const float* bias, int64_t K) {
-    const int64_t nb = K / kQ8Block, steps = nb / 4;
-    constexpr int64_t step_bytes = 4 * Format::kBlockBytes;
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t j = 0; j < steps; ++j) {
-        const typename Format::Stored* wj = w + j * step_bytes;
-        const PreparedStep& a = px[j];
-        if (j % 8 == 0)
-            for (int r = 0; r < 16; ++r)
-                _mm_prefetch(reinterpret_cast<const char*>(ws + (16 + r) * nb + 4 * j), _MM_HINT_T1);
-        __m512 d[4], s[4];
-        for (int q = 0; q < 4; ++q) {
-            const typename Format::Stored* wq = wj + 4 * q * rb;
-            for (int r = 0; r < 4; ++r)  // the next 16 rows at this offset, into L2
-                for (int64_t line = 0; line < step_bytes; line += 64)
-                    _mm_prefetch(reinterpret_cast<const char*>(wq + (16 + r) * rb + line), _MM_HINT_T1);
-            const __m512i zero = _mm512_setzero_si512();
-            __m512i p[4];
-            for (int r = 0; r < 4; ++r) {
-                __m512i lo, hi;
-                Format::unpack_step(wq + r * rb, &lo, &hi);
-                p[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, a.lo), hi, a.hi);
-            }
-            d[q] = _mm512_cvtepi32_ps(_mm512_sub_epi32(fold_quarters_i32x16x4(p[0], p[1], p[2], p[3]), a.offset));
-            s[q] = _mm512_mul_ps(step_scales(ws + 4 * q * nb, nb, j), a.scale);
-        }
-        transpose_lanes_4x4(d);
-        transpose_lanes_4x4(s);
-        for (int L = 0; L < 4; ++L) acc = _mm512_fmadd_ps(d[L], s[L], acc);
-    }
-    for (int q = 0; q < 4; ++q) {
-        __m128 acc_q = _mm512_extractf32x4_ps(acc, 0);
-        if (q == 1) acc_q = _mm512_extractf32x4_ps(acc, 1);
-        if (q == 2) acc_q = _mm512_extractf32x4_ps(acc, 2);
-        if (q == 3) acc_q = _mm512_extractf32x4_ps(acc, 3);
-        float tail_dq[4 * 3];
-        tail_scales(tail_dq, ws + 4 * q * nb, nb);
-        tail_blocks<Format, 1>(&acc_q, qx, dx, w + 4 * q * rb, rb, tail_dq, K);
-        _mm_storeu_ps(y + 4 * q, bias ? _mm_add_ps(acc_q, _mm_loadu_ps(bias + 4 * q)) : acc_q);
-    }
-}
-
 // One row against M tokens (the rows left after the quads), the same chain one block at a time.
 template <class Format>
 void single_row(float* y, int64_t ldy, const int8_t* qx, const float* dx, const typename Format::Stored* w,
@@ -311,9 +248,7 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
     for (int64_t t = 0; t < M; ++t)
         prepare_token(prepared.data() + t * steps, qx + t * K, dx + t * nb, steps, Format::kOffset);
     // Rows per group: a group's rows (192 KB) stay in L2 while every token tile passes over them.
-    const bool use_hex = M == 1 && Format::kDecodeHex;
-    const int64_t unit = use_hex ? 16 : 4;
-    const int64_t group = std::max<int64_t>(unit, (int64_t(192) << 10) / rb / unit * unit);
+    const int64_t group = std::max<int64_t>(4, (int64_t(192) << 10) / rb / 4 * 4);
 #pragma omp parallel
     {
         int64_t n0, n1;
@@ -321,16 +256,9 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
         const int64_t quads_end = n0 + (n1 - n0) / 4 * 4;
         for (int64_t g0 = n0; g0 < quads_end; g0 += group) {
             const int64_t g1 = std::min(quads_end, g0 + group);
-            const int64_t hex_end = use_hex ? g0 + (g1 - g0) / 16 * 16 : g0;  // rows [g0, hex_end) go 16 at a time
             for (int64_t t = 0; t < M;) {
                 const int64_t tm = std::min<int64_t>(4, M - t);
                 for (int64_t n = g0; n < g1; n += 4) {
-                    if (n < hex_end) {  // decode: four quads at a time
-                        hex_tile<Format>(y + n, prepared.data(), qx, dx, w + n * rb, rb, ws + n * nb,
-                                         b ? b + n : nullptr, K);
-                        n += 12;
-                        continue;
-                    }
                     float* yt = y + t * N + n;
                     const PreparedStep* pt = prepared.data() + t * steps;
                     const int8_t* xt = qx + t * K;
