@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 KERNEL_TESTS = ("tests/test_kernels.py", "tests/test_kernel_paths.py")
 Q8_TESTS = ("tests/test_q8_kernels.py", "tests/test_quant.py")
+FORMAT_TESTS = ("tests/test_formats.py",)
 MODEL_TESTS = ("tests/test_gptj_semantics.py", "tests/test_reference.py", "tests/test_runtime.py")
 
 
@@ -290,6 +291,30 @@ MUTANTS: List[Mutant] = [
         "        _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(a + i), mx));",
         KERNEL_TESTS,
         "the residual sum reassociated: a + (m + x) differs from transformers' (a + m) + x",
+    ),
+    m(
+        "cpp-rows512-q4-offset",
+        "cpp/kernels/rows_avx512.h",
+        "static constexpr int32_t kOffset = 8;",
+        "static constexpr int32_t kOffset = 7;",
+        FORMAT_TESTS,
+        "the AVX-512 row kernel takes back 7, not 8, per stored q4 nibble",
+    ),
+    m(
+        "cpp-rows512-q8-no-flip",
+        "cpp/kernels/rows_avx512.h",
+        "*lo = _mm512_xor_si512(_mm512_permutex2var_epi64(w0, even_lanes(), w1), flip);",
+        "*lo = _mm512_permutex2var_epi64(w0, even_lanes(), w1);",
+        Q8_TESTS + FORMAT_TESTS,
+        "the AVX-512 q8 row kernel forgets to flip the sign bit of elements 0..15 of each block",
+    ),
+    m(
+        "cpp-rows512-skips-tail-block",
+        "cpp/kernels/rows_avx512.h",
+        "for (int64_t b = 4 * steps; b < nb; ++b) {",
+        "for (int64_t b = 4 * steps; b + 1 < nb; ++b) {",
+        FORMAT_TESTS,
+        "the AVX-512 row kernel drops the last block after its four-block steps",
     ),
 ]
 
