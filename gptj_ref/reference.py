@@ -36,6 +36,8 @@ from .backend import DEFAULT_KV_DTYPE, check_cache_room, check_cache_size, check
 from .config import GPTJConfig
 from .errors import InputError
 
+# The shape comments are aligned in columns so the equations read as a table; the formatter leaves them.
+# fmt: off
 f32 = np.float32
 MASKED = np.finfo(np.float32).min  # transformers adds this to the scores of keys a query must not see
 
@@ -44,11 +46,10 @@ MASKED = np.finfo(np.float32).min  # transformers adds this to the scores of key
 # The pieces, one equation each
 # ---------------------------------------------------------------------------------------------------
 
-
 def layer_norm(x, weight, bias, eps):
     """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias, biased variance."""
-    mean = x.mean(axis=-1, keepdims=True)  # [..., 1]
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # [..., 1]
+    mean = x.mean(axis=-1, keepdims=True)                    # [..., 1]
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)     # [..., 1]
     return (x - mean) / np.sqrt(var + f32(eps)) * weight + bias
 
 
@@ -76,7 +77,7 @@ def rotary_tables(n_ctx, n_rot):
     The angles are computed in float32 as transformers does; sin/cos are then rounded once from float64.
     """
     inv_freq = f32(1.0) / (f32(10000.0) ** (np.arange(0, n_rot, 2, dtype=f32) / f32(n_rot)))  # [n_rot/2]
-    angles = np.arange(n_ctx, dtype=f32)[:, None] * inv_freq[None, :]  # [n_ctx, n_rot/2]
+    angles = np.arange(n_ctx, dtype=f32)[:, None] * inv_freq[None, :]                           # [n_ctx, n_rot/2]
     return np.sin(angles.astype(np.float64)).astype(f32), np.cos(angles.astype(np.float64)).astype(f32)
 
 
@@ -88,10 +89,10 @@ def rotary(x, sin, cos):
 
     x [B, T, n_head, n_rot];  sin, cos [B, T, n_rot/2] for the positions of the T tokens.
     """
-    sin = np.repeat(sin[:, :, None, :], 2, axis=-1)  # [B, T, 1, n_rot]: s0 s0 s1 s1 ...
-    cos = np.repeat(cos[:, :, None, :], 2, axis=-1)  # [B, T, 1, n_rot]
-    x_swapped = np.empty_like(x)  # [B, T, n_head, n_rot]
-    x_swapped[..., 0::2] = -x[..., 1::2]  # (x0, x1) -> (-x1, x0)
+    sin = np.repeat(sin[:, :, None, :], 2, axis=-1)      # [B, T, 1, n_rot]: s0 s0 s1 s1 ...
+    cos = np.repeat(cos[:, :, None, :], 2, axis=-1)      # [B, T, 1, n_rot]
+    x_swapped = np.empty_like(x)                         # [B, T, n_head, n_rot]
+    x_swapped[..., 0::2] = -x[..., 1::2]                 # (x0, x1) -> (-x1, x0)
     x_swapped[..., 1::2] = x[..., 0::2]
     return x * cos + x_swapped * sin
 
@@ -104,13 +105,12 @@ def attention(q, k, v, mask):
     """
     d_head = q.shape[-1]
     scores = q @ k.transpose(0, 1, 3, 2) / f32(np.sqrt(d_head)) + mask  # [B, n_head, T, S]
-    return softmax(scores) @ v  # [B, n_head, T, d_head]
+    return softmax(scores) @ v                                           # [B, n_head, T, d_head]
 
 
 # ---------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------
-
 
 @dataclass
 class KVCache:
@@ -139,8 +139,8 @@ class KVCache:
 class Step:
     """Where the T new tokens of one forward pass sit: what attention needs besides the activations."""
 
-    start: int  # the new tokens fill cache slots [start, start + T)
-    sin: np.ndarray  # [B, T, n_rot/2] rotary sin and cos at each new token's position
+    start: int        # the new tokens fill cache slots [start, start + T)
+    sin: np.ndarray   # [B, T, n_rot/2] rotary sin and cos at each new token's position
     cos: np.ndarray
     mask: np.ndarray  # [B, 1, T, start + T]: 0 where a query may see a key, MASKED where not
 
@@ -154,29 +154,28 @@ def attn(x, w, cache_k, cache_v, step: Step, n_head, n_rot):
     """
     B, T, n_embd = x.shape
     d_head = n_embd // n_head
-    q = linear(x, w["q_proj"]["weight"]).reshape(B, T, n_head, d_head)  # [B, T, n_head, d_head]
-    k = linear(x, w["k_proj"]["weight"]).reshape(B, T, n_head, d_head)  # [B, T, n_head, d_head]
-    v = linear(x, w["v_proj"]["weight"]).reshape(B, T, n_head, d_head)  # [B, T, n_head, d_head]
+    q = linear(x, w["q_proj"]["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
+    k = linear(x, w["k_proj"]["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
+    v = linear(x, w["v_proj"]["weight"]).reshape(B, T, n_head, d_head)   # [B, T, n_head, d_head]
 
     # Rotary on the first n_rot dims of each head only; the other d_head - n_rot dims pass through.
     q = np.concatenate([rotary(q[..., :n_rot], step.sin, step.cos), q[..., n_rot:]], axis=-1)
     k = np.concatenate([rotary(k[..., :n_rot], step.sin, step.cos), k[..., n_rot:]], axis=-1)
 
     end = step.start + T
-    cache_k[:, :, step.start : end] = k.transpose(0, 2, 1, 3)  # [B, n_head, T, d_head]
-    cache_v[:, :, step.start : end] = v.transpose(0, 2, 1, 3)  # (a float16 cache rounds them here)
-    keys = cache_k[:, :, :end].astype(f32, copy=False)  # attention in float32 either way
+    cache_k[:, :, step.start:end] = k.transpose(0, 2, 1, 3)        # [B, n_head, T, d_head]
+    cache_v[:, :, step.start:end] = v.transpose(0, 2, 1, 3)        # (a float16 cache rounds them here)
+    keys = cache_k[:, :, :end].astype(f32, copy=False)             # attention in float32 either way
     values = cache_v[:, :, :end].astype(f32, copy=False)
     out = attention(q.transpose(0, 2, 1, 3), keys, values, step.mask)
-    out = out.transpose(0, 2, 1, 3).reshape(B, T, n_embd)  # merge heads: [B, T, n_embd]
+    out = out.transpose(0, 2, 1, 3).reshape(B, T, n_embd)          # merge heads: [B, T, n_embd]
     return linear(out, w["out_proj"]["weight"])
 
 
 def mlp(x, w):
     """Feed-forward: [B, T, n_embd] -> fc_in -> [B, T, d_ff] -> gelu_new -> fc_out -> [B, T, n_embd]."""
-    return linear(
-        gelu_new(linear(x, w["fc_in"]["weight"], w["fc_in"]["bias"])), w["fc_out"]["weight"], w["fc_out"]["bias"]
-    )
+    return linear(gelu_new(linear(x, w["fc_in"]["weight"], w["fc_in"]["bias"])), w["fc_out"]["weight"],
+                  w["fc_out"]["bias"])
 
 
 def block(x, w, cache_k, cache_v, step: Step, config: GPTJConfig):
@@ -185,9 +184,9 @@ def block(x, w, cache_k, cache_v, step: Step, config: GPTJConfig):
     GPT-J differs from GPT-2 here: ONE LayerNorm, and attention and MLP run *in parallel* on its
     output, both added to the residual: x + attn(ln_1(x)) + mlp(ln_1(x)). There is no ln_2.
     """
-    h = layer_norm(x, w["ln_1"]["weight"], w["ln_1"]["bias"], config.layer_norm_epsilon)  # [B, T, n_embd]
-    a = attn(h, w["attn"], cache_k, cache_v, step, config.n_head, config.n_rot)  # [B, T, n_embd]
-    m = mlp(h, w["mlp"])  # [B, T, n_embd]
+    h = layer_norm(x, w["ln_1"]["weight"], w["ln_1"]["bias"], config.layer_norm_epsilon)   # [B, T, n_embd]
+    a = attn(h, w["attn"], cache_k, cache_v, step, config.n_head, config.n_rot)            # [B, T, n_embd]
+    m = mlp(h, w["mlp"])                                                                   # [B, T, n_embd]
     return (a + m) + x
 
 
@@ -197,9 +196,9 @@ def causal_mask(real, start, T):
     A query sees a key when the key is not in its future and is a real token (not left padding).
     """
     S = start + T
-    query_slot = np.arange(start, S)[:, None]  # [T, 1]
-    key_slot = np.arange(S)[None, :]  # [1, S]
-    visible = (key_slot <= query_slot)[None] & real[:, None, :S]  # [B, T, S]
+    query_slot = np.arange(start, S)[:, None]                       # [T, 1]
+    key_slot = np.arange(S)[None, :]                                # [1, S]
+    visible = (key_slot <= query_slot)[None] & real[:, None, :S]    # [B, T, S]
     return np.where(visible, f32(0.0), MASKED)[:, None].astype(f32)
 
 
@@ -226,7 +225,7 @@ class Reference:
         self.config = config
         self.kv_dtype = check_kv_dtype(kv_dtype)
         tree = nest(weights)
-        self.wte = tree["transformer"]["wte"]["weight"]  # [n_vocab, n_embd]
+        self.wte = tree["transformer"]["wte"]["weight"]              # [n_vocab, n_embd]
         self.blocks = [tree["transformer"]["h"][str(i)] for i in range(config.n_layer)]
         self.ln_f = tree["transformer"]["ln_f"]
         self.lm_head = tree["lm_head"]
@@ -239,9 +238,8 @@ class Reference:
         dtype = np.dtype(self.kv_dtype)
         return KVCache(np.zeros(shape, dtype), np.zeros(shape, dtype), np.zeros((batch, max_tokens), bool))
 
-    def forward(
-        self, token_ids, cache: Optional[KVCache] = None, attention_mask=None, last_only: bool = False
-    ) -> np.ndarray:
+    def forward(self, token_ids, cache: Optional[KVCache] = None, attention_mask=None,
+                last_only: bool = False) -> np.ndarray:
         """Logits for T new tokens: ids [T] -> [T, n_vocab], or [B, T] -> [B, T, n_vocab].
 
         `attention_mask` [B, T] marks real tokens with 1 and left padding with 0. last_only=True returns
@@ -270,17 +268,11 @@ class Reference:
                 f"the reference backend needs a cache from its own new_cache(), got {type(cache).__name__}"
             )
         n_layer, _, n_head, slots, d_head = cache.keys.shape
-        if (
-            (n_layer, n_head, d_head) != (c.n_layer, c.n_head, c.head_dim)
-            or slots > c.n_positions
-            or cache.keys.dtype != np.dtype(self.kv_dtype)
-            or cache.values.shape != cache.keys.shape
-        ):
-            raise InputError(
-                f"this cache (keys {cache.keys.shape} {cache.keys.dtype}) was made for another model; "
-                f"this one needs [{c.n_layer}, batch, {c.n_head}, <= {c.n_positions}, {c.head_dim}] "
-                f"{self.kv_dtype}: make the cache with this model's new_cache()"
-            )
+        if ((n_layer, n_head, d_head) != (c.n_layer, c.n_head, c.head_dim) or slots > c.n_positions
+                or cache.keys.dtype != np.dtype(self.kv_dtype) or cache.values.shape != cache.keys.shape):
+            raise InputError(f"this cache (keys {cache.keys.shape} {cache.keys.dtype}) was made for another model; "
+                             f"this one needs [{c.n_layer}, batch, {c.n_head}, <= {c.n_positions}, {c.head_dim}] "
+                             f"{self.kv_dtype}: make the cache with this model's new_cache()")
 
     def _run(self, ids, mask, cache: KVCache, last_only=False, states=None) -> np.ndarray:
         """ids [B, T] with mask [B, T] -> logits [B, T, n_vocab] ([B, n_vocab] with last_only). A list
@@ -290,7 +282,7 @@ class Reference:
         self._check_cache(cache)
         step = self._place(cache, check_cache_room(cache, B, T), mask)
         keep = states.append if states is not None else (lambda state: None)
-        x = self.wte[ids]  # [B, T, n_embd]; no position embedding in GPT-J
+        x = self.wte[ids]                               # [B, T, n_embd]; no position embedding in GPT-J
         for i, w in enumerate(self.blocks):
             keep(x)
             x = block(x, w, cache.keys[i], cache.values[i], step, self.config)
@@ -298,7 +290,7 @@ class Reference:
         keep(x)
         x = layer_norm(x, self.ln_f["weight"], self.ln_f["bias"], self.config.layer_norm_epsilon)
         if last_only:
-            x = x[:, -1]  # [B, n_embd]
+            x = x[:, -1]                                # [B, n_embd]
         logits = linear(x, self.lm_head["weight"], self.lm_head["bias"])  # GPT-J's lm_head has a bias
         keep(x)
         keep(logits)
@@ -307,7 +299,7 @@ class Reference:
     def _place(self, cache: KVCache, start: int, mask) -> Step:
         """Record which new slots are real, and give each new token its position, rotary angles and mask."""
         T = mask.shape[1]
-        cache.real[:, start : start + T] = mask
+        cache.real[:, start:start + T] = mask
         # A token's position counts the real tokens before it in its row, so left padding shifts nothing.
         positions = cache.real[:, :start].sum(axis=1, keepdims=True) + np.cumsum(mask, axis=1) - 1  # [B, T]
         positions = np.where(mask, positions, 1)  # pads take position 1 as in transformers; never compared

@@ -17,10 +17,10 @@
 // with the others and with the q8 kernels run on the unpacked weight.
 //
 // Kernels: decode and short inputs read the packed bytes from the file and unpack in registers
-// (q4_rows_avx2.inl; unsigned nibbles times signed activations is the u8 x s8 product maddubs and vpdpbusd
-// compute, so the -8 is taken back once per block with the activations' block sums). Prompts unpack
-// slices of rows to int8 and run the q8 kernel of the level in use on them (q4_via_q8 below), so prompts
-// get the q8 panel and tile kernels.
+// (q4_rows_avx2.inl, rows_avx512.h; unsigned nibbles times signed activations is the u8 x s8 product maddubs and
+// vpdpbusd compute, so the -8 is taken back once per block with the activations' block sums). Prompts unpack slices of
+// rows to int8 and run the q8 kernel of the level in use on them (q4_via_q8 below), so prompts get the q8 panel and
+// tile kernels.
 #pragma once
 
 #include <cstdint>
