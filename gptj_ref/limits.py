@@ -127,8 +127,3 @@ def load_json_file(path: "str | os.PathLike[str]", error: Type[GPTJError], what:
         return loads_bounded(data)
     except ValueError as e:
         raise error(f"{os.fspath(path)} is not valid JSON within gptj_ref's limits ({e})") from None
-
-
-def is_int(x: Any) -> bool:
-    """A Python int that is not a bool."""
-    return isinstance(x, int) and not isinstance(x, bool)

@@ -44,7 +44,7 @@ RUNTIME_BYTES = 150_000_000
 # File bytes that become resident per embedding row read in place (fault-around and read-around of the
 # memory map): 1.0-1.7 MB measured on Linux 6.x with GPT-J 6B's 16 KB rows (benchmarks/memory_context.py).
 READAROUND_BYTES = 2 * 2**20
-PREFILL_CHUNK = 512  # runtime.CppModel.prefill_chunk: the cpp backend runs prompts this many tokens at a time
+PREFILL_CHUNK = 512  # the cpp backend runs prompts this many tokens at a time (runtime.CppModel.prefill_chunk)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ import numpy as np
 from . import _core, formats
 from .backend import check_cache_room, check_cache_size, check_inputs, check_kv_dtype
 from .config import GPTJConfig
-from .errors import CheckpointError, InputError, SettingsError
+from .errors import CheckpointError, InputError, SettingsError, is_int
 from .layout import weight_shapes
+from .memory import PREFILL_CHUNK
 from .reference import rotary_tables
 from .threads import check_threads
 
@@ -67,10 +68,6 @@ def available_kernel_isas() -> list:
 
 if os.environ.get("GPTJ_FORCE_SCALAR", "") not in ("", "0"):
     set_kernel_isa("scalar")
-
-
-def _is_integer(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def _physical_memory() -> int:
@@ -119,7 +116,7 @@ class CppModel:
     # Long inputs run through the C++ model this many positions at a time: its scratch (about 100 KB per
     # token for 6B) stays bounded, and nothing else changes: every token sees the same cache and the
     # same kernels either way, so the logits are bitwise those of one pass (tested).
-    prefill_chunk = 512
+    prefill_chunk = PREFILL_CHUNK  # memory.py sizes the scratch by it
 
     def __init__(
         self,
@@ -333,7 +330,7 @@ class CppModel:
             return self._core.forward(np.ascontiguousarray(ids), counts, cache.core, rows)
 
     def _check_row(self, cache: CppCache, row, what: str = "row") -> int:
-        if not _is_integer(row) or not 0 <= row < cache.batch:
+        if not is_int(row) or not 0 <= row < cache.batch:
             raise InputError(f"{what} must be an integer in [0, {cache.batch}) (the cache's rows), got {row!r}")
         return int(row)
 
@@ -349,7 +346,7 @@ class CppModel:
         self._check_cache(cache)
         src, dst = self._check_row(cache, src, "src"), self._check_row(cache, dst, "dst")
         held = cache.core.lengths[src]
-        if not _is_integer(n) or not 0 <= n <= held:
+        if not is_int(n) or not 0 <= n <= held:
             raise InputError(f"row {src} holds {held} tokens; cannot copy {n!r} of them")
         with self._claim(cache):
             cache.core.copy_row(src, dst, int(n))

@@ -25,8 +25,8 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import CheckpointError
-from .limits import MAX_DIM, is_int, loads_bounded, open_regular, short_repr
+from .errors import CheckpointError, is_int
+from .limits import MAX_DIM, loads_bounded, open_regular, short_repr
 
 # safetensors dtype name -> NumPy dtype. BF16 has no NumPy dtype: it is exposed as its raw uint16 bits
 # (see `bf16_to_f32`).

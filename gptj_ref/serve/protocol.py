@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
-from ..errors import SettingsError
+from ..errors import SettingsError, is_int
 from ..generate import UNSUPPORTED_SETTINGS, GenerationSettings, make_settings
 
 MAX_STOP = 4
@@ -55,15 +55,11 @@ def bad(param: str, message: str, code: str = "invalid_value") -> ApiError:
 
 
 # Field readers --------------------------------------------------------------------------------------
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def get_int(body: dict, name: str, default, lo=None, hi=None):
     x = body.get(name)
     if x is None:
         return default
-    if not _is_int(x):
+    if not is_int(x):
         raise bad(name, f"must be an integer, got {x!r}", "invalid_type")
     if (lo is not None and x < lo) or (hi is not None and x > hi):
         raise bad(name, f"must be in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}], got {x}")
