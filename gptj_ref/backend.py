@@ -127,3 +127,24 @@ def check_cache_room(cache: Cache, batch: int, T: int) -> int:
             "(the model's context is at most n_positions tokens); start a new cache or shorten the prompt"
         )
     return cache.length
+
+
+def check_cache_arrays(cache, cache_type: type, config: GPTJConfig, kv_dtype: str) -> None:
+    """A cache of the backend's own type (`cache_type`) whose keys and values [n_layer, batch, n_head, slots,
+    d_head] fit `config` and `kv_dtype`, at most n_positions long: the reference's caches are plain arrays a
+    caller could swap."""
+    c = config
+    if not isinstance(cache, cache_type):
+        raise InputError(f"the reference backend needs a cache from its own new_cache(), got {type(cache).__name__}")
+    n_layer, _, n_head, slots, d_head = cache.keys.shape
+    if (
+        (n_layer, n_head, d_head) != (c.n_layer, c.n_head, c.head_dim)
+        or slots > c.n_positions
+        or cache.keys.dtype != np.dtype(kv_dtype)
+        or cache.values.shape != cache.keys.shape
+    ):
+        raise InputError(
+            f"this cache (keys {cache.keys.shape} {cache.keys.dtype}) was made for another model; "
+            f"this one needs [{c.n_layer}, batch, {c.n_head}, <= {c.n_positions}, {c.head_dim}] "
+            f"{kv_dtype}: make the cache with this model's new_cache()"
+        )

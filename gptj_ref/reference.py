@@ -32,9 +32,15 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .backend import DEFAULT_KV_DTYPE, check_cache_room, check_cache_size, check_inputs, check_kv_dtype
+from .backend import (
+    DEFAULT_KV_DTYPE,
+    check_cache_arrays,
+    check_cache_room,
+    check_cache_size,
+    check_inputs,
+    check_kv_dtype,
+)
 from .config import GPTJConfig
-from .errors import InputError
 
 # The shape comments are aligned in columns so the equations read as a table; the formatter leaves them.
 # fmt: off
@@ -260,26 +266,12 @@ class Reference:
         self._run(ids, mask, self.new_cache(ids.shape[1]), states=states)
         return [h[0] for h in states]
 
-    def _check_cache(self, cache) -> None:
-        """Only a KVCache of this model's geometry and precision, at most n_positions long, fits."""
-        c = self.config
-        if not isinstance(cache, KVCache):
-            raise InputError(
-                f"the reference backend needs a cache from its own new_cache(), got {type(cache).__name__}"
-            )
-        n_layer, _, n_head, slots, d_head = cache.keys.shape
-        if ((n_layer, n_head, d_head) != (c.n_layer, c.n_head, c.head_dim) or slots > c.n_positions
-                or cache.keys.dtype != np.dtype(self.kv_dtype) or cache.values.shape != cache.keys.shape):
-            raise InputError(f"this cache (keys {cache.keys.shape} {cache.keys.dtype}) was made for another model; "
-                             f"this one needs [{c.n_layer}, batch, {c.n_head}, <= {c.n_positions}, {c.head_dim}] "
-                             f"{self.kv_dtype}: make the cache with this model's new_cache()")
-
     def _run(self, ids, mask, cache: KVCache, last_only=False, states=None) -> np.ndarray:
         """ids [B, T] with mask [B, T] -> logits [B, T, n_vocab] ([B, n_vocab] with last_only). A list
         given as `states` receives the residual stream entering each block, then ln_f's input and output
         and the logits."""
         B, T = ids.shape
-        self._check_cache(cache)
+        check_cache_arrays(cache, KVCache, self.config, self.kv_dtype)
         step = self._place(cache, check_cache_room(cache, B, T), mask)
         keep = states.append if states is not None else (lambda state: None)
         x = self.wte[ids]                               # [B, T, n_embd]; no position embedding in GPT-J
