@@ -131,10 +131,11 @@ inline void q4_linear_rows(float* y, const int8_t* qx, const float* dx, const ui
         std::vector<float> dq(size_t(group * nb));
         for (int64_t g0 = n0; g0 < quads_end; g0 += group) {
             const int64_t g1 = std::min(quads_end, g0 + group);
-            for (int64_t n = g0; n < g1; n += 4) quad_scales(dq.data() + (n - g0) * nb, ws + n * nb, nb);
             for (int64_t t = 0; t < M;) {
                 const int64_t tm = std::min<int64_t>(4, M - t);
                 for (int64_t n = g0; n < g1; n += 4) {
+                    // the quad's scales, converted as its weights start streaming (reused by later token tiles)
+                    if (t == 0) quad_scales(dq.data() + (n - g0) * nb, ws + n * nb, nb);
                     float* yt = y + t * N + n;
                     const float* dqn = dq.data() + (n - g0) * nb;
                     const float* bn = b ? b + n : nullptr;
