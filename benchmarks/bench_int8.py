@@ -137,6 +137,9 @@ def weight_bytes_per_token(path: str) -> int:
 # -------------------------------------------------------------------------------------------------
 
 
+PAIRED_TOKENS = 24  # decode tokens timed right after a streaming read (see child)
+
+
 def child(path: str, threads: int, batch: bool) -> None:
     import gptj_ref
     from gptj_ref.generate import BatchGeneration, GenerationSettings
@@ -147,7 +150,7 @@ def child(path: str, threads: int, batch: bool) -> None:
     model = gptj_ref.load(path, backend="cpp", threads=threads)
     backend = model.backend
     prompt = rng.integers(0, 50000, 8)
-    cache = backend.new_cache(8 + 64)
+    cache = backend.new_cache(8 + 64 + PAIRED_TOKENS)
     logits = backend.forward(prompt, cache)
     first = int(np.argmax(logits[-1]))
     out["first_token_s"] = time.perf_counter() - start
@@ -166,7 +169,28 @@ def child(path: str, threads: int, batch: bool) -> None:
         f"  decode: {out['decode_ms_per_token']:.0f} ms/token (median of 64; mean {out['decode_ms_mean']:.0f})",
         flush=True,
     )
-    out["peak_rss_decode_gb"] = peak_rss_gb()  # load + 8-token prompt + 64 tokens: the chat-sized case
+    # The same decode, each token right after a timed streaming read of 512 MB: on a shared machine the
+    # read rate moves from minute to minute, so the share of the roofline is taken token by token against
+    # the read just before it (median of the pairs), not against one read at the start of the run.
+    from gptj_ref import _core
+
+    per_token, big, shares = weight_bytes_per_token(path), np.ones(1 << 27, np.float32), []
+    for _ in range(PAIRED_TOKENS):
+        t0 = time.perf_counter()
+        _core.stream_read(big, threads=threads)
+        read_rate = big.nbytes / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        logits = backend.forward(np.array([token]), cache)
+        shares.append(per_token / (time.perf_counter() - t0) / read_rate)
+        token = int(np.argmax(logits[-1]))
+    del big
+    out["decode_roofline_share_paired"] = float(np.median(shares))
+    print(
+        f"  decode against the read just before each token: {out['decode_roofline_share_paired']:.0%} of the "
+        f"roofline (median of {PAIRED_TOKENS})",
+        flush=True,
+    )
+    out["peak_rss_decode_gb"] = peak_rss_gb()  # load + prompt + decode: the chat-sized case
 
     # Prompts, as generation runs them: logits for the last position only (last_only=True).
     for T in (128, 512):

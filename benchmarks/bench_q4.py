@@ -6,9 +6,11 @@
 The files (the real shapes, ~6.9 GB and ~3.7 GB) are written directly in their layouts, without a
 checkpoint: random values with small float16 scales (integer kernels do not depend on the values), and
 reused when they exist. One run measures the streaming-read bandwidth, each format's decode roofline
-(weight + scale bytes per token / that bandwidth), and for each file, in a fresh subprocess
-(bench_int8.py's model run): first token from a warm page cache, decode tokens/s, prompt tokens/s for 128
-and 512 tokens, peak RSS; then the kernels alone at M = 1 and 512 on one layer's shapes.
+(weight + scale bytes per token / that bandwidth; the target is judged against a read timed just before
+each of 24 decode tokens, since one read at the start is not steady on a shared machine), and for each
+file, in a fresh subprocess (bench_int8.py's model run): first token from a warm page cache, decode
+tokens/s, prompt tokens/s for 128 and 512 tokens, peak RSS; then the kernels alone at M = 1 and 512 on one
+layer's shapes.
 Targets (issue 15): q4 decode >= 1.7x q8 decode and >= 85% of the q4 roofline; q4 prompt >= 0.8x q8
 prompt; q4 peak RSS <= 4.5 GB after a 512-token prompt.
 """
@@ -132,9 +134,17 @@ def main() -> None:
             f"{r['peak_rss_decode_gb']:.2f} GB after decode, {r['peak_rss_gb']:.2f} GB after the 512-token prompt"
         )
     print(
-        f"  q4 / q8 decode {q4['decode_tokens_per_s'] / q8['decode_tokens_per_s']:.2f}x [>= 1.7]; q4 at "
-        f"{q4['decode_tokens_per_s'] / q4['roofline']:.0%} of its roofline [>= 85%]; q8 at "
-        f"{q8['decode_tokens_per_s'] / q8['roofline']:.0%} of its roofline [>= 90%]"
+        f"  q4 / q8 decode {q4['decode_tokens_per_s'] / q8['decode_tokens_per_s']:.2f}x [>= 1.7]; against the read "
+        f"just before each token, q4 at {q4['decode_roofline_share_paired']:.0%} of its roofline [>= 85%], q8 at "
+        f"{q8['decode_roofline_share_paired']:.0%} [>= 90%] (against the one read at the start: "
+        f"{q4['decode_tokens_per_s'] / q4['roofline']:.0%}, {q8['decode_tokens_per_s'] / q8['roofline']:.0%})"
+    )
+    # The two files run minutes apart, and the read rate can move between them; at equal bandwidth the
+    # speed ratio is the ratio of the paired shares times the ratio of bytes read per token.
+    share_ratio = q4["decode_roofline_share_paired"] / q8["decode_roofline_share_paired"]
+    print(
+        f"  q4 / q8 decode at equal bandwidth (paired shares x bytes per token): "
+        f"{share_ratio * q4['roofline'] / q8['roofline']:.2f}x"
     )
     print(
         f"  q4 / q8 prompt {q4['prompt128_tokens_per_s'] / q8['prompt128_tokens_per_s']:.2f}x (128), "
