@@ -132,12 +132,6 @@ inline __m512 step_scales(const uint16_t* ws, int64_t nb, int64_t j) {
     return _mm512_permutexvar_ps(to_block_major, _mm512_cvtph_ps(h));
 }
 
-// The scales of the blocks after the last whole step, for four rows: dq (nb % 4, 4) floats.
-inline void tail_scales(float* dq, const uint16_t* ws, int64_t nb) {
-    for (int64_t b = nb / 4 * 4; b < nb; ++b)
-        for (int r = 0; r < 4; ++r) dq[4 * (b - nb / 4 * 4) + r] = f16_to_f32(ws[r * nb + b]);
-}
-
 // Sum of the 8 int32 lanes. Exact.
 inline int32_t hsum_i32x8(__m256i v) {
     __m128i s = avx2::add_halves_i32x8(v);
@@ -146,25 +140,30 @@ inline int32_t hsum_i32x8(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
+// c * sum(qx) of one block of 32 activations: what the offset c of the stored bytes adds to its dot products.
+template <class Format>
+inline int32_t block_offset(__m256i x) {
+    return Format::kOffset * hsum_i32x8(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), x));
+}
+
 // d of one block of one row against 32 activations: sum qx u - c sum qx.
 template <class Format>
 inline int32_t block_dot(__m256i u, const int8_t* qx) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx));
-    const __m256i zero = _mm256_setzero_si256();
-    return hsum_i32x8(_mm256_dpbusd_epi32(zero, u, x)) -
-           Format::kOffset * hsum_i32x8(_mm256_dpbusd_epi32(zero, _mm256_set1_epi8(1), x));
+    return hsum_i32x8(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)) - block_offset<Format>(x);
 }
 
 // The blocks after the last whole step (nb % 4) of one quad, for TM tokens: the same chain on 256-bit
-// vectors, one block at a time, continuing acc[t] = [r0..r3]. dq: the scales of those blocks only, (nb % 4, 4).
+// vectors, one block at a time, continuing acc[t] = [r0..r3]. ws: the quad's float16 scales, rows nb apart.
 template <class Format, int TM>
 void tail_blocks(__m128* acc, const int8_t* qx, const float* dx, const typename Format::Stored* w, int64_t rb,
-                 const float* dq, int64_t K) {
+                 const uint16_t* ws, int64_t K) {
     const int64_t nb = K / kQ8Block, steps = nb / 4;
     for (int64_t b = 4 * steps; b < nb; ++b) {
         __m256i u[4];
         for (int r = 0; r < 4; ++r) u[r] = Format::unpack_block(w + r * rb + b * Format::kBlockBytes);
-        const __m128 sw = _mm_loadu_ps(dq + 4 * (b - 4 * steps));
+        const __m128 sw = _mm_setr_ps(f16_to_f32(ws[b]), f16_to_f32(ws[nb + b]), f16_to_f32(ws[2 * nb + b]),
+                                      f16_to_f32(ws[3 * nb + b]));
         for (int t = 0; t < TM; ++t) {
             const int8_t* xb = qx + t * K + b * kQ8Block;
             const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb));
@@ -172,8 +171,7 @@ void tail_blocks(__m128* acc, const int8_t* qx, const float* dx, const typename 
             const __m128i sums = avx2::add_halves_i32x8(
                 avx2::fold_halves_i32x8x4(_mm256_dpbusd_epi32(zero, u[0], x), _mm256_dpbusd_epi32(zero, u[1], x),
                                           _mm256_dpbusd_epi32(zero, u[2], x), _mm256_dpbusd_epi32(zero, u[3], x)));
-            const int32_t offset = Format::kOffset * hsum_i32x8(_mm256_dpbusd_epi32(zero, _mm256_set1_epi8(1), x));
-            const __m128i d = _mm_sub_epi32(sums, _mm_set1_epi32(offset));
+            const __m128i d = _mm_sub_epi32(sums, _mm_set1_epi32(block_offset<Format>(x)));
             acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(d), _mm_mul_ps(sw, _mm_broadcast_ss(dx + t * nb + b)), acc[t]);
         }
     }
@@ -216,9 +214,7 @@ void quad_tile(float* y, int64_t ldy, const PreparedStep* px, const int8_t* qx, 
             acc[t] = _mm_fmadd_ps(_mm512_extractf32x4_ps(d, 3), _mm512_extractf32x4_ps(s, 3), acc[t]);
         }
     }
-    float tail_dq[4 * 3];
-    tail_scales(tail_dq, ws, nb);
-    tail_blocks<Format, TM>(acc, qx, dx, w, rb, tail_dq, K);
+    tail_blocks<Format, TM>(acc, qx, dx, w, rb, ws, K);
     const __m128 b4 = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
     for (int t = 0; t < TM; ++t) _mm_storeu_ps(y + t * ldy, bias ? _mm_add_ps(acc[t], b4) : acc[t]);
 }
