@@ -46,10 +46,19 @@ py::array as_array(const py::object& obj, const std::string& what) {
     return obj.cast<py::array>();
 }
 
+// How a model's linear weights are made ready: the thread count, and what to call with each stored array
+// a level has packed into its own layout (release: e.g. hand a mapped file's pages back; may be None).
+struct PackOptions {
+    int threads = 1;
+    py::object release;
+};
+
 // W (out, in) as a LinearWeight view in the format formats[name] names ("f32" when absent): weights[name]
 // is the array for f32, the pair (values, scales) for a block format. With the bias when bias_name is given.
+// Packed for the level in use when its kernel reads a layout of its own.
 rt::LinearWeight linear_view(const py::dict& weights, const py::dict& formats, const std::string& name,
-                             const std::string& bias_name, int64_t out, int64_t in, std::vector<py::object>& keep) {
+                             const std::string& bias_name, int64_t out, int64_t in, std::vector<py::object>& keep,
+                             const PackOptions& pack) {
     rt::LinearWeight w;
     w.format = &k::weight_format(formats.contains(name) ? formats[py::str(name)].cast<std::string>() : "f32");
     w.out = out;
@@ -62,6 +71,12 @@ rt::LinearWeight linear_view(const py::dict& weights, const py::dict& formats, c
                                  ": pass the pair (values, scales)");
         const py::tuple pair = entry.cast<py::tuple>();
         w.data = weight_data(*w.format, as_array(pair[0], "weight " + name), pair[1], out, in, name);
+        bool packed = false;
+        with_threads(pack.threads, [&] { packed = rt::pack_for_level(w, k::isa()); });
+        if (packed && !pack.release.is_none()) {
+            pack.release(pair[0]);
+            pack.release(pair[1]);
+        }
     } else {
         w.data = weight_data(*w.format, as_array(entry, "weight " + name), py::none(), out, in, name);
     }
@@ -85,11 +100,12 @@ const float* vector_view(const py::dict& weights, const std::string& name, std::
 }
 
 PyModel make_model(const py::dict& weights, const py::dict& formats, const py::array& sin, const py::array& cos,
-                   const rt::Config& c, int threads) {
+                   const rt::Config& c, int threads, const py::object& release) {
     const std::string bad = c.check();
     if (!bad.empty()) throw py::value_error("inconsistent model sizes: " + bad);
     PyModel pm;
     auto& keep = pm.keep_alive;
+    const PackOptions pack{std::max(1, threads), release};
     rt::Weights w;
     const int64_t E = c.n_embd, F = c.d_ff, V = c.n_vocab;
     const std::string wte = "transformer.wte.weight";
@@ -114,17 +130,17 @@ PyModel make_model(const py::dict& weights, const py::dict& formats, const py::a
         rt::LayerWeights L;
         L.ln_g = vector_view(weights, p + "ln_1.weight", {E}, keep);
         L.ln_b = vector_view(weights, p + "ln_1.bias", {E}, keep);
-        L.q = linear_view(weights, formats, p + "attn.q_proj.weight", "", E, E, keep);
-        L.k = linear_view(weights, formats, p + "attn.k_proj.weight", "", E, E, keep);
-        L.v = linear_view(weights, formats, p + "attn.v_proj.weight", "", E, E, keep);
-        L.out = linear_view(weights, formats, p + "attn.out_proj.weight", "", E, E, keep);
-        L.fc_in = linear_view(weights, formats, p + "mlp.fc_in.weight", p + "mlp.fc_in.bias", F, E, keep);
-        L.fc_out = linear_view(weights, formats, p + "mlp.fc_out.weight", p + "mlp.fc_out.bias", E, F, keep);
+        L.q = linear_view(weights, formats, p + "attn.q_proj.weight", "", E, E, keep, pack);
+        L.k = linear_view(weights, formats, p + "attn.k_proj.weight", "", E, E, keep, pack);
+        L.v = linear_view(weights, formats, p + "attn.v_proj.weight", "", E, E, keep, pack);
+        L.out = linear_view(weights, formats, p + "attn.out_proj.weight", "", E, E, keep, pack);
+        L.fc_in = linear_view(weights, formats, p + "mlp.fc_in.weight", p + "mlp.fc_in.bias", F, E, keep, pack);
+        L.fc_out = linear_view(weights, formats, p + "mlp.fc_out.weight", p + "mlp.fc_out.bias", E, F, keep, pack);
         w.layers.push_back(L);
     }
     w.ln_f_g = vector_view(weights, "transformer.ln_f.weight", {E}, keep);
     w.ln_f_b = vector_view(weights, "transformer.ln_f.bias", {E}, keep);
-    w.lm_head = linear_view(weights, formats, "lm_head.weight", "lm_head.bias", V, E, keep);
+    w.lm_head = linear_view(weights, formats, "lm_head.weight", "lm_head.bias", V, E, keep, pack);
     w.sin = in_ptr<float>(sin, "rotary sin table", {c.n_ctx, c.n_rot / 2});
     w.cos = in_ptr<float>(cos, "rotary cos table", {c.n_ctx, c.n_rot / 2});
     keep.push_back(sin);
@@ -201,21 +217,24 @@ PYBIND11_MODULE(_core, m) {
         [] {
             py::list out;
             for (const k::WeightFormat* f : k::weight_formats()) {
-                std::vector<std::string> levels;
-                for (int l = 0; l < k::kIsaCount; ++l)
+                std::vector<std::string> levels, packing;
+                for (int l = 0; l < k::kIsaCount; ++l) {
                     if (f->linear[l].fn) levels.push_back(k::isa_name(k::Isa(l)));
+                    if (f->linear[l].pack) packing.push_back(k::isa_name(k::Isa(l)));
+                }
                 py::dict d;
                 d["name"] = f->name;
                 d["version"] = f->version;
                 d["block"] = f->block;
                 d["bits"] = f->bits;
                 d["levels"] = levels;
+                d["packing_levels"] = packing;
                 out.append(d);
             }
             return out;
         },
-        "The formats table: per format its name, layout version, block, bits and the levels with a kernel of "
-        "their own (built in; the CPU may lack some)");
+        "The formats table: per format its name, layout version, block, bits, the levels with a kernel of "
+        "their own (built in; the CPU may lack some) and those of them whose kernel reads a layout of its own");
 
     bind_kernels(m);
 
@@ -342,9 +361,10 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<PyModel>(m, "Model", "GPT-J over views of the given weight arrays")
         .def(py::init(&make_model), py::arg("weights"), py::arg("formats"), py::arg("sin").noconvert(),
-             py::arg("cos").noconvert(), py::arg("config"), py::arg("threads"),
+             py::arg("cos").noconvert(), py::arg("config"), py::arg("threads"), py::arg("release") = py::none(),
              "weights: name -> array (f32) or (values, scales) (a block format); formats: linear weight name -> "
-             "format name ('f32' when absent); sin, cos (n_ctx, n_rot/2) float32")
+             "format name ('f32' when absent); sin, cos (n_ctx, n_rot/2) float32; release: called with each "
+             "stored array the level in use packs into a layout of its own, or None")
         .def_property(
             "threads", [](const PyModel& pm) { return pm.model->threads(); },
             [](PyModel& pm, int t) {

@@ -8,10 +8,18 @@
 #include "bindings_common.h"
 #include "kernels/formats.h"
 #include "kernels/q8.h"
+#include "runtime/linear_weight.h"
 
 namespace gptj::bindings {
 
 namespace {
+
+// A linear layer as a built model holds it (runtime/linear_weight.h), for benchmarks and tests of the
+// packed layouts: packed once, when made, for the level then in use.
+struct PyLinear {
+    gptj::runtime::LinearWeight weight;
+    py::object values, scales;  // the stored arrays the weight views
+};
 
 // attention / attention_f16kv on arrays: KV is float (an fp32 cache) or uint16_t (float16 bits).
 template <typename KV>
@@ -242,6 +250,43 @@ void bind_kernels(py::module_& m) {
         "y = x @ W.T + b with the kernel the formats table resolves for `format` at the level in use (activations "
         "prepared as the format reads them).  x (M, K) float32; values, scales as stored (scales as uint16 bits); "
         "b (N) or None -> y (M, N)");
+    py::class_<PyLinear>(m, "Linear",
+                         "y = x @ W.T for one weight held as a model holds it: packed once, when made, for the "
+                         "level then in use if its kernel reads a layout of its own")
+        .def(py::init([](const std::string& format, const py::array& values, const py::object& scales) {
+                 PyLinear l;
+                 gptj::runtime::LinearWeight& w = l.weight;
+                 w.format = &k::weight_format(format);
+                 if (values.ndim() != 2) throw py::value_error("values must be 2-D: (N, a row as stored)");
+                 w.out = values.shape(0);
+                 w.in = values.shape(1) * 8 * int64_t(values.itemsize()) / w.format->bits;  // values per row
+                 w.data = weight_data(*w.format, values, scales, w.out, w.in, "w");
+                 l.values = values;
+                 l.scales = scales;
+                 gptj::runtime::pack_for_level(w, k::isa());
+                 return l;
+             }),
+             py::arg("format"), py::arg("values").noconvert(), py::arg("scales").noconvert() = py::none())
+        .def_property_readonly("packed_level",
+                               [](const PyLinear& l) -> std::optional<std::string> {
+                                   if (!l.weight.packed.storage) return std::nullopt;
+                                   return std::string(k::isa_name(l.weight.packed_level));
+                               })
+        .def(
+            "__call__",
+            [](const PyLinear& l, const py::array& x, std::optional<int> threads) {
+                const float* xp = in_ptr<float>(x, "x", {-1, l.weight.in});
+                const int64_t M = x.shape(0);
+                py::array_t<float> y({M, l.weight.out});
+                float* yp = y.mutable_data();
+                with_threads(threads, [&] {
+                    gptj::runtime::LinearInput in;
+                    in.set(xp, M, l.weight.in);
+                    gptj::runtime::apply_linear(yp, in, l.weight);
+                });
+                return y;
+            },
+            py::arg("x").noconvert(), py::arg("threads") = py::none(), "x (M, K) float32 -> y (M, N)");
     m.def(
         "resolve_level",
         [](const std::string& format, const std::string& isa, int64_t M) {

@@ -1,7 +1,9 @@
 """The C++ model behind the same backend interface as the reference.
 
-`CppModel(config, weights, threads)` holds views of the given arrays (nothing is copied; keep them
-C-contiguous: float32, or a block format's values and scales from a native file) and answers
+`CppModel(config, weights, threads)` holds views of the given arrays (keep them C-contiguous: float32, or a
+block format's values and scales from a native file). Nothing is copied, except where the kernel level in
+use reads a layout of its own: q4 on AVX-512 packs each linear's weight once, when the model is built, and
+the pages of a memory-mapped file's stored copy are handed back to the page cache and answers
 `forward(token_ids, cache, attention_mask)` exactly as `Reference.forward` does. In a batch every row is its
 own sequence with its own cache length: padding is never computed (pad positions' logits are 0), and the
 linear layers run over the real tokens of all rows at once, so a batched decode step reads each weight once
@@ -27,6 +29,7 @@ from .errors import CheckpointError, InputError, SettingsError, is_int
 from .layout import weight_shapes
 from .memory import PREFILL_CHUNK
 from .reference import rotary_tables
+from .safetensors_file import release_mapped_pages
 from .threads import check_threads
 
 ISAS = ("auto", "scalar", "avx2", "avxvnni", "avx512", "amx")
@@ -155,7 +158,9 @@ class CppModel:
                 d_ff=c.d_ff,
                 eps=float(c.layer_norm_epsilon),
             )
-            self._core = _core.Model(core_weights, core_formats, self._sin, self._cos, sizes, threads)
+            self._core = _core.Model(
+                core_weights, core_formats, self._sin, self._cos, sizes, threads, release=release_mapped_pages
+            )
         except (ValueError, TypeError) as e:
             raise CheckpointError(
                 f"cannot run these weights on the C++ core: {e}. The C++ backend uses the "

@@ -99,6 +99,33 @@ def test_every_available_level_against_the_oracle(name, N, K):
             assert np.array_equal(y.view(np.int32), simd[0].view(np.int32)), f"{name}, M={M}: SIMD levels differ"
 
 
+@pytest.mark.parametrize("name", [f["name"] for f in TABLE])
+def test_a_linear_packed_once_equals_the_stored_weight(name):
+    # _core.Linear holds a weight as a built model does: packed once, when made, for the level in use if
+    # its kernel reads a layout of its own (q4 on AVX-512: rows in panels of 16). N = 37: a part panel.
+    fmt = formats.FORMATS[name]
+    entry = next(f for f in TABLE if f["name"] == name)
+    rng = np.random.default_rng(5)
+    N, K = 37, 160
+    values, scales, _ = weight_for(fmt, rng, N, K)
+    s16 = None if scales is None else scales.view(np.uint16)
+    x = rng.standard_normal((max(TOKENS), K)).astype(np.float32)
+    for isa in ISAS:
+        with use_isa(isa):
+            linear = _core.Linear(name, values, s16)
+            packs = _core.resolve_level(name, isa, 1) in entry["packing_levels"]
+            assert linear.packed_level == (_core.resolve_level(name, isa, 1) if packs else None)
+            for M in TOKENS:
+                expected = _core.format_linear(name, x[:M], values, s16, None, threads=2)
+                got = linear(x[:M], threads=2)
+                assert np.array_equal(got.view(np.int32), expected.view(np.int32)), f"{isa}, M={M}"
+        # run at every other level, the weight packed for this one: the stored layout serves them
+        for other in ISAS:
+            with use_isa(other):
+                expected = _core.format_linear(name, x[:5], values, s16, None, threads=2)
+                assert np.array_equal(linear(x[:5], threads=2).view(np.int32), expected.view(np.int32))
+
+
 @pytest.mark.parametrize("byte", [0x00, 0xFF, 0x0F, 0x80])
 def test_q4_extreme_values_are_exact_at_every_level(byte):
     # Every stored nibble at an end of [0, 15] (q = -8 or +7) against activations of +-127, alone and with
@@ -261,6 +288,30 @@ def rewrite(src, dst, meta=None, entry=None, scale_value=None):
     raw += b" " * (-len(raw) % 8)
     with open(dst, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw + bytes(body))
+
+
+def test_q4_model_built_at_each_level_gives_the_same_logits(q4_model):
+    # A model built where the q4 kernel packs its weights (AVX-512) keeps the packed copy and hands the
+    # file's pages of the stored weights back (release_mapped_pages); run at a level without packing, it
+    # reads the stored weights from the file again. Built at every level and run at every level, a prompt
+    # (20 tokens: q4_via_q8 on the unpacked panels) and 3 decode steps give bitwise the same logits.
+    path, _ = q4_model
+    ids = np.random.default_rng(1).integers(0, 1000, 20)
+    simd = [isa for isa in ISAS if isa != "scalar"]
+    if not simd:
+        pytest.skip("no SIMD level on this CPU")
+    results = {}
+    for built in simd:
+        with use_isa(built):
+            backend = gptj_ref.load(path, backend="cpp", threads=2).backend
+        for run in simd:
+            with use_isa(run):
+                cache = backend.new_cache(24)
+                steps = [backend.forward(ids, cache)] + [backend.forward(ids[i : i + 1], cache) for i in range(3)]
+                results[(built, run)] = np.concatenate(steps)
+    first = next(iter(results.values()))
+    for key, logits in results.items():
+        assert np.array_equal(logits.view(np.int32), first.view(np.int32)), f"built at {key[0]}, run at {key[1]}"
 
 
 @pytest.mark.parametrize(

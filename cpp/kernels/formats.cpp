@@ -2,7 +2,14 @@
 // has a kernel of its own. A cell adapts the format's kernel to the common LinearKernel signature.
 #include "kernels/formats.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <stdexcept>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "kernels/impl.h"
 #include "kernels/q4.h"
@@ -63,7 +70,7 @@ WeightFormat q8_format() {
 }
 
 // q4: 4-bit blocks of 32 with a float16 scale (q4.h). Prompts reuse q8's kernels (q4_via_q8), so the
-// AMX level needs no q4 cell of its own.
+// AMX level needs no q4 cell of its own. The AVX-512 kernel reads rows interleaved in panels of 16.
 WeightFormat q4_format() {
     WeightFormat f{"q4", 1, kQ8Block, 4, Activations::Q8Blocks, {}};
     f.linear[at(Isa::Scalar)] = {q4_cell<scalar::q4_linear>};
@@ -74,7 +81,7 @@ WeightFormat q4_format() {
     f.linear[at(Isa::AvxVnni)] = {q4_cell<avxvnni::q4_linear>};
 #endif
 #if defined(GPTJ_HAVE_AVX512)
-    f.linear[at(Isa::Avx512)] = {q4_cell<avx512::q4_linear>};
+    f.linear[at(Isa::Avx512)] = {avx512::q4_linear, 1, avx512::q4_pack};
 #endif
     return f;
 }
@@ -104,9 +111,25 @@ Isa resolve_level(const WeightFormat& format, Isa level, int64_t M) {
     return Isa::Scalar;
 }
 
+std::shared_ptr<void> aligned_bytes(int64_t bytes) {
+    constexpr size_t huge = size_t(2) << 20;
+    const size_t size = std::max<size_t>(64, (size_t(bytes) + 63) / 64 * 64);
+    void* p = nullptr;
+    // Huge-page aligned when large; the tail past the last whole huge page stays in small pages, so no
+    // memory beyond `bytes` is touched.
+    if (posix_memalign(&p, size >= huge ? huge : 64, size) != 0) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (size >= huge) madvise(p, size / huge * huge, MADV_HUGEPAGE);  // a hint: ignored where they are off
+#endif
+    return std::shared_ptr<void>(p, std::free);
+}
+
 void format_linear(float* y, const LinearInputs& x, const WeightData& w, const float* b, int64_t N,
                    const WeightFormat& format) {
-    resolve(format, isa(), x.M)(y, x, w, b, N);
+    const LevelKernel& cell = format.linear[int(resolve_level(format, isa(), x.M))];
+    if (!cell.pack) return cell.fn(y, x, w, b, N);
+    const PackedWeight packed = cell.pack(w, N, x.K);
+    cell.fn(y, x, packed.data, b, N);
 }
 
 }  // namespace gptj::kernels

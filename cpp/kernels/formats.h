@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,11 +44,27 @@ struct WeightData {
 // y (M, N) = x W^T + b (b (N) or nullptr).
 using LinearKernel = void (*)(float* y, const LinearInputs& x, const WeightData& w, const float* b, int64_t N);
 
+// A weight in the layout a level's kernel reads instead of the stored one (made once, when a model is
+// built): `data` views `storage`, which it owns.
+struct PackedWeight {
+    WeightData data;
+    std::shared_ptr<void> storage;
+};
+
+// Makes a level's layout of the stored weight W (N, K).
+using PackFn = PackedWeight (*)(const WeightData& stored, int64_t N, int64_t K);
+
 // One table cell: the kernel of a level, used for M >= min_tokens (fewer tokens go to the level below).
+// With `pack`, the kernel reads the weight as pack lays it out (for every M it runs), not as stored.
 struct LevelKernel {
     LinearKernel fn = nullptr;
     int64_t min_tokens = 1;
+    PackFn pack = nullptr;
 };
+
+// `bytes` of 64-byte aligned memory, owned by the returned pointer (on Linux, backed by huge pages where
+// the kernel gives them: fewer page faults and TLB misses while a packed weight streams).
+std::shared_ptr<void> aligned_bytes(int64_t bytes);
 
 constexpr int kIsaCount = int(Isa::Amx) + 1;
 
@@ -75,7 +92,8 @@ inline LinearKernel resolve(const WeightFormat& format, Isa level, int64_t M) {
     return format.linear[int(resolve_level(format, level, M))].fn;
 }
 
-// y = x W^T + b with the kernel resolve(format, isa(), x.M) picks.
+// y = x W^T + b with the kernel resolve(format, isa(), x.M) picks, W as stored. A cell that packs its
+// weights packs W for this one call (a built model packs once: runtime/linear_weight.h).
 void format_linear(float* y, const LinearInputs& x, const WeightData& w, const float* b, int64_t N,
                    const WeightFormat& format);
 

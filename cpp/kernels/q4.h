@@ -16,11 +16,12 @@
 // acc = fma(float(d), float(ws) * dx, acc), as the q8 SIMD kernels do, so every SIMD level agrees bitwise
 // with the others and with the q8 kernels run on the unpacked weight.
 //
-// Kernels: decode and short inputs read the packed bytes from the file and unpack in registers
-// (q4_rows_avx2.inl, rows_avx512.h; unsigned nibbles times signed activations is the u8 x s8 product maddubs and
-// vpdpbusd compute, so the -8 is taken back once per block with the activations' block sums). Prompts unpack slices of
-// rows to int8 and run the q8 kernel of the level in use on them (q4_via_q8 below), so prompts get the q8 panel and
-// tile kernels.
+// Kernels: decode and short inputs read the packed bytes and unpack in registers (unsigned nibbles times
+// signed activations is the u8 x s8 product maddubs and vpdpbusd compute, so the -8 is taken back once per
+// block with the activations' block sums). The AVX2 and AVX-VNNI row kernels (q4_rows_avx2.inl) read the
+// stored layout; the AVX-512 one reads a layout of its own, made when a model is built (q4_avx512.cpp:
+// rows interleaved in panels of 16, one int32 lane per row). Prompts unpack slices of rows to int8 and run
+// the q8 kernel of the level in use on them (q4_via_q8 below), so prompts get the q8 panel and tile kernels.
 #pragma once
 
 #include <cstdint>
@@ -31,8 +32,11 @@ namespace gptj::kernels {
 
 constexpr int kQ4Offset = 8;  // stored u = q + 8
 
-// q[n, k] = u[n, k] - 8 as int8, for rows [0, rows) of a packed weight.  w (rows, K/2) -> q (rows, K)
-using Q4Unpack = void (*)(int8_t* q, const uint8_t* w, int64_t rows, int64_t K);
+// Rows [n0, n0 + rows) of W in q8's layout: q[n, k] = u[n, k] - 8 as int8 (rows, K), and the rows' float16
+// scales (rows, K/32), returned: a view of w.scales, or `scales` filled, where w keeps them in another order.
+// n0 is a multiple of 64.
+using Q4Unpack = const uint16_t* (*)(int8_t* q, uint16_t* scales, const WeightData& w, int64_t n0, int64_t rows,
+                                     int64_t K);
 
 // y = x W^T + b for M tokens by unpacking slices of W's rows with `unpack` and running the q8 kernel that
 // the level in use resolves to (the prompt path of every q4 level).
@@ -51,7 +55,8 @@ GPTJ_Q4_DECL
 #if defined(GPTJ_HAVE_AVX2)
 namespace avx2 {
 GPTJ_Q4_DECL
-void q4_unpack(int8_t* q, const uint8_t* w, int64_t rows, int64_t K);  // every level above AVX2 uses it too
+// Q4Unpack of the stored layout; the AVX-VNNI level uses it too.
+const uint16_t* q4_unpack(int8_t* q, uint16_t* scales, const WeightData& w, int64_t n0, int64_t rows, int64_t K);
 }  // namespace avx2
 #endif
 #if defined(GPTJ_HAVE_AVXVNNI)
@@ -61,8 +66,10 @@ GPTJ_Q4_DECL
 #endif
 #if defined(GPTJ_HAVE_AVX512)
 namespace avx512 {
-GPTJ_Q4_DECL
-}
+// The table's q4 cell at this level: the kernel reads w as q4_pack lays it out.
+PackedWeight q4_pack(const WeightData& stored, int64_t N, int64_t K);
+void q4_linear(float* y, const LinearInputs& x, const WeightData& packed, const float* b, int64_t N);
+}  // namespace avx512
 #endif
 #undef GPTJ_Q4_DECL
 

@@ -22,7 +22,8 @@ namespace {
 
 }  // namespace
 
-void q4_unpack(int8_t* q, const uint8_t* w, int64_t rows, int64_t K) {
+const uint16_t* q4_unpack(int8_t* q, uint16_t*, const WeightData& stored, int64_t n0, int64_t rows, int64_t K) {
+    const uint8_t* w = static_cast<const uint8_t*>(stored.values) + n0 * K / 2;
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t k0 = 0; k0 < K; k0 += kQ8Block) {
@@ -30,6 +31,7 @@ void q4_unpack(int8_t* q, const uint8_t* w, int64_t rows, int64_t K) {
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + r * K + k0),
                                 _mm256_sub_epi8(u, _mm256_set1_epi8(kQ4Offset)));
         }
+    return stored.scales + n0 * (K / kQ8Block);
 }
 
 void q4_linear(float* y, const int8_t* qx, const float* dx, const uint8_t* w, const uint16_t* ws, const float* b,

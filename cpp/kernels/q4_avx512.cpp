@@ -1,19 +1,237 @@
-// q4 linear layer, AVX-512 (F, BW, VL, VNNI): decode and short inputs take the 512-bit row kernel of
-// rows_avx512.h on the packed nibbles; from kQ4UnpackMinTokens tokens on, q4_via_q8 runs the q8 kernels on
-// unpacked rows. See q4.h for the contract.
+// q4 linear layer, AVX-512 (F, BW, VL, VNNI), on a layout of its own: rows interleaved in panels of 16, so
+// that one int32 lane of a 512-bit vector belongs to one row all the way through. See q4.h for the format
+// and the arithmetic all levels share.
+//
+// Packed layout (q4_pack, made once when a model is built; the last panel is padded with zero rows):
+//   values  panel p, block b: 256 bytes at (p * nb + b) * 256, four 64-byte chunks. Chunk c holds, as its
+//           int32 lane r, the stored bytes 4c..4c+3 of row 16p + r's block b: low nibbles = the row's
+//           elements 4c..4c+3, high nibbles = its elements 16 + 4c..16 + 4c + 3.
+//   scales  panel p, block b: the 16 rows' float16 scales at (p * nb + b) * 16.
+// The panel is the stored rows with 4-byte pieces transposed: nothing is re-quantized.
+//
+// Decode (and fewer than kQ4UnpackMinTokens tokens): per panel, per block, per token t,
+//     pl = sum_c vpdpbusd(lo_c, bcast(qx[4c..4c+3]))            lo_c = chunk & 0x0F  (u of 4 elements, per row)
+//     ph = sum_c vpdpbusd(hi_c, bcast(qx[16+4c..16+4c+3]))      hi_c = chunk & 0xF0  (16 u)
+//     d  = pl + (ph >> 4) - 8 sum(qx_b)                          exact in int32; ph is a multiple of 16
+//     acc = fma(float(d), float(ws_b) * dx_b, acc)               one lane per row: no horizontal sums
+// the chain of every other level, so all levels agree bitwise. Prompts: q4_via_q8 with an unpack from the
+// panels.
 #if defined(GPTJ_HAVE_AVX512)
 
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/parallel.h"
 #include "kernels/q4.h"
-#include "kernels/rows_avx512.h"
+#include "kernels/q8.h"
 
 namespace gptj::kernels::avx512 {
 
-void q4_linear(float* y, const int8_t* qx, const float* dx, const uint8_t* w, const uint16_t* ws, const float* b,
-               int64_t M, int64_t N, int64_t K) {
-    if (M < kQ4UnpackMinTokens) return rows_linear<Q4Nibbles>(y, qx, dx, w, ws, b, M, N, K);
-    LinearInputs x;
-    x.qx = qx, x.dx = dx, x.M = M, x.K = K;
-    q4_via_q8(y, x, WeightData{w, ws}, b, N, avx2::q4_unpack);
+namespace {
+
+constexpr int64_t kPanelRows = 16;
+constexpr int64_t kPanelBlockBytes = kPanelRows * kQ8Block / 2;  // 256: one block of a panel
+// How far ahead of the block being read the decode kernel fetches its stream (docs/kernels.md: 12-24 KB
+// measured alike; reading from L2 before it is needed, not into L1 (T0) and not around the caches (NTA)).
+constexpr int64_t kPrefetchBytes = 16384;
+
+inline int32_t load_i32(const void* p) {
+    int32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// TM tokens x one panel. qx (TM, stride K), dx and offset (TM, stride nb): offset = 8 sum(qx_b) per block;
+// pw, ps: the panel's values and scales; y (TM rows, stride ldy), of which the first `rows` columns are
+// written (the rest are padding rows).
+template <int TM>
+void panel_tile(float* y, int64_t ldy, int64_t rows, const int8_t* qx, const float* dx, const int32_t* offset,
+                const uint8_t* pw, const uint16_t* ps, const float* bias, int64_t K) {
+    const int64_t nb = K / kQ8Block;
+    const __m512i low4 = _mm512_set1_epi8(0x0F), high4 = _mm512_set1_epi8(char(0xF0));
+    __m512 acc[TM];
+    for (int t = 0; t < TM; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* wb = pw + b * kPanelBlockBytes;
+        // Each thread's panels are one stream; fetching it kPrefetchBytes ahead into L2 keeps enough
+        // misses in flight (the hardware prefetcher alone reaches ~75% of the streaming read).
+        for (int c = 0; c < 4; ++c)
+            _mm_prefetch(reinterpret_cast<const char*>(wb + kPrefetchBytes + 64 * c), _MM_HINT_T1);
+        if (b % 2 == 0)  // 64 bytes of scales serve two blocks
+            _mm_prefetch(reinterpret_cast<const char*>(ps + b * kPanelRows + kPrefetchBytes / 8), _MM_HINT_T1);
+        __m512i lo[4], hi[4];
+        for (int c = 0; c < 4; ++c) {
+            const __m512i v = _mm512_load_si512(wb + 64 * c);
+            lo[c] = _mm512_and_si512(v, low4);
+            hi[c] = _mm512_and_si512(v, high4);
+        }
+        const __m512 sw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(ps + b * kPanelRows)));
+        for (int t = 0; t < TM; ++t) {
+            const int8_t* xb = qx + t * K + b * kQ8Block;
+            __m512i pl = _mm512_setzero_si512(), ph = _mm512_setzero_si512();
+            for (int c = 0; c < 4; ++c) {
+                pl = _mm512_dpbusd_epi32(pl, lo[c], _mm512_set1_epi32(load_i32(xb + 4 * c)));
+                ph = _mm512_dpbusd_epi32(ph, hi[c], _mm512_set1_epi32(load_i32(xb + 16 + 4 * c)));
+            }
+            const __m512i d =
+                _mm512_sub_epi32(_mm512_add_epi32(pl, _mm512_srai_epi32(ph, 4)), _mm512_set1_epi32(offset[t * nb + b]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw, _mm512_set1_ps(dx[t * nb + b])), acc[t]);
+        }
+    }
+    const __mmask16 valid = __mmask16((1u << rows) - 1);
+    const __m512 b16 = bias ? _mm512_maskz_loadu_ps(valid, bias) : _mm512_setzero_ps();
+    for (int t = 0; t < TM; ++t) _mm512_mask_storeu_ps(y + t * ldy, valid, bias ? _mm512_add_ps(acc[t], b16) : acc[t]);
+}
+
+// The 16 rows of one panel block as int8 q = u - 8: row r's 32 values in out[r]. A 4 x 4 transpose of
+// int32 within each 128-bit lane puts row 4L + i's stored 16 bytes in lane L of vector i; they unpack as
+// stored (q4.h).
+inline void unpack_panel_block(const uint8_t* wb, __m256i out[kPanelRows]) {
+    const __m512i c0 = _mm512_load_si512(wb), c1 = _mm512_load_si512(wb + 64);
+    const __m512i c2 = _mm512_load_si512(wb + 128), c3 = _mm512_load_si512(wb + 192);
+    const __m512i t01lo = _mm512_unpacklo_epi32(c0, c1), t01hi = _mm512_unpackhi_epi32(c0, c1);
+    const __m512i t23lo = _mm512_unpacklo_epi32(c2, c3), t23hi = _mm512_unpackhi_epi32(c2, c3);
+    const __m512i row[4] = {_mm512_unpacklo_epi64(t01lo, t23lo), _mm512_unpackhi_epi64(t01lo, t23lo),
+                            _mm512_unpacklo_epi64(t01hi, t23hi), _mm512_unpackhi_epi64(t01hi, t23hi)};
+    const __m512i low4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(kQ4Offset);
+    const __m512i lanes01 = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);  // [lo.0 hi.0 | lo.1 hi.1]
+    const __m512i lanes23 = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    for (int i = 0; i < 4; ++i) {
+        // lane L: row 4L + i's elements 0..15 (lo) and 16..31 (hi)
+        const __m512i lo = _mm512_sub_epi8(_mm512_and_si512(row[i], low4), eight);
+        const __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(row[i], 4), low4), eight);
+        const __m512i rows01 = _mm512_permutex2var_epi64(lo, lanes01, hi);  // rows i, 4 + i
+        const __m512i rows23 = _mm512_permutex2var_epi64(lo, lanes23, hi);  // rows 8 + i, 12 + i
+        out[i] = _mm512_castsi512_si256(rows01);
+        out[4 + i] = _mm512_extracti64x4_epi64(rows01, 1);
+        out[8 + i] = _mm512_castsi512_si256(rows23);
+        out[12 + i] = _mm512_extracti64x4_epi64(rows23, 1);
+    }
+}
+
+// Rows [n0, n0 + rows) of the panels in q8's layout (Q4Unpack). Two blocks at a time, so that each row
+// gets whole 64-byte lines: the panel's 16 rows are K bytes apart, and half-written lines of rows at a
+// 4 KB multiple apart would evict each other from L1.
+const uint16_t* unpack_panels(int8_t* q, uint16_t* scales, const WeightData& packed, int64_t n0, int64_t rows,
+                              int64_t K) {
+    const int64_t nb = K / kQ8Block, p0 = n0 / kPanelRows, panels = (rows + kPanelRows - 1) / kPanelRows;
+    const uint8_t* pw = static_cast<const uint8_t*>(packed.values);
+#pragma omp parallel for schedule(static)
+    for (int64_t p = p0; p < p0 + panels; ++p) {
+        const int64_t in_panel = std::min(kPanelRows, n0 + rows - p * kPanelRows);
+        int8_t* qp = q + (p - p0) * kPanelRows * K;
+        const uint8_t* wp = pw + p * nb * kPanelBlockBytes;
+        __m256i first[kPanelRows], second[kPanelRows];
+        int64_t b = 0;
+        for (; b + 1 < nb; b += 2) {
+            unpack_panel_block(wp + b * kPanelBlockBytes, first);
+            unpack_panel_block(wp + (b + 1) * kPanelBlockBytes, second);
+            for (int64_t r = 0; r < in_panel; ++r)
+                _mm512_storeu_si512(qp + r * K + b * kQ8Block,
+                                    _mm512_inserti64x4(_mm512_castsi256_si512(first[r]), second[r], 1));
+        }
+        if (b < nb) {  // an odd block count
+            unpack_panel_block(wp + b * kPanelBlockBytes, first);
+            for (int64_t r = 0; r < in_panel; ++r)
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(qp + r * K + b * kQ8Block), first[r]);
+        }
+        const uint16_t* ps = packed.scales + p * nb * kPanelRows;
+        for (int64_t r = 0; r < in_panel; ++r) {  // each row's scales, from the panel's block-major ones
+            uint16_t* row = scales + ((p - p0) * kPanelRows + r) * nb;
+            for (int64_t b = 0; b < nb; ++b) row[b] = ps[b * kPanelRows + r];
+        }
+    }
+    return scales;
+}
+
+}  // namespace
+
+PackedWeight q4_pack(const WeightData& stored, int64_t N, int64_t K) {
+    const int64_t nb = K / kQ8Block, panels = (N + kPanelRows - 1) / kPanelRows, row_bytes = K / 2;
+    const int64_t value_bytes = panels * nb * kPanelBlockBytes, scale_bytes = panels * nb * kPanelRows * 2;
+    PackedWeight out;
+    out.storage = aligned_bytes(value_bytes + scale_bytes);
+    uint8_t* pw = static_cast<uint8_t*>(out.storage.get());
+    uint16_t* ps = reinterpret_cast<uint16_t*>(pw + value_bytes);
+    const uint8_t* w = static_cast<const uint8_t*>(stored.values);
+    const uint8_t zeros[16] = {};
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < panels; ++p) {
+        const uint8_t* rows[kPanelRows];  // the panel's rows; zeros for the padding rows
+        for (int64_t r = 0; r < kPanelRows; ++r)
+            rows[r] = p * kPanelRows + r < N ? w + (p * kPanelRows + r) * row_bytes : nullptr;
+        for (int64_t b = 0; b < nb; ++b) {
+            // v[i], 128-bit lane L: row 4L + i's stored block b; the 4 x 4 int32 transpose within each lane
+            // (its own inverse: unpack_panels) turns them into the four chunks.
+            const auto block = [&](int64_t r) {
+                return _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] ? rows[r] + b * kQ8Block / 2 : zeros));
+            };
+            __m512i v[4];
+            for (int i = 0; i < 4; ++i) {
+                const __m256i low = _mm256_inserti128_si256(_mm256_castsi128_si256(block(i)), block(4 + i), 1);
+                const __m256i high = _mm256_inserti128_si256(_mm256_castsi128_si256(block(8 + i)), block(12 + i), 1);
+                v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+            }
+            const __m512i t01lo = _mm512_unpacklo_epi32(v[0], v[1]), t01hi = _mm512_unpackhi_epi32(v[0], v[1]);
+            const __m512i t23lo = _mm512_unpacklo_epi32(v[2], v[3]), t23hi = _mm512_unpackhi_epi32(v[2], v[3]);
+            uint8_t* dst = pw + (p * nb + b) * kPanelBlockBytes;
+            _mm512_store_si512(dst, _mm512_unpacklo_epi64(t01lo, t23lo));
+            _mm512_store_si512(dst + 64, _mm512_unpackhi_epi64(t01lo, t23lo));
+            _mm512_store_si512(dst + 128, _mm512_unpacklo_epi64(t01hi, t23hi));
+            _mm512_store_si512(dst + 192, _mm512_unpackhi_epi64(t01hi, t23hi));
+            for (int64_t r = 0; r < kPanelRows; ++r)
+                ps[(p * nb + b) * kPanelRows + r] = rows[r] ? stored.scales[(p * kPanelRows + r) * nb + b] : 0;
+        }
+    }
+    out.data = WeightData{pw, ps};
+    return out;
+}
+
+void q4_linear(float* y, const LinearInputs& x, const WeightData& packed, const float* b, int64_t N) {
+    const int64_t M = x.M, K = x.K, nb = K / kQ8Block;
+    if (M >= kQ4UnpackMinTokens) return q4_via_q8(y, x, packed, b, N, unpack_panels);
+    std::vector<int32_t> offset(size_t(M * nb));  // 8 sum(qx_b): what the stored offset adds to each block
+    for (int64_t i = 0; i < M * nb; ++i) {
+        int32_t s = 0;
+        for (int64_t j = 0; j < kQ8Block; ++j) s += x.qx[i * kQ8Block + j];
+        offset[size_t(i)] = kQ4Offset * s;
+    }
+    const int64_t panels = (N + kPanelRows - 1) / kPanelRows;
+    const uint8_t* pw = static_cast<const uint8_t*>(packed.values);
+#pragma omp parallel
+    {
+        int64_t p0, p1;
+        thread_range(panels, 1, &p0, &p1);
+        for (int64_t p = p0; p < p1; ++p) {
+            const int64_t n = p * kPanelRows, rows = std::min(kPanelRows, N - n);
+            const uint8_t* wp = pw + p * nb * kPanelBlockBytes;
+            const uint16_t* sp = packed.scales + p * nb * kPanelRows;
+            const float* bp = b ? b + n : nullptr;
+            for (int64_t t = 0; t < M; t += 4) {
+                const int8_t* xt = x.qx + t * K;
+                const float* dt = x.dx + t * nb;
+                const int32_t* ot = offset.data() + t * nb;
+                float* yt = y + t * N + n;
+                switch (std::min<int64_t>(4, M - t)) {
+                    case 4:
+                        panel_tile<4>(yt, N, rows, xt, dt, ot, wp, sp, bp, K);
+                        break;
+                    case 3:
+                        panel_tile<3>(yt, N, rows, xt, dt, ot, wp, sp, bp, K);
+                        break;
+                    case 2:
+                        panel_tile<2>(yt, N, rows, xt, dt, ot, wp, sp, bp, K);
+                        break;
+                    default:
+                        panel_tile<1>(yt, N, rows, xt, dt, ot, wp, sp, bp, K);
+                        break;
+                }
+            }
+        }
+    }
 }
 
 }  // namespace gptj::kernels::avx512

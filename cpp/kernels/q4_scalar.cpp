@@ -12,17 +12,16 @@ namespace gptj::kernels {
 void q4_via_q8(float* y, const LinearInputs& x, const WeightData& w, const float* b, int64_t N, Q4Unpack unpack) {
     static const WeightFormat& q8 = weight_format("q8");
     const int64_t K = x.K, nb = K / kQ8Block;
-    const uint8_t* packed = static_cast<const uint8_t*>(w.values);
     // Slices of at most 8 MB of unpacked int8 rows (a multiple of 64 rows): small enough that the q8 kernel
     // reads them back from cache rather than memory, large enough that its per-call copy of the activations
     // stays small next to the work (docs/kernels.md has the slice sizes measured).
     const int64_t slice = std::min(N, std::max<int64_t>(64, (int64_t(8) << 20) / K / 64 * 64));
     std::unique_ptr<int8_t[]> q(new int8_t[size_t(slice * K)]);
+    std::unique_ptr<uint16_t[]> qs(new uint16_t[size_t(slice * nb)]);
     std::unique_ptr<float[]> ys(slice < N ? new float[size_t(x.M * slice)] : nullptr);
     for (int64_t n0 = 0; n0 < N; n0 += slice) {
         const int64_t rows = std::min(slice, N - n0);
-        unpack(q.get(), packed + n0 * K / 2, rows, K);
-        const WeightData part{q.get(), w.scales + n0 * nb};
+        const WeightData part{q.get(), unpack(q.get(), qs.get(), w, n0, rows, K)};
         if (rows == N) {
             format_linear(y, x, part, b, N, q8);
             continue;

@@ -1,11 +1,11 @@
-// The AVX-512 row kernel of the integer block formats q8 and q4: decode and short inputs, the weights read
-// straight from the file, four rows (a quad) at a time. q8_avx512.cpp and q4_avx512.cpp include it; both
-// are compiled with the same AVX-512 flags, and, as in simd_avx2.h, everything here has internal linkage,
-// so each file keeps its own copy.
+// The AVX-512 row kernel of q8 (q8_avx512.cpp): decode and short inputs, the weights read straight from
+// the file in their stored layout, four rows (a quad) at a time. It is written over a format policy
+// (Q8Bytes: how a step of four blocks unpacks, the offset c, the bytes of a block) for any format of
+// 32-value blocks with one float16 scale that unpacks to unsigned bytes. As in simd_avx2.h, everything
+// here has internal linkage. (q4's AVX-512 kernel reads a packed layout instead: q4_avx512.cpp.)
 //
-// Both formats store rows of 32-value blocks with one float16 scale each. The kernel multiplies unsigned
-// bytes u = q + c with the int8 activations (q8: c = 128, the stored byte with its sign bit flipped; q4:
-// c = 8, the stored nibble), because vpdpbusd multiplies u8 by s8 and sums four products into each int32
+// The kernel multiplies unsigned bytes u = q + c with the int8 activations (q8: c = 128, the stored byte
+// with its sign bit flipped), because vpdpbusd multiplies u8 by s8 and sums four products into each int32
 // lane, exactly. The offset comes back out once per block with the activations' block sum:
 //     d = sum_j qx_j q_j = sum_j qx_j u_j - c sum_j qx_j       exact in int32: |sum_j qx_j u_j| <= 32 * 127 * 255
 // and then each output (t, n) is one float32 chain over the blocks in order,
@@ -68,25 +68,6 @@ struct Q8Bytes {
     // One block at w, elements 0..31 in order.
     static __m256i unpack_block(const Stored* w) {
         return _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)), _mm256_set1_epi8(char(0x80)));
-    }
-};
-
-// q4: byte j of a block holds element j in its low nibble and element 16 + j in its high one (q4.h), so
-// one 64-byte load of four blocks masked gives lo, shifted and masked gives hi, already in lane order.
-struct Q4Nibbles {
-    using Stored = uint8_t;
-    static constexpr int32_t kOffset = 8;
-    static constexpr int64_t kBlockBytes = 16;
-    static void unpack_step(const Stored* w, __m512i* lo, __m512i* hi) {
-        const __m512i low4 = _mm512_set1_epi8(0x0F);
-        const __m512i v = _mm512_loadu_si512(w);
-        *lo = _mm512_and_si512(v, low4);
-        *hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-    }
-    static __m256i unpack_block(const Stored* w) {
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-        const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
-        return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
     }
 };
 

@@ -25,8 +25,21 @@ kernels::LinearInputs LinearInput::prepared(kernels::Activations activations) {
     return in;
 }
 
+bool pack_for_level(LinearWeight& w, kernels::Isa level) {
+    const kernels::Isa at = kernels::resolve_level(*w.format, level, 1);
+    const kernels::PackFn pack = w.format->linear[int(at)].pack;
+    if (!pack) return false;
+    w.packed = pack(w.data, w.out, w.in);
+    w.packed_level = at;
+    return true;
+}
+
 void apply_linear(float* y, LinearInput& x, const LinearWeight& w) {
-    kernels::format_linear(y, x.prepared(w.format->activations), w.data, w.bias, w.out, *w.format);
+    const kernels::LinearInputs in = x.prepared(w.format->activations);
+    const kernels::Isa at = kernels::resolve_level(*w.format, kernels::isa(), in.M);
+    if (w.packed.storage && at == w.packed_level)
+        return w.format->linear[int(at)].fn(y, in, w.packed.data, w.bias, w.out);
+    kernels::format_linear(y, in, w.data, w.bias, w.out, *w.format);  // packs for this call if it must
 }
 
 }  // namespace gptj::runtime
