@@ -3,7 +3,7 @@
 `CppModel(config, weights, threads)` holds views of the given arrays (keep them C-contiguous: float32, or a
 block format's values and scales from a native file). Nothing is copied, except where the kernel level in
 use reads a layout of its own: q4 on AVX-512 packs each linear's weight once, when the model is built, and
-the pages of a memory-mapped file's stored copy are handed back to the page cache and answers
+the pages of a memory-mapped file's stored copy are handed back to the page cache. It answers
 `forward(token_ids, cache, attention_mask)` exactly as `Reference.forward` does. In a batch every row is its
 own sequence with its own cache length: padding is never computed (pad positions' logits are 0), and the
 linear layers run over the real tokens of all rows at once, so a batched decode step reads each weight once
