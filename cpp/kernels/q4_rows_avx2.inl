@@ -1,6 +1,6 @@
 // The row-streaming q4 linear kernel (decode and short inputs) on 256-bit vectors, included by q4_avx2.cpp
 // and q4_avxvnni.cpp inside their own anonymous namespaces (see docs/kernels.md, "One algorithm, several
-// targets"; AVX-512 has its own, rows_avx512.h). With GPTJ_Q4_ROWS_VNNI defined, vpdpbusd does in one step
+// targets"; AVX-512 has its own, q4_avx512.cpp). With GPTJ_Q4_ROWS_VNNI defined, vpdpbusd does in one step
 // what maddubs + madd do in two.
 //
 // Needs, in the including scope: thread_range, kQ8Block, q4.h (kQ4Offset, q4_via_q8, avx2::q4_unpack) and
