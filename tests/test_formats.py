@@ -8,7 +8,8 @@
      emulation (the SIMD chain fuses the multiply-add: float32 rounding only, bounded rigorously);
    - 1 and 2 threads agree bitwise, and a token's output does not depend on M.
    The token counts cross every path threshold: q4's unpacking from 16 tokens, AMX from 32, the AVX2
-   q8 panels from 64, and the row kernels' quad and token-pair tails.
+   q8 panels from 64, the row kernels' quad and token-pair tails and the q4 panel kernels' tiles of 2
+   and 4 tokens; the row counts end in part quads and part 16-row panels.
 2. q4 files: convert, open, run on the C++ kernels and on the reference (dequantized weights); the C++
    logits against the exact emulation and the fp32 reference; bad files rejected on open.
 """

@@ -69,19 +69,19 @@ WeightFormat q8_format() {
     return f;
 }
 
-// q4: 4-bit blocks of 32 with a float16 scale (q4.h). Prompts reuse q8's kernels (q4_via_q8), so the
-// AMX level needs no q4 cell of its own. The AVX-512 kernel reads rows interleaved in panels of 16.
+// q4: 4-bit blocks of 32 with a float16 scale (q4.h). The SIMD kernels read the weights as 16-row panels
+// (q4_pack_panels). Prompts reuse q8's kernels (q4_via_q8), so the AMX level needs no q4 cell of its own.
 WeightFormat q4_format() {
     WeightFormat f{"q4", 1, kQ8Block, 4, Activations::Q8Blocks, {}};
     f.linear[at(Isa::Scalar)] = {q4_cell<scalar::q4_linear>};
 #if defined(GPTJ_HAVE_AVX2)
-    f.linear[at(Isa::Avx2)] = {q4_cell<avx2::q4_linear>};
+    f.linear[at(Isa::Avx2)] = {avx2::q4_linear, 1, q4_pack_panels};
 #endif
 #if defined(GPTJ_HAVE_AVXVNNI)
-    f.linear[at(Isa::AvxVnni)] = {q4_cell<avxvnni::q4_linear>};
+    f.linear[at(Isa::AvxVnni)] = {avxvnni::q4_linear, 1, q4_pack_panels};
 #endif
 #if defined(GPTJ_HAVE_AVX512)
-    f.linear[at(Isa::Avx512)] = {avx512::q4_linear, 1, avx512::q4_pack};
+    f.linear[at(Isa::Avx512)] = {avx512::q4_linear, 1, q4_pack_panels};
 #endif
     return f;
 }

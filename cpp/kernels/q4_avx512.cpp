@@ -1,13 +1,5 @@
-// q4 linear layer, AVX-512 (F, BW, VL, VNNI), on a layout of its own: rows interleaved in panels of 16, so
-// that one int32 lane of a 512-bit vector belongs to one row all the way through. See q4.h for the format
-// and the arithmetic all levels share.
-//
-// Packed layout (q4_pack, made once when a model is built; the last panel is padded with zero rows):
-//   values  panel p, block b: 256 bytes at (p * nb + b) * 256, four 64-byte chunks. Chunk c holds, as its
-//           int32 lane r, the stored bytes 4c..4c+3 of row 16p + r's block b: low nibbles = the row's
-//           elements 4c..4c+3, high nibbles = its elements 16 + 4c..16 + 4c + 3.
-//   scales  panel p, block b: the 16 rows' float16 scales at (p * nb + b) * 16.
-// The panel is the stored rows with 4-byte pieces transposed: nothing is re-quantized.
+// q4 linear layer, AVX-512 (F, BW, VL, VNNI), on the 16-row panels of q4.h: one int32 lane of a 512-bit
+// vector belongs to one row of a panel all the way through.
 //
 // Decode (and fewer than kQ4UnpackMinTokens tokens): per panel, per block, per token t,
 //     pl = sum_c vpdpbusd(lo_c, bcast(qx[4c..4c+3]))            lo_c = chunk & 0x0F  (u of 4 elements, per row)
@@ -32,12 +24,6 @@ namespace gptj::kernels::avx512 {
 
 namespace {
 
-constexpr int64_t kPanelRows = 16;
-constexpr int64_t kPanelBlockBytes = kPanelRows * kQ8Block / 2;  // 256: one block of a panel
-// How far ahead of the block being read the decode kernel fetches its stream (docs/kernels.md: 12-24 KB
-// measured alike; reading from L2 before it is needed, not into L1 (T0) and not around the caches (NTA)).
-constexpr int64_t kPrefetchBytes = 16384;
-
 inline int32_t load_i32(const void* p) {
     int32_t v;
     std::memcpy(&v, p, sizeof v);
@@ -55,20 +41,20 @@ void panel_tile(float* y, int64_t ldy, int64_t rows, const int8_t* qx, const flo
     __m512 acc[TM];
     for (int t = 0; t < TM; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* wb = pw + b * kPanelBlockBytes;
-        // Each thread's panels are one stream; fetching it kPrefetchBytes ahead into L2 keeps enough
+        const uint8_t* wb = pw + b * kQ4PanelBlockBytes;
+        // Each thread's panels are one stream; fetching it kQ4PanelPrefetchBytes ahead into L2 keeps enough
         // misses in flight (the hardware prefetcher alone reaches ~75% of the streaming read).
         for (int c = 0; c < 4; ++c)
-            _mm_prefetch(reinterpret_cast<const char*>(wb + kPrefetchBytes + 64 * c), _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char*>(wb + kQ4PanelPrefetchBytes + 64 * c), _MM_HINT_T1);
         if (b % 2 == 0)  // 64 bytes of scales serve two blocks
-            _mm_prefetch(reinterpret_cast<const char*>(ps + b * kPanelRows + kPrefetchBytes / 8), _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char*>(ps + b * kQ4PanelRows + kQ4PanelPrefetchBytes / 8), _MM_HINT_T1);
         __m512i lo[4], hi[4];
         for (int c = 0; c < 4; ++c) {
             const __m512i v = _mm512_load_si512(wb + 64 * c);
             lo[c] = _mm512_and_si512(v, low4);
             hi[c] = _mm512_and_si512(v, high4);
         }
-        const __m512 sw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(ps + b * kPanelRows)));
+        const __m512 sw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(ps + b * kQ4PanelRows)));
         for (int t = 0; t < TM; ++t) {
             const int8_t* xb = qx + t * K + b * kQ8Block;
             __m512i pl = _mm512_setzero_si512(), ph = _mm512_setzero_si512();
@@ -89,7 +75,7 @@ void panel_tile(float* y, int64_t ldy, int64_t rows, const int8_t* qx, const flo
 // The 16 rows of one panel block as int8 q = u - 8: row r's 32 values in out[r]. A 4 x 4 transpose of
 // int32 within each 128-bit lane puts row 4L + i's stored 16 bytes in lane L of vector i; they unpack as
 // stored (q4.h).
-inline void unpack_panel_block(const uint8_t* wb, __m256i out[kPanelRows]) {
+inline void unpack_panel_block(const uint8_t* wb, __m256i out[kQ4PanelRows]) {
     const __m512i c0 = _mm512_load_si512(wb), c1 = _mm512_load_si512(wb + 64);
     const __m512i c2 = _mm512_load_si512(wb + 128), c3 = _mm512_load_si512(wb + 192);
     const __m512i t01lo = _mm512_unpacklo_epi32(c0, c1), t01hi = _mm512_unpackhi_epi32(c0, c1);
@@ -115,33 +101,33 @@ inline void unpack_panel_block(const uint8_t* wb, __m256i out[kPanelRows]) {
 // Rows [n0, n0 + rows) of the panels in q8's layout (Q4Unpack). Two blocks at a time, so that each row
 // gets whole 64-byte lines: the panel's 16 rows are K bytes apart, and half-written lines of rows at a
 // 4 KB multiple apart would evict each other from L1.
-const uint16_t* unpack_panels(int8_t* q, uint16_t* scales, const WeightData& packed, int64_t n0, int64_t rows,
+const uint16_t* unpack_panels(int8_t* q, uint16_t* scales, const WeightData& panels, int64_t n0, int64_t rows,
                               int64_t K) {
-    const int64_t nb = K / kQ8Block, p0 = n0 / kPanelRows, panels = (rows + kPanelRows - 1) / kPanelRows;
-    const uint8_t* pw = static_cast<const uint8_t*>(packed.values);
+    const int64_t nb = K / kQ8Block, p0 = n0 / kQ4PanelRows, count = (rows + kQ4PanelRows - 1) / kQ4PanelRows;
+    const uint8_t* pw = static_cast<const uint8_t*>(panels.values);
 #pragma omp parallel for schedule(static)
-    for (int64_t p = p0; p < p0 + panels; ++p) {
-        const int64_t in_panel = std::min(kPanelRows, n0 + rows - p * kPanelRows);
-        int8_t* qp = q + (p - p0) * kPanelRows * K;
-        const uint8_t* wp = pw + p * nb * kPanelBlockBytes;
-        __m256i first[kPanelRows], second[kPanelRows];
+    for (int64_t p = p0; p < p0 + count; ++p) {
+        const int64_t in_panel = std::min(kQ4PanelRows, n0 + rows - p * kQ4PanelRows);
+        int8_t* qp = q + (p - p0) * kQ4PanelRows * K;
+        const uint8_t* wp = pw + p * nb * kQ4PanelBlockBytes;
+        __m256i first[kQ4PanelRows], second[kQ4PanelRows];
         int64_t b = 0;
         for (; b + 1 < nb; b += 2) {
-            unpack_panel_block(wp + b * kPanelBlockBytes, first);
-            unpack_panel_block(wp + (b + 1) * kPanelBlockBytes, second);
+            unpack_panel_block(wp + b * kQ4PanelBlockBytes, first);
+            unpack_panel_block(wp + (b + 1) * kQ4PanelBlockBytes, second);
             for (int64_t r = 0; r < in_panel; ++r)
                 _mm512_storeu_si512(qp + r * K + b * kQ8Block,
                                     _mm512_inserti64x4(_mm512_castsi256_si512(first[r]), second[r], 1));
         }
         if (b < nb) {  // an odd block count
-            unpack_panel_block(wp + b * kPanelBlockBytes, first);
+            unpack_panel_block(wp + b * kQ4PanelBlockBytes, first);
             for (int64_t r = 0; r < in_panel; ++r)
                 _mm256_storeu_si256(reinterpret_cast<__m256i*>(qp + r * K + b * kQ8Block), first[r]);
         }
-        const uint16_t* ps = packed.scales + p * nb * kPanelRows;
+        const uint16_t* ps = panels.scales + p * nb * kQ4PanelRows;
         for (int64_t r = 0; r < in_panel; ++r) {  // each row's scales, from the panel's block-major ones
-            uint16_t* row = scales + ((p - p0) * kPanelRows + r) * nb;
-            for (int64_t b = 0; b < nb; ++b) row[b] = ps[b * kPanelRows + r];
+            uint16_t* row = scales + ((p - p0) * kQ4PanelRows + r) * nb;
+            for (int64_t b = 0; b < nb; ++b) row[b] = ps[b * kQ4PanelRows + r];
         }
     }
     return scales;
@@ -149,66 +135,21 @@ const uint16_t* unpack_panels(int8_t* q, uint16_t* scales, const WeightData& pac
 
 }  // namespace
 
-PackedWeight q4_pack(const WeightData& stored, int64_t N, int64_t K) {
-    const int64_t nb = K / kQ8Block, panels = (N + kPanelRows - 1) / kPanelRows, row_bytes = K / 2;
-    const int64_t value_bytes = panels * nb * kPanelBlockBytes, scale_bytes = panels * nb * kPanelRows * 2;
-    PackedWeight out;
-    out.storage = aligned_bytes(value_bytes + scale_bytes);
-    uint8_t* pw = static_cast<uint8_t*>(out.storage.get());
-    uint16_t* ps = reinterpret_cast<uint16_t*>(pw + value_bytes);
-    const uint8_t* w = static_cast<const uint8_t*>(stored.values);
-    const uint8_t zeros[16] = {};
-#pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < panels; ++p) {
-        const uint8_t* rows[kPanelRows];  // the panel's rows; zeros for the padding rows
-        for (int64_t r = 0; r < kPanelRows; ++r)
-            rows[r] = p * kPanelRows + r < N ? w + (p * kPanelRows + r) * row_bytes : nullptr;
-        for (int64_t b = 0; b < nb; ++b) {
-            // v[i], 128-bit lane L: row 4L + i's stored block b; the 4 x 4 int32 transpose within each lane
-            // (its own inverse: unpack_panels) turns them into the four chunks.
-            const auto block = [&](int64_t r) {
-                return _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] ? rows[r] + b * kQ8Block / 2 : zeros));
-            };
-            __m512i v[4];
-            for (int i = 0; i < 4; ++i) {
-                const __m256i low = _mm256_inserti128_si256(_mm256_castsi128_si256(block(i)), block(4 + i), 1);
-                const __m256i high = _mm256_inserti128_si256(_mm256_castsi128_si256(block(8 + i)), block(12 + i), 1);
-                v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
-            }
-            const __m512i t01lo = _mm512_unpacklo_epi32(v[0], v[1]), t01hi = _mm512_unpackhi_epi32(v[0], v[1]);
-            const __m512i t23lo = _mm512_unpacklo_epi32(v[2], v[3]), t23hi = _mm512_unpackhi_epi32(v[2], v[3]);
-            uint8_t* dst = pw + (p * nb + b) * kPanelBlockBytes;
-            _mm512_store_si512(dst, _mm512_unpacklo_epi64(t01lo, t23lo));
-            _mm512_store_si512(dst + 64, _mm512_unpackhi_epi64(t01lo, t23lo));
-            _mm512_store_si512(dst + 128, _mm512_unpacklo_epi64(t01hi, t23hi));
-            _mm512_store_si512(dst + 192, _mm512_unpackhi_epi64(t01hi, t23hi));
-            for (int64_t r = 0; r < kPanelRows; ++r)
-                ps[(p * nb + b) * kPanelRows + r] = rows[r] ? stored.scales[(p * kPanelRows + r) * nb + b] : 0;
-        }
-    }
-    out.data = WeightData{pw, ps};
-    return out;
-}
-
-void q4_linear(float* y, const LinearInputs& x, const WeightData& packed, const float* b, int64_t N) {
+void q4_linear(float* y, const LinearInputs& x, const WeightData& panels, const float* b, int64_t N) {
     const int64_t M = x.M, K = x.K, nb = K / kQ8Block;
-    if (M >= kQ4UnpackMinTokens) return q4_via_q8(y, x, packed, b, N, unpack_panels);
-    std::vector<int32_t> offset(size_t(M * nb));  // 8 sum(qx_b): what the stored offset adds to each block
-    for (int64_t i = 0; i < M * nb; ++i) {
-        int32_t s = 0;
-        for (int64_t j = 0; j < kQ8Block; ++j) s += x.qx[i * kQ8Block + j];
-        offset[size_t(i)] = kQ4Offset * s;
-    }
-    const int64_t panels = (N + kPanelRows - 1) / kPanelRows;
-    const uint8_t* pw = static_cast<const uint8_t*>(packed.values);
+    if (M >= kQ4UnpackMinTokens) return q4_via_q8(y, x, panels, b, N, unpack_panels);
+    std::vector<int32_t> offset(size_t(M * nb));
+    q4_offset_sums(offset.data(), x.qx, M, K);
+    const int64_t count = (N + kQ4PanelRows - 1) / kQ4PanelRows;
+    const uint8_t* pw = static_cast<const uint8_t*>(panels.values);
 #pragma omp parallel
     {
         int64_t p0, p1;
-        thread_range(panels, 1, &p0, &p1);
+        thread_range(count, 1, &p0, &p1);
         for (int64_t p = p0; p < p1; ++p) {
-            const int64_t n = p * kPanelRows, rows = std::min(kPanelRows, N - n);
-            const uint8_t* wp = pw + p * nb * kPanelBlockBytes;
-            const uint16_t* sp = packed.scales + p * nb * kPanelRows;
+            const int64_t n = p * kQ4PanelRows, rows = std::min(kQ4PanelRows, N - n);
+            const uint8_t* wp = pw + p * nb * kQ4PanelBlockBytes;
+            const uint16_t* sp = panels.scales + p * nb * kQ4PanelRows;
             const float* bp = b ? b + n : nullptr;
             for (int64_t t = 0; t < M; t += 4) {
                 const int8_t* xt = x.qx + t * K;

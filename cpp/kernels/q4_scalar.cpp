@@ -1,6 +1,7 @@
 // Scalar reference of the q4 kernel (the oracle of the SIMD ones and the fallback on other CPUs), and the
 // prompt path shared by the SIMD levels (q4_via_q8). See q4.h for the contract.
 #include <algorithm>
+#include <cstring>
 #include <memory>
 
 #include "kernels/parallel.h"
@@ -29,6 +30,35 @@ void q4_via_q8(float* y, const LinearInputs& x, const WeightData& w, const float
         format_linear(ys.get(), x, part, b ? b + n0 : nullptr, rows, q8);
         for (int64_t t = 0; t < x.M; ++t) std::copy(ys.get() + t * rows, ys.get() + (t + 1) * rows, y + t * N + n0);
     }
+}
+
+PackedWeight q4_pack_panels(const WeightData& stored, int64_t N, int64_t K) {
+    const int64_t nb = K / kQ8Block, panels = (N + kQ4PanelRows - 1) / kQ4PanelRows, row_bytes = K / 2;
+    const int64_t value_bytes = panels * nb * kQ4PanelBlockBytes, scale_bytes = panels * nb * kQ4PanelRows * 2;
+    PackedWeight out;
+    out.storage = aligned_bytes(value_bytes + scale_bytes);
+    uint8_t* pw = static_cast<uint8_t*>(out.storage.get());
+    uint16_t* ps = reinterpret_cast<uint16_t*>(pw + value_bytes);
+    const uint8_t* w = static_cast<const uint8_t*>(stored.values);
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < panels; ++p)
+        for (int64_t b = 0; b < nb; ++b) {
+            uint8_t* chunks = pw + (p * nb + b) * kQ4PanelBlockBytes;
+            uint16_t* scales = ps + (p * nb + b) * kQ4PanelRows;
+            for (int64_t r = 0; r < kQ4PanelRows; ++r) {
+                const int64_t n = p * kQ4PanelRows + r;
+                const uint8_t* block = w + n * row_bytes + b * kQ8Block / 2;  // 16 stored bytes
+                for (int c = 0; c < 4; ++c) {                                 // bytes 4c..4c+3 -> chunk c, lane r
+                    if (n < N)
+                        std::memcpy(chunks + 64 * c + 4 * r, block + 4 * c, 4);
+                    else
+                        std::memset(chunks + 64 * c + 4 * r, 0, 4);
+                }
+                scales[r] = n < N ? stored.scales[n * nb + b] : 0;
+            }
+        }
+    out.data = WeightData{pw, ps};
+    return out;
 }
 
 namespace scalar {

@@ -56,7 +56,7 @@ inline __m256i first_lanes_mask(int64_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), idx);
 }
 
-// ---- Helpers of the int8 row kernels (q8_rows_avx2.inl, q4_rows_avx2.inl) ----
+// ---- Helpers of the int8 row kernels (q8_rows_avx2.inl, rows_avx512.h) ----
 
 inline __m256i load_i8x32(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
