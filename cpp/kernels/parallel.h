@@ -4,7 +4,9 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <memory>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -35,5 +37,46 @@ inline void thread_range(int64_t n, int64_t unit, int64_t* begin, int64_t* end) 
     *begin = std::min(n, units * t / nt * unit);
     *end = std::min(n, units * (t + 1) / nt * unit);
 }
+
+// Units [0, n) shared by the threads of the next parallel region: each thread starts on its own contiguous
+// range (thread_range's) and takes its units from the front; a thread whose range is done takes units from
+// the back of the others'. A slower thread (a busy vCPU) is helped, and every thread still reads one
+// stream at a time, which the prefetchers follow (handing out interleaved chunks measured slower).
+// Make it before the region; call next() inside it.
+class SharedRanges {
+public:
+    SharedRanges(int64_t n, int threads) : threads_(std::max(1, threads)), ranges_(new Range[threads_]) {
+        for (int t = 0; t < threads_; ++t)
+            ranges_[t].bounds.store(pack(n * t / threads_, n * (t + 1) / threads_), std::memory_order_relaxed);
+    }
+    // The calling thread's next unit, or -1 when every unit is taken.
+    int64_t next() {
+        const int self = thread_index() % threads_;
+        const int64_t own = take(ranges_[self], /*front=*/true);
+        if (own >= 0) return own;
+        for (int k = 1; k < threads_; ++k) {
+            const int64_t unit = take(ranges_[(self + k) % threads_], /*front=*/false);
+            if (unit >= 0) return unit;
+        }
+        return -1;
+    }
+
+private:
+    struct alignas(64) Range {
+        std::atomic<uint64_t> bounds;  // [front, back): front in the low 32 bits, back in the high
+    };
+    static uint64_t pack(int64_t front, int64_t back) { return uint64_t(front) | uint64_t(back) << 32; }
+    static int64_t take(Range& r, bool front) {
+        uint64_t v = r.bounds.load(std::memory_order_relaxed);
+        for (;;) {
+            const int64_t f = int64_t(v & 0xFFFFFFFFu), b = int64_t(v >> 32);
+            if (f >= b) return -1;
+            const uint64_t taken = front ? pack(f + 1, b) : pack(f, b - 1);
+            if (r.bounds.compare_exchange_weak(v, taken, std::memory_order_relaxed)) return front ? f : b - 1;
+        }
+    }
+    int threads_;
+    std::unique_ptr<Range[]> ranges_;
+};
 
 }  // namespace gptj::kernels

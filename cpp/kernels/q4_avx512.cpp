@@ -16,6 +16,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/kernels.h"
 #include "kernels/parallel.h"
 #include "kernels/q4.h"
 #include "kernels/q8.h"
@@ -142,11 +143,10 @@ void q4_linear(float* y, const LinearInputs& x, const WeightData& panels, const 
     q4_offset_sums(offset.data(), x.qx, M, K);
     const int64_t count = (N + kQ4PanelRows - 1) / kQ4PanelRows;
     const uint8_t* pw = static_cast<const uint8_t*>(panels.values);
+    SharedRanges panels_left(count, num_threads());
 #pragma omp parallel
     {
-        int64_t p0, p1;
-        thread_range(count, 1, &p0, &p1);
-        for (int64_t p = p0; p < p1; ++p) {
+        for (int64_t p = panels_left.next(); p >= 0; p = panels_left.next()) {
             const int64_t n = p * kQ4PanelRows, rows = std::min(kQ4PanelRows, N - n);
             const uint8_t* wp = pw + p * nb * kQ4PanelBlockBytes;
             const uint16_t* sp = panels.scales + p * nb * kQ4PanelRows;

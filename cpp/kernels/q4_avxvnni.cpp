@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/kernels.h"
 #include "kernels/parallel.h"
 #include "kernels/q4.h"
 #include "kernels/q8.h"

@@ -2,7 +2,7 @@
 // q4_avxvnni.cpp inside their own anonymous namespaces (see docs/kernels.md, "One algorithm, several
 // targets"). With GPTJ_Q4_PANELS_VNNI defined, vpdpbusd does in one step what maddubs + madd do in two.
 //
-// Needs, in the including scope: thread_range, kQ8Block and q4.h.
+// Needs, in the including scope: SharedRanges, num_threads, kQ8Block and q4.h.
 //
 // A 256-bit vector holds half a panel chunk: int32 lane r of the bytes at chunk + 32h is row 8h + r. Per
 // panel, block b, half h and token t, with lo_c = chunk_c & 0x0F (elements 4c..4c+3 of each row):
@@ -158,11 +158,10 @@ void q4_panels_linear(float* y, const LinearInputs& x, const WeightData& panels,
     q4_offset_sums(ox.data(), x.qx, M, K);
     const int64_t count = (N + kQ4PanelRows - 1) / kQ4PanelRows;
     const uint8_t* pw = static_cast<const uint8_t*>(panels.values);
+    SharedRanges panels_left(count, num_threads());
 #pragma omp parallel
     {
-        int64_t p0, p1;
-        thread_range(count, 1, &p0, &p1);
-        for (int64_t p = p0; p < p1; ++p) {
+        for (int64_t p = panels_left.next(); p >= 0; p = panels_left.next()) {
             const int64_t n = p * kQ4PanelRows, rows = std::min(kQ4PanelRows, N - n);
             const uint8_t* wp = pw + p * nb * kQ4PanelBlockBytes;
             const uint16_t* sp = panels.scales + p * nb * kQ4PanelRows;

@@ -22,6 +22,7 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/kernels.h"
 #include "kernels/parallel.h"
 #include "kernels/q8.h"
 #include "kernels/simd_avx2.h"

@@ -4,8 +4,8 @@
 // algorithm, several targets"). They differ in one instruction sequence only, dot_i8x32: with
 // GPTJ_Q8_ROWS_VNNI defined, vpdpbusd does in one step what maddubs + madd do in two.
 //
-// Needs, in the including scope: i8x32 / i32x8 (= __m256i), thread_range, kQ8Block, and simd_avx2.h's
-// f32x8, load_i8x32, fold_halves_i32x8x4, add_halves_i32x8, quad_scales.
+// Needs, in the including scope: i8x32 / i32x8 (= __m256i), SharedRanges, num_threads, thread_index, kQ8Block, and
+// simd_avx2.h's f32x8, load_i8x32, fold_halves_i32x8x4, add_halves_i32x8, quad_scales.
 //
 // The weights are read straight from the file, four rows (a "quad") at a time; one pass over a quad
 // serves a tile of up to 4 tokens. Per block b, for a pair of tokens (t, t+1) and quad rows r0..r3:
@@ -127,15 +127,15 @@ inline void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const in
     const int64_t nb = K / kQ8Block;
     // Rows per group: a group's weights (rows x K bytes) stay in L2 while every token tile passes over
     // them; each token tile (4 x K bytes) stays in L1/L2 while it passes over the group's quads.
+    // The threads share the groups (SharedRanges): each walks its own range and then helps the others.
     const int64_t group = std::max<int64_t>(4, (int64_t(192) << 10) / K / 4 * 4);
+    const int64_t quads_end = N / 4 * 4, groups = (quads_end + group - 1) / group;
+    SharedRanges groups_left(groups, num_threads());
 #pragma omp parallel
     {
-        int64_t n0, n1;
-        thread_range(N, 4, &n0, &n1);
-        const int64_t quads_end = n0 + (n1 - n0) / 4 * 4;
         std::vector<float> dq(size_t(group * nb));  // the group's scales, quad by quad, transposed
-        for (int64_t g0 = n0; g0 < quads_end; g0 += group) {
-            const int64_t g1 = std::min(quads_end, g0 + group);
+        for (int64_t g = groups_left.next(); g >= 0; g = groups_left.next()) {
+            const int64_t g0 = g * group, g1 = std::min(quads_end, g0 + group);
             for (int64_t t = 0; t < M;) {
                 const int64_t tm = std::min<int64_t>(4, M - t);
                 for (int64_t n = g0; n < g1; n += 4) {
@@ -163,7 +163,8 @@ inline void q8_linear_rows(float* y, const int8_t* qx, const float* dx, const in
                 t += tm;
             }
         }
-        for (int64_t n = quads_end; n < n1; ++n)
-            single_row(y + n, N, qx, dx, w + n * K, ws + n * nb, b ? b + n : nullptr, M, K);
+        if (thread_index() == 0)  // the rows after the last quad (N % 4)
+            for (int64_t n = quads_end; n < N; ++n)
+                single_row(y + n, N, qx, dx, w + n * K, ws + n * nb, b ? b + n : nullptr, M, K);
     }
 }

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "kernels/half.h"
+#include "kernels/kernels.h"
 #include "kernels/parallel.h"
 #include "kernels/q8.h"
 #include "kernels/simd_avx2.h"
@@ -224,15 +225,14 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
     std::vector<PreparedStep> prepared(size_t(M * steps));
     for (int64_t t = 0; t < M; ++t)
         prepare_token(prepared.data() + t * steps, qx + t * K, dx + t * nb, steps, Format::kOffset);
-    // Rows per group: a group's rows (192 KB) stay in L2 while every token tile passes over them.
+    // Rows per group: a group's rows (192 KB) stay in L2 while every token tile passes over them. The
+    // threads share the groups (SharedRanges): each walks its own range and then helps the others.
     const int64_t group = std::max<int64_t>(4, (int64_t(192) << 10) / rb / 4 * 4);
+    const int64_t quads_end = N / 4 * 4, groups = (quads_end + group - 1) / group;
+    SharedRanges groups_left(groups, num_threads());
 #pragma omp parallel
     {
-        int64_t n0, n1;
-        thread_range(N, 4, &n0, &n1);
-        const int64_t quads_end = n0 + (n1 - n0) / 4 * 4;
-        for (int64_t g0 = n0; g0 < quads_end; g0 += group) {
-            const int64_t g1 = std::min(quads_end, g0 + group);
+        const auto run_group = [&](int64_t g0, int64_t g1) {
             for (int64_t t = 0; t < M;) {
                 const int64_t tm = std::min<int64_t>(4, M - t);
                 for (int64_t n = g0; n < g1; n += 4) {
@@ -260,9 +260,12 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
                 }
                 t += tm;
             }
-        }
-        for (int64_t n = quads_end; n < n1; ++n)
-            single_row<Format>(y + n, N, qx, dx, w + n * rb, ws + n * nb, b ? b + n : nullptr, M, K);
+        };
+        for (int64_t g = groups_left.next(); g >= 0; g = groups_left.next())
+            run_group(g * group, std::min(quads_end, (g + 1) * group));
+        if (thread_index() == 0)  // the rows after the last quad (N % 4)
+            for (int64_t n = quads_end; n < N; ++n)
+                single_row<Format>(y + n, N, qx, dx, w + n * rb, ws + n * nb, b ? b + n : nullptr, M, K);
     }
 }
 
