@@ -349,6 +349,14 @@ MUTANTS: List[Mutant] = [
         "the 256-bit unpack from panels swaps elements 0..15 and 16..31 of rows 0-3 and 8-11",
     ),
     m(
+        "cpp-shared-ranges-drop-last",
+        "cpp/kernels/parallel.h",
+        "if (f >= b) return -1;",
+        "if (f + 1 >= b) return -1;",
+        Q8_TESTS + FORMAT_TESTS,
+        "SharedRanges never hands out the last unit of each thread's range",
+    ),
+    m(
         "cpp-rows512-q8-no-flip",
         "cpp/kernels/rows_avx512.h",
         "*lo = _mm512_xor_si512(_mm512_permutex2var_epi64(w0, even_lanes(), w1), flip);",
