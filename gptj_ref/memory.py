@@ -6,8 +6,9 @@
 
 What is counted (bytes that become resident in this process):
 
-  weights    cpp backend: every tensor of the file, read in place (memory-mapped q8 / f32) or widened to
-             float32 at load (f16 files and float16/bfloat16 checkpoints: there are no f16 kernels). The
+  weights    cpp backend: every tensor of the file, read in place (memory-mapped q8 / f32; q4's linears are
+             rearranged into the SIMD kernels' panels at load, the same bytes) or widened to float32 at
+             load (f16 files and float16/bfloat16 checkpoints: there are no f16 kernels). The
              token embedding is read one row per token; used in place, the OS maps the file around each row
              it faults in (about READAROUND_BYTES per row, measured), so n tokens touch about
              E (1 - exp(-n READAROUND_BYTES / E)) of its E bytes (random ids; real text repeats tokens).

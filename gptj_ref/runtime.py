@@ -172,10 +172,13 @@ class CppModel:
     def from_native(cls, native, threads: Optional[int] = None, kv_dtype: Optional[str] = None) -> "CppModel":
         """The C++ model over an open native file (gptj_ref.native.NativeFile), without copying weights.
 
-        q8, q4  the quantized weights and their float16 scales are used in place, as views of the memory
-             map, on the kernels of the file's format; the embedding (q8 rows from file version 2 on,
-             formats.py), LayerNorms and biases are used in place too. Loading touches no weight page: the first forward
-             pass reads them.
+        q8   the quantized weights and their float16 scales are used in place, as views of the memory map,
+             on the kernels of the file's format; the embedding (q8 rows from file version 2 on,
+             formats.py), LayerNorms and biases are used in place too. Loading touches no weight page: the
+             first forward pass reads them.
+        q4   as q8, except that the SIMD levels' kernels read each linear weight as 16-row panels: the
+             model makes them once, here (about 1 s for GPT-J 6B), and hands the file's pages of the
+             stored copy back, so the resident bytes are the same.
         f32  every tensor is used in place on the fp32 kernels.
         f16  there are no fp16 kernels: the matrices are converted to float32 once at load (a copy of
              4 bytes per parameter, 24 GB for GPT-J 6B: use a q8 file for the 6B model on CPU).
