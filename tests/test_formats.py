@@ -127,6 +127,22 @@ def test_a_linear_packed_once_equals_the_stored_weight(name):
                 assert np.array_equal(linear(x[:5], threads=2).view(np.int32), expected.view(np.int32))
 
 
+def test_a_linear_rejects_what_it_cannot_hold():
+    values = np.zeros((16, 64), np.uint8)  # q4: 16 rows of K = 128
+    scales = np.zeros((16, 4), np.uint16)
+    with pytest.raises(ValueError, match="unknown weight format 'q5'"):
+        _core.Linear("q5", values, scales)
+    with pytest.raises(ValueError, match="block scales"):
+        _core.Linear("q4", values)
+    with pytest.raises(ValueError, match="2-D"):
+        _core.Linear("q4", values.reshape(-1), scales)
+    with pytest.raises(ValueError, match="scales"):
+        _core.Linear("q4", values, scales[:, :3])
+    linear = _core.Linear("q4", values, scales)
+    with pytest.raises(ValueError):
+        linear(np.zeros((1, 96), np.float32))  # K = 128 expected
+
+
 @pytest.mark.parametrize("byte", [0x00, 0xFF, 0x0F, 0x80])
 def test_q4_extreme_values_are_exact_at_every_level(byte):
     # Every stored nibble at an end of [0, 15] (q = -8 or +7) against activations of +-127, alone and with
