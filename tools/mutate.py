@@ -333,20 +333,12 @@ MUTANTS: List[Mutant] = [
         "the AVX-512 panel kernel scales every block by the activations' first block scale",
     ),
     m(
-        "cpp-q4-panels-unpack-rows",
-        "cpp/kernels/q4_avx512.cpp",
-        "const __m512i rows01 = _mm512_permutex2var_epi64(lo, lanes01, hi);",
-        "const __m512i rows01 = _mm512_permutex2var_epi64(hi, lanes01, lo);",
-        FORMAT_TESTS,
-        "the prompt path's unpack from panels swaps each row's elements 0..15 and 16..31",
-    ),
-    m(
         "cpp-q4-panels-avx2-unpack-rows",
-        "cpp/kernels/q4_panels_avx2.inl",
+        "cpp/kernels/q4_avx2.cpp",
         "out[8 * h + i] = _mm256_permute2x128_si256(lo, hi, 0x20);",
         "out[8 * h + i] = _mm256_permute2x128_si256(hi, lo, 0x20);",
         FORMAT_TESTS,
-        "the 256-bit unpack from panels swaps elements 0..15 and 16..31 of rows 0-3 and 8-11",
+        "the unpack from panels swaps elements 0..15 and 16..31 of rows 0-3 and 8-11",
     ),
     m(
         "cpp-shared-ranges-drop-last",

@@ -40,11 +40,9 @@ namespace gptj::kernels {
 
 constexpr int kQ4Offset = 8;  // stored u = q + 8
 
-// Rows [n0, n0 + rows) of W in q8's layout: q[n, k] = u[n, k] - 8 as int8 (rows, K), and the rows' float16
-// scales (rows, K/32), returned: a view of w.scales, or `scales` filled, where w keeps them in another order.
-// n0 is a multiple of 64.
-using Q4Unpack = const uint16_t* (*)(int8_t* q, uint16_t* scales, const WeightData& w, int64_t n0, int64_t rows,
-                                     int64_t K);
+// Rows [n0, n0 + rows) of W in q8's layout: q[n, k] = u[n, k] - 8 as int8 (rows, K) and the rows' float16
+// scales (rows, K/32). n0 is a multiple of 64.
+using Q4Unpack = void (*)(int8_t* q, uint16_t* scales, const WeightData& w, int64_t n0, int64_t rows, int64_t K);
 
 // y = x W^T + b for M tokens by unpacking slices of W's rows with `unpack` and running the q8 kernel that
 // the level in use resolves to (the prompt path of every q4 level).
@@ -83,7 +81,9 @@ void q4_linear(float* y, const int8_t* qx, const float* dx, const uint8_t* w, co
 #if defined(GPTJ_HAVE_AVX2)
 namespace avx2 {
 GPTJ_Q4_PANELS_DECL
-}
+// The Q4Unpack of the panels; the prompt path of every SIMD level uses it.
+void q4_unpack_panels(int8_t* q, uint16_t* scales, const WeightData& panels, int64_t n0, int64_t rows, int64_t K);
+}  // namespace avx2
 #endif
 #if defined(GPTJ_HAVE_AVXVNNI)
 namespace avxvnni {

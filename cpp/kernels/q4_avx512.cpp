@@ -6,8 +6,8 @@
 //     ph = sum_c vpdpbusd(hi_c, bcast(qx[16+4c..16+4c+3]))      hi_c = chunk & 0xF0  (16 u)
 //     d  = pl + (ph >> 4) - 8 sum(qx_b)                          exact in int32; ph is a multiple of 16
 //     acc = fma(float(d), float(ws_b) * dx_b, acc)               one lane per row: no horizontal sums
-// the chain of every other level, so all levels agree bitwise. Prompts: q4_via_q8 with an unpack from the
-// panels.
+// the chain of every other level, so all levels agree bitwise. Prompts: q4_via_q8 with
+// avx2::q4_unpack_panels (docs/kernels.md: a 512-bit copy of it was not faster at 128 tokens).
 #if defined(GPTJ_HAVE_AVX512)
 
 #include <immintrin.h>
@@ -73,72 +73,11 @@ void panel_tile(float* y, int64_t ldy, int64_t rows, const int8_t* qx, const flo
     for (int t = 0; t < TM; ++t) _mm512_mask_storeu_ps(y + t * ldy, valid, bias ? _mm512_add_ps(acc[t], b16) : acc[t]);
 }
 
-// The 16 rows of one panel block as int8 q = u - 8: row r's 32 values in out[r]. A 4 x 4 transpose of
-// int32 within each 128-bit lane puts row 4L + i's stored 16 bytes in lane L of vector i; they unpack as
-// stored (q4.h).
-inline void unpack_panel_block(const uint8_t* wb, __m256i out[kQ4PanelRows]) {
-    const __m512i c0 = _mm512_load_si512(wb), c1 = _mm512_load_si512(wb + 64);
-    const __m512i c2 = _mm512_load_si512(wb + 128), c3 = _mm512_load_si512(wb + 192);
-    const __m512i t01lo = _mm512_unpacklo_epi32(c0, c1), t01hi = _mm512_unpackhi_epi32(c0, c1);
-    const __m512i t23lo = _mm512_unpacklo_epi32(c2, c3), t23hi = _mm512_unpackhi_epi32(c2, c3);
-    const __m512i row[4] = {_mm512_unpacklo_epi64(t01lo, t23lo), _mm512_unpackhi_epi64(t01lo, t23lo),
-                            _mm512_unpacklo_epi64(t01hi, t23hi), _mm512_unpackhi_epi64(t01hi, t23hi)};
-    const __m512i low4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(kQ4Offset);
-    const __m512i lanes01 = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);  // [lo.0 hi.0 | lo.1 hi.1]
-    const __m512i lanes23 = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
-    for (int i = 0; i < 4; ++i) {
-        // lane L: row 4L + i's elements 0..15 (lo) and 16..31 (hi)
-        const __m512i lo = _mm512_sub_epi8(_mm512_and_si512(row[i], low4), eight);
-        const __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(row[i], 4), low4), eight);
-        const __m512i rows01 = _mm512_permutex2var_epi64(lo, lanes01, hi);  // rows i, 4 + i
-        const __m512i rows23 = _mm512_permutex2var_epi64(lo, lanes23, hi);  // rows 8 + i, 12 + i
-        out[i] = _mm512_castsi512_si256(rows01);
-        out[4 + i] = _mm512_extracti64x4_epi64(rows01, 1);
-        out[8 + i] = _mm512_castsi512_si256(rows23);
-        out[12 + i] = _mm512_extracti64x4_epi64(rows23, 1);
-    }
-}
-
-// Rows [n0, n0 + rows) of the panels in q8's layout (Q4Unpack). Two blocks at a time, so that each row
-// gets whole 64-byte lines: the panel's 16 rows are K bytes apart, and half-written lines of rows at a
-// 4 KB multiple apart would evict each other from L1.
-const uint16_t* unpack_panels(int8_t* q, uint16_t* scales, const WeightData& panels, int64_t n0, int64_t rows,
-                              int64_t K) {
-    const int64_t nb = K / kQ8Block, p0 = n0 / kQ4PanelRows, count = (rows + kQ4PanelRows - 1) / kQ4PanelRows;
-    const uint8_t* pw = static_cast<const uint8_t*>(panels.values);
-#pragma omp parallel for schedule(static)
-    for (int64_t p = p0; p < p0 + count; ++p) {
-        const int64_t in_panel = std::min(kQ4PanelRows, n0 + rows - p * kQ4PanelRows);
-        int8_t* qp = q + (p - p0) * kQ4PanelRows * K;
-        const uint8_t* wp = pw + p * nb * kQ4PanelBlockBytes;
-        __m256i first[kQ4PanelRows], second[kQ4PanelRows];
-        int64_t b = 0;
-        for (; b + 1 < nb; b += 2) {
-            unpack_panel_block(wp + b * kQ4PanelBlockBytes, first);
-            unpack_panel_block(wp + (b + 1) * kQ4PanelBlockBytes, second);
-            for (int64_t r = 0; r < in_panel; ++r)
-                _mm512_storeu_si512(qp + r * K + b * kQ8Block,
-                                    _mm512_inserti64x4(_mm512_castsi256_si512(first[r]), second[r], 1));
-        }
-        if (b < nb) {  // an odd block count
-            unpack_panel_block(wp + b * kQ4PanelBlockBytes, first);
-            for (int64_t r = 0; r < in_panel; ++r)
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(qp + r * K + b * kQ8Block), first[r]);
-        }
-        const uint16_t* ps = panels.scales + p * nb * kQ4PanelRows;
-        for (int64_t r = 0; r < in_panel; ++r) {  // each row's scales, from the panel's block-major ones
-            uint16_t* row = scales + ((p - p0) * kQ4PanelRows + r) * nb;
-            for (int64_t b = 0; b < nb; ++b) row[b] = ps[b * kQ4PanelRows + r];
-        }
-    }
-    return scales;
-}
-
 }  // namespace
 
 void q4_linear(float* y, const LinearInputs& x, const WeightData& panels, const float* b, int64_t N) {
     const int64_t M = x.M, K = x.K, nb = K / kQ8Block;
-    if (M >= kQ4UnpackMinTokens) return q4_via_q8(y, x, panels, b, N, unpack_panels);
+    if (M >= kQ4UnpackMinTokens) return q4_via_q8(y, x, panels, b, N, avx2::q4_unpack_panels);
     std::vector<int32_t> offset(size_t(M * nb));
     q4_offset_sums(offset.data(), x.qx, M, K);
     const int64_t count = (N + kQ4PanelRows - 1) / kQ4PanelRows;

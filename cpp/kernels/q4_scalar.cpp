@@ -22,7 +22,8 @@ void q4_via_q8(float* y, const LinearInputs& x, const WeightData& w, const float
     std::unique_ptr<float[]> ys(slice < N ? new float[size_t(x.M * slice)] : nullptr);
     for (int64_t n0 = 0; n0 < N; n0 += slice) {
         const int64_t rows = std::min(slice, N - n0);
-        const WeightData part{q.get(), unpack(q.get(), qs.get(), w, n0, rows, K)};
+        unpack(q.get(), qs.get(), w, n0, rows, K);
+        const WeightData part{q.get(), qs.get()};
         if (rows == N) {
             format_linear(y, x, part, b, N, q8);
             continue;

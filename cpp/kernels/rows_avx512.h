@@ -232,7 +232,8 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
     SharedRanges groups_left(groups, num_threads());
 #pragma omp parallel
     {
-        const auto run_group = [&](int64_t g0, int64_t g1) {
+        for (int64_t g = groups_left.next(); g >= 0; g = groups_left.next()) {
+            const int64_t g0 = g * group, g1 = std::min(quads_end, g0 + group);
             for (int64_t t = 0; t < M;) {
                 const int64_t tm = std::min<int64_t>(4, M - t);
                 for (int64_t n = g0; n < g1; n += 4) {
@@ -260,9 +261,7 @@ void rows_linear(float* y, const int8_t* qx, const float* dx, const typename For
                 }
                 t += tm;
             }
-        };
-        for (int64_t g = groups_left.next(); g >= 0; g = groups_left.next())
-            run_group(g * group, std::min(quads_end, (g + 1) * group));
+        }
         if (thread_index() == 0)  // the rows after the last quad (N % 4)
             for (int64_t n = quads_end; n < N; ++n)
                 single_row<Format>(y + n, N, qx, dx, w + n * rb, ws + n * nb, b ? b + n : nullptr, M, K);
